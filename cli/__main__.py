@@ -1,0 +1,3 @@
+from linesight.cli import main
+
+raise SystemExit(main())

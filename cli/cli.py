@@ -1,0 +1,171 @@
+"""`linesight <verb>`: one CLI for training, evaluating, predicting and running the inspection daemon."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from linesight import __version__
+from linesight.errors import LinesightError
+
+log = logging.getLogger("linesight")
+
+EPILOG = """\
+typical workflow:
+  linesight fit ../shared/datasets/magnetic_tile -o tile.zip --preset fast --weights imagenet
+  linesight calibrate tile.zip ../shared/datasets/magnetic_tile --policy f1_optimal
+  linesight evaluate tile.zip ../shared/datasets/magnetic_tile -o eval/   # eval/report.html
+  linesight predict tile.zip part1.png part2.png --overlay overlays/
+  linesight run --config station1.yaml                                     # the 24/7 daemon
+
+every verb has --help. Errors in your input (files, configs, bundles) are reported in one line, exit 2.
+"""
+
+
+def _fit(a: argparse.Namespace) -> int:
+    from linesight.config.fit import preset
+    from linesight.trainer.fit import fit
+
+    cfg = preset(a.preset, model_id=a.model_id, weights=a.weights, input_size=a.input_size,
+                 embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
+                 reweight=True if a.reweight else None)
+    bundle = fit(a.dataset, a.output, cfg)
+    m = bundle.manifest
+    print(json.dumps({"bundle": str(a.output), "model": m.model.model_dump(), "bank": list(bundle.bank.shape),
+                      "threshold": m.thresholds.image, "warnings": m.warnings}, indent=2))
+    return 0
+
+
+def _calibrate(a: argparse.Namespace) -> int:
+    from linesight.trainer.evaluate import calibrate
+
+    th = calibrate(a.bundle, a.dataset, a.policy)
+    print(json.dumps(th.model_dump(), indent=2))
+    return 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from linesight.trainer.evaluate import evaluate
+
+    m = evaluate(a.bundle, a.dataset, a.output)
+    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "precision", "recall")
+    print(json.dumps({k: m.get(k) for k in keys} | {"report": str(Path(a.output) / "report.html")}, indent=2))
+    return 0
+
+
+def _predict(a: argparse.Namespace) -> int:
+    from linesight.export.engine import Engine
+    from linesight.export.images import read_image
+    from linesight.export.overlay import overlay
+
+    engine = Engine(a.bundle)
+    failed = 0
+    for path in a.images:
+        try:
+            img = read_image(path)
+        except LinesightError as exc:
+            print(json.dumps({"image": path, "error": str(exc)}))
+            failed += 1
+            continue
+        pred = engine.predict(img)
+        row = {"image": path, **pred.to_dict(), "model": {"id": engine.manifest.model.id,
+                                                          "version": engine.manifest.model.version}}
+        if a.overlay:
+            import cv2
+
+            out = Path(a.overlay) / f"{Path(path).stem}_overlay.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out), overlay(img, pred.anomaly_map, engine.pixel_threshold))
+            row["overlay"] = str(out)
+        print(json.dumps(row))
+    return 1 if failed else 0
+
+
+def _info(a: argparse.Namespace) -> int:
+    from linesight.export.bundle import load_bundle
+
+    b = load_bundle(a.bundle)
+    d = b.manifest.model_dump(mode="json", by_alias=True)
+    print(json.dumps({k: d[k] for k in ("model", "backbone", "preprocess", "features", "memory", "scoring",
+                                        "thresholds", "dataset", "warnings")} | {"verified": True}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="linesight", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"linesight {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    f = sub.add_parser("fit", help="learn 'good' from good images and write a bundle",
+                       description="Train PatchCore on the good images of DATASET (MVTec layout: train/good; or a "
+                                   "plain folder of good images) and write a deployable bundle (folder, or .zip).")
+    f.add_argument("dataset", help="MVTec-layout folder or a folder of good images")
+    f.add_argument("-o", "--output", required=True, help="bundle path (a folder, or a file ending in .zip)")
+    f.add_argument("--preset", default="fast", choices=["fast", "balanced", "accurate"],
+                   help="speed/accuracy trade-off (see README for measured figures); default fast")
+    f.add_argument("--weights", default="imagenet",
+                   help="imagenet (download, hash-checked, cached), none (random init: poor accuracy), "
+                        "or a path to a torchvision .pth state dict")
+    f.add_argument("--model-id", default=None, help="name recorded in the bundle and every verdict")
+    f.add_argument("--input-size", type=int, default=None, help="override the preset's square input size")
+    f.add_argument("--embedding-dim", type=int, default=None, help="override the preset's patch embedding size")
+    f.add_argument("--coreset-ratio", type=float, default=None, help="override the fraction of patches kept")
+    f.add_argument("--k", type=int, default=None, help="override the number of neighbours per patch score")
+    f.add_argument("--reweight", action="store_true", help="anomalib-style image-score reweighting")
+    f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    f.set_defaults(func=_fit)
+
+    c = sub.add_parser("calibrate", help="choose thresholds on labeled images and store them in the bundle",
+                       description="Score DATASET's test/ images through the engine and write the image and "
+                                   "pixel thresholds into the bundle.")
+    c.add_argument("bundle")
+    c.add_argument("dataset", help="MVTec-layout folder with test/good and test/<defect type>")
+    c.add_argument("--policy", default="f1_optimal",
+                   choices=["no_false_reject", "no_miss", "fewest_errors", "f1_optimal"],
+                   help="no_false_reject: every good part passes; no_miss: every defect caught; "
+                        "fewest_errors; f1_optimal (default)")
+    c.set_defaults(func=_calibrate)
+
+    e = sub.add_parser("evaluate", help="metrics + HTML report on a labeled set",
+                       description="Image/pixel AUROC, AUPRO, F1-max, thresholds, confusion matrix, per-type "
+                                   "breakdown; writes OUTDIR/metrics.json and OUTDIR/report.html.")
+    e.add_argument("bundle")
+    e.add_argument("dataset")
+    e.add_argument("-o", "--output", required=True, help="output folder")
+    e.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="score images; one JSON line per image",
+                        description="Run the bundle on images and print one JSON result per image.")
+    pr.add_argument("bundle")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--overlay", metavar="DIR", help="write heatmap overlays (PNG) into DIR")
+    pr.set_defaults(func=_predict)
+
+    i = sub.add_parser("info", help="verify a bundle and print its manifest")
+    i.add_argument("bundle")
+    i.set_defaults(func=_info)
+
+    from linesight import cli_daemon
+
+    cli_daemon.add_verbs(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except LinesightError as exc:
+        print(f"linesight {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"linesight {args.verb}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints their message (no traceback) and exits non-zero."""
+
+
+class LinesightError(Exception):
+    """Base for every error caused by bad input (config, images, bundles, commands)."""
+
+
+class ConfigError(LinesightError):
+    """Invalid configuration; the message names the file, YAML path and line."""
+
+
+class BundleError(LinesightError):
+    """A bundle is missing, tampered with, truncated or of an unknown schema."""
+
+
+class DataError(LinesightError):
+    """A dataset folder or image cannot be used."""

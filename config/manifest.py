@@ -1,0 +1,103 @@
+"""Schema of a bundle's manifest.json. A bundle of another schema version is refused, not guessed at."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+BUNDLE_SCHEMA = "linesight.bundle/1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelInfo(_Strict):
+    id: str = Field(description="Model id, e.g. the product or station name")
+    version: int = Field(ge=1, description="Increases with every bundle written for this id")
+    created_at: str = Field(description="UTC ISO-8601 time the bundle was written")
+
+
+class WeightsInfo(_Strict):
+    source: Literal["imagenet", "none", "file", "self"] = Field(description="Where the backbone weights came from")
+    pretrained: bool = Field(description="False means random-init features: accuracy will be poor")
+    detail: str = Field("", description="URL, file path or training recipe")
+    sha256: str | None = Field(None, description="Hash of the weights file when one was used")
+
+
+class BackboneInfo(_Strict):
+    name: str
+    layers: list[str]
+    weights: WeightsInfo
+
+
+class FeatureInfo(_Strict):
+    embedding_dim: int = Field(gt=0)
+    grid: tuple[int, int] = Field(description="Patch grid (h, w) of the ONNX output")
+    stride: int = Field(gt=0, description="Input pixels per patch")
+    neighbourhood: int = Field(3, description="Local aggregation window (PatchCore: 3x3)")
+
+
+class MemoryInfo(_Strict):
+    n_patches: int = Field(description="Patches extracted from the training images")
+    n_bank: int = Field(description="Rows kept in memory_bank.npy")
+    coreset_ratio: float
+    projection_dim: int
+    chunk_size: int
+    seed: int
+    seconds: float
+
+
+class ScoringInfo(_Strict):
+    k: int = Field(1, ge=1, description="Patch score = mean distance to the k nearest bank rows")
+    reweight: bool = Field(False, description="anomalib-style softmax reweighting of the image score")
+    reweight_neighbors: int = Field(9, ge=1)
+    sigma: float = Field(4.0, description="Gaussian blur of the anomaly map, in input pixels")
+
+
+class Thresholds(_Strict):
+    image: float = Field(description="Image score at or above which the part is NG")
+    pixel: float = Field(description="Anomaly-map value at or above which a pixel belongs to a defect region")
+    policy: str = Field(description="How `image` was chosen")
+    source: str = Field(description="Which data the thresholds were chosen on")
+    candidates: dict[str, float] = Field(default_factory=dict)
+
+
+class GoldenImage(_Strict):
+    file: str
+    score: float
+
+
+class OnnxInfo(_Strict):
+    input: str
+    output: str
+    opset: int
+    parity_max_abs_diff: float
+    parity_tolerance: float
+
+
+class DatasetInfo(_Strict):
+    name: str
+    fingerprint: str
+    n_train: int
+    n_holdout: int
+    skipped: list[str] = Field(default_factory=list)
+
+
+class Manifest(_Strict):
+    schema_: str = Field(alias="schema")
+    model: ModelInfo
+    backbone: BackboneInfo
+    preprocess: dict
+    features: FeatureInfo
+    memory: MemoryInfo
+    scoring: ScoringInfo
+    thresholds: Thresholds
+    golden: list[GoldenImage] = Field(default_factory=list)
+    onnx: OnnxInfo
+    dataset: DatasetInfo
+    software: dict[str, str]
+    warnings: list[str] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file in the bundle")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -1,0 +1,152 @@
+"""Versioned bundle: manifest.json + backbone.onnx + memory_bank.npy (+ golden/*.png), as a folder or a .zip.
+
+No pickle: the bank is read with allow_pickle=False and every file is checked against its sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from linesight.config.manifest import BUNDLE_SCHEMA, Manifest
+from linesight.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "backbone.onnx"
+BANK_FILE = "memory_bank.npy"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class Bundle:
+    manifest: Manifest
+    onnx: bytes
+    bank: np.ndarray
+    golden: dict[str, bytes] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.model.id} v{self.manifest.model.version}"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def bank_bytes(bank: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(bank, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_bundle(path: str | Path, bundle: Bundle) -> Path:
+    """Write atomically (temp then rename) so a daemon watching the path never sees half a bundle."""
+    path = Path(path)
+    files = {ONNX_FILE: bundle.onnx, BANK_FILE: bank_bytes(bundle.bank)}
+    files.update({f"golden/{name}": data for name, data in bundle.golden.items()})
+    bundle.manifest.files = {name: sha256(data) for name, data in files.items()}
+    files[MANIFEST_FILE] = manifest_bytes(bundle.manifest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".zip":
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".zip.tmp")
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in files.items():
+                zf.writestr(name, data)
+        os.replace(tmp, path)
+    else:
+        tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        for name, data in files.items():
+            (tmp_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_dir / name).write_bytes(data)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            _rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp_dir, path)
+            _rmtree(old)
+        else:
+            os.replace(tmp_dir, path)
+    bundle.path = path
+    log.info("bundle written", extra={"bundle": str(path), "model": bundle.label})
+    return path
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    return json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2).encode() + b"\n"
+
+
+def _rmtree(p: Path) -> None:
+    import shutil
+
+    shutil.rmtree(p, ignore_errors=True)
+
+
+def _read_files(path: Path) -> dict[str, bytes]:
+    if not path.exists():
+        raise BundleError(f"bundle {path} does not exist")
+    if path.is_dir():
+        return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return {name: zf.read(name) for name in zf.namelist() if not name.endswith("/")}
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BundleError(f"bundle {path} is not a bundle folder nor a readable .zip ({exc})") from exc
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify: schema, every hash, bank shape and dtype. Any mismatch -> BundleError."""
+    path = Path(path)
+    files = _read_files(path)
+    if MANIFEST_FILE not in files:
+        raise BundleError(f"bundle {path} has no {MANIFEST_FILE}: not a linesight bundle or truncated")
+    try:
+        raw = json.loads(files[MANIFEST_FILE])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"bundle {path}: {MANIFEST_FILE} is not valid JSON ({exc})") from exc
+    schema = raw.get("schema") if isinstance(raw, dict) else None
+    if schema != BUNDLE_SCHEMA:
+        raise BundleError(f"bundle {path} has schema {schema!r}; this linesight reads {BUNDLE_SCHEMA!r}. "
+                          "Re-export the model with a matching linesight version.")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BundleError(f"bundle {path}: invalid manifest: {problems}") from exc
+    for name, digest in manifest.files.items():
+        if name not in files:
+            raise BundleError(f"bundle {path} is missing {name} (listed in the manifest)")
+        if sha256(files[name]) != digest:
+            raise BundleError(f"bundle {path}: {name} does not match its sha256 in the manifest "
+                              "(file changed, corrupted or truncated)")
+    for required in (ONNX_FILE, BANK_FILE):
+        if required not in manifest.files:
+            raise BundleError(f"bundle {path}: manifest lists no hash for {required}")
+    try:
+        bank = np.load(io.BytesIO(files[BANK_FILE]), allow_pickle=False)
+    except ValueError as exc:
+        raise BundleError(f"bundle {path}: {BANK_FILE} is not a plain numpy array ({exc})") from exc
+    dim = manifest.features.embedding_dim
+    if bank.dtype != np.float32 or bank.ndim != 2 or bank.shape[1] != dim or bank.shape[0] != manifest.memory.n_bank:
+        raise BundleError(f"bundle {path}: memory bank is {bank.dtype} {bank.shape}, manifest says float32 "
+                          f"({manifest.memory.n_bank}, {dim})")
+    golden = {n.removeprefix("golden/"): files[n] for n in manifest.files if n.startswith("golden/")}
+    return Bundle(manifest=manifest, onnx=files[ONNX_FILE], bank=bank, golden=golden, path=path)
+
+
+def rewrite_manifest(path: str | Path, manifest: Manifest) -> None:
+    """Replace only manifest.json (thresholds after calibration); data files and their hashes stay."""
+    bundle = load_bundle(path)
+    manifest.files = bundle.manifest.files
+    bundle.manifest = manifest
+    write_bundle(path, bundle)

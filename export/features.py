@@ -1,0 +1,41 @@
+"""ONNX Runtime feature extractor: the trainer builds its memory bank with it, the engine scores with it."""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from linesight.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+
+def providers(prefer_gpu: bool = True) -> list[str]:
+    available = ort.get_available_providers()
+    if prefer_gpu and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxFeatures:
+    """(B, 3, H, W) normalised float32 -> (B, D, h, w) patch embeddings."""
+
+    def __init__(self, onnx: bytes, *, threads: int | None = None, prefer_gpu: bool = True, where: str = "bundle"):
+        opts = ort.SessionOptions()
+        threads = threads or int(os.environ.get("LINESIGHT_THREADS", "0")) or None
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(onnx, opts, providers=providers(prefer_gpu))
+        except Exception as exc:  # onnxruntime raises untyped errors for bad graphs
+            raise BundleError(f"{where}: backbone.onnx cannot be loaded by onnxruntime: {exc}") from exc
+        self.provider = self.session.get_providers()[0]
+        self.input_name = self.session.get_inputs()[0].name
+        self.channels = self.session.get_outputs()[0].shape[1]
+        log.info("onnxruntime session on %s", self.provider, extra={"provider": self.provider})
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -1,0 +1,62 @@
+"""The one preprocessing implementation: trainer, export parity check, evaluation and daemon all call it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from linesight.export.images import check_image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What the bundle's manifest records under `preprocess`; the daemon applies exactly this."""
+
+    height: int = 224
+    width: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict:
+        return {"input_size": [self.height, self.width], "resize": "stretch", "interpolation": "area-down/linear-up",
+                "color": "rgb", "scale": "dtype-max", "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        h, w = d["input_size"]
+        return cls(height=int(h), width=int(w), mean=tuple(d["mean"]), std=tuple(d["std"]))
+
+
+def to_unit_rgb(image: np.ndarray) -> np.ndarray:
+    """Any supported image (BGR/gray, 8/16-bit/float) -> float32 RGB in [0, 1], HxWx3."""
+    check_image(image)
+    if image.dtype == np.uint8:
+        img = image.astype(np.float32) / 255.0
+    elif image.dtype == np.uint16:
+        img = image.astype(np.float32) / 65535.0
+    else:
+        img = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+    if img.ndim == 2 or img.shape[2] == 1:
+        img = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Image -> normalised CHW float32 tensor of the model's input size."""
+    rgb = to_unit_rgb(image)
+    h, w = rgb.shape[:2]
+    if (h, w) != (spec.height, spec.width):
+        shrinking = h * w > spec.height * spec.width
+        rgb = cv2.resize(rgb, (spec.width, spec.height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    rgb = (rgb - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def preprocess_batch(images: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    return np.stack([preprocess(im, spec) for im in images]).astype(np.float32, copy=False)

@@ -1,0 +1,110 @@
+"""Report rendering from synthetic records: the HTML carries the numbers, the gallery PNGs decode."""
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from linesight.trainer import metrics as M
+from linesight.trainer.report import ReportRecord, advice, render_panel, write_report
+
+
+def synthetic_records(seed: int = 0) -> list[ReportRecord]:
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(10):
+        img = rng.integers(0, 255, (48, 64), dtype=np.uint8)
+        recs.append(ReportRecord(f"good/{i:03d}.png", 0, "good", float(rng.random()), img,
+                                 rng.random((48, 64)).astype(np.float32), None))
+    for t, shift in (("crack", 1.0), ("fray", 0.15)):
+        for i in range(6):
+            img = rng.integers(0, 4095, (48, 64, 3), dtype=np.uint16) if t == "crack" else \
+                rng.integers(0, 255, (48, 64), dtype=np.uint8)
+            k = np.zeros((48, 64), np.uint8)
+            k[10:25, 20:40] = 255
+            m = (rng.random((48, 64)) + shift * (k > 0)).astype(np.float32)
+            recs.append(ReportRecord(f"{t}/{i:03d}.png", 1, t, float(rng.random() + shift), img, m, k))
+    recs.append(ReportRecord("good/<script>.png", 0, "good", 0.05, None, None, None))  # no pixels at all
+    return recs
+
+
+def test_write_report_contents_and_gallery(tmp_path):
+    recs = synthetic_records()
+    thr = 0.9
+    metrics = M.summarize(recs, thr, threshold_policy="f1_optimal")
+    note = "features not pretrained: accuracy will be poor <b>"
+    path = write_report(tmp_path / "rep", metrics, recs, title="magnetic tile <v1>", notes=[note],
+                        provenance={"model_id": "abc123", "backbone": "wide_resnet50", "dataset": {"n": 29}},
+                        loss_curve=[1.0, 0.6, 0.4, 0.35], n_train_images=12)
+    assert path == tmp_path / "rep" / "report.html" and path.is_file()
+    doc = path.read_text(encoding="utf-8")
+    assert "<svg" in doc and 'id="roc"' in doc and f"AUROC {metrics['image_auroc']:.4f}" in doc
+    assert "stroke-dasharray=\"4 3\"" in doc  # diagonal chance line
+    assert "Training loss" in doc and "hist-good" in doc and "hist-defective" in doc
+    cm = metrics["confusion_matrix"]
+    conf = re.search(r"<table class='confusion'>.*?</table>", doc).group(0)
+    assert re.findall(r"<td>(\d+)</td>", conf) == [str(cm[k]) for k in ("tn", "fp", "fn", "tp")]
+    for t, d in metrics["per_type"].items():
+        assert f"<tr><td>{t}</td><td>{d['n']}</td><td>{d['image_auroc']:.4f}</td>" in doc
+    assert "<div class='warn'>&#9888; features not pretrained: accuracy will be poor &lt;b&gt;</div>" in doc
+    assert "magnetic tile &lt;v1&gt;" in doc and "<script>" not in doc and "abc123" in doc
+    assert "Only 12 training images" in doc
+    pngs = sorted((tmp_path / "rep" / "gallery").glob("*.png"))
+    assert len(pngs) == 8 + 8  # 10 good with pixels -> top 8; 12 defects -> bottom 8
+    for p in pngs:
+        img = cv2.imread(str(p))
+        assert img is not None and img.shape[1] == 2 * 64 + 4
+        assert f"gallery/{p.name}" in doc
+
+
+def test_panel_overlay_shows_map_and_mask_contour():
+    m = np.zeros((40, 40), np.float32)
+    m[5:15, 5:15] = 1.0
+    k = np.zeros((40, 40), np.uint8)
+    k[20:30, 20:30] = 1
+    rec = ReportRecord("x.png", 1, "crack", 1.0, np.full((40, 40), 100, np.uint8), m, k)
+    panel = render_panel(rec, 0.0, 1.0)
+    over = panel[:, 44:]
+    assert over.shape == (40, 40, 3)
+    assert over[10, 10, 2] > over[10, 10, 0] + 50  # hot region red in JET
+    assert over[35, 35, 0] > over[35, 35, 2] + 50  # cold region blue
+    assert (over[20, 20:30] == 255).all()  # white contour on the mask border
+    big = ReportRecord("y.png", 0, "good", 0.1, np.zeros((1000, 500), np.uint16), np.zeros((1000, 500), np.float32), None)
+    assert render_panel(big, 0.0, 1.0).shape[0] == 256
+
+
+def _metrics(type_aucs: dict, image_auroc: float, thresholds: dict, at: dict, n_good=50, n_def=40) -> dict:
+    return {"image_auroc": image_auroc, "pixel_auroc": 0.95, "n_good": n_good, "n_defect": n_def,
+            "per_type": {t: {"n": 20, "image_auroc": a, "recall_at_threshold": 1.0} for t, a in type_aucs.items()},
+            "thresholds": thresholds, "at_thresholds": at, "confusion_matrix": {"tp": 40, "fp": 3, "tn": 47, "fn": 0},
+            "chosen_threshold": 0.5, "threshold_policy": "no_miss"}
+
+
+def test_advice_flags_low_auroc_type_only():
+    m = _metrics({"fray": 0.62, "crack": 0.97}, 0.9, {"no_false_reject": 0.4, "no_miss": 0.6}, {})
+    tips = advice(m)
+    assert any(t.startswith("fray scores overlap good (AUROC 0.62") for t in tips)
+    assert not any("crack" in t for t in tips)
+    assert not any("barely separates" in t for t in tips)
+    assert any("every threshold in [0.4, 0.6]" in t for t in tips)
+
+
+def test_advice_low_overall_auroc_and_tradeoff():
+    at = {"no_miss": {"tp": 40, "fp": 17, "tn": 33, "fn": 0}, "no_false_reject": {"tp": 31, "fp": 0, "tn": 50, "fn": 9}}
+    m = _metrics({"fray": 0.9}, 0.6, {"no_false_reject": 0.8, "no_miss": 0.3}, at)
+    tips = advice(m, n_train_images=200)
+    assert any("barely separates" in t and "0.60" in t for t in tips)
+    trade = [t for t in tips if "No threshold passes every good image" in t]
+    assert trade and "17 of 50 good images (34.0%)" in trade[0] and "9 of 40 defects" in trade[0]
+    assert not any("training images" in t for t in tips)
+    assert any("Defects are localised well" in t for t in tips)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_report_without_maps_or_defects(tmp_path, n):
+    recs = [ReportRecord(f"g{i}.png", 0, "good", 0.1 * i, None, None, None) for i in range(5)]
+    recs += [ReportRecord("d.png", 1, "crack", 0.9, None, None, None)] * n
+    metrics = M.summarize(recs, 0.3)
+    doc = write_report(tmp_path, metrics, recs, title="t", notes=[], provenance={}).read_text()
+    assert ("ROC not available" in doc) == (n == 0)
+    assert "No images or maps were supplied" in doc
