@@ -209,9 +209,9 @@ def test_summarize_keys_json_and_per_type():
     assert 0 < out["aupro"] <= 1 and out["pixel_auroc"] is not None
     # no masks anywhere -> pixel metrics are None, image metrics still there
     bare = [M.EvalRecord(r.score, r.label, r.defect_type, r.anomaly_map) for r in recs]
-    out2 = M.summarize(bare, 0.8)
-    assert out2["pixel_auroc"] is None and out2["aupro"] is None
-    assert out2["per_type"]["crack"]["pixel_auroc"] is None and out2["image_auroc"] == out["image_auroc"]
+    for out2 in (M.summarize(bare, 0.8), M.summarize(recs, 0.8, with_pixels=False)):
+        assert out2["pixel_auroc"] is None and out2["aupro"] is None and out2["pixel_threshold"] is None
+        assert out2["per_type"]["crack"]["pixel_auroc"] is None and out2["image_auroc"] == out["image_auroc"]
     # only good images: no AUROC, only the no_false_reject threshold, still JSON
     out3 = M.summarize(recs[:12], 0.8)
     assert out3["image_auroc"] is None and set(out3["thresholds"]) == {"no_false_reject"}

@@ -32,6 +32,7 @@ def test_write_report_contents_and_gallery(tmp_path):
     recs = synthetic_records()
     thr = 0.9
     metrics = M.summarize(recs, thr, threshold_policy="f1_optimal")
+    metrics["thresholds"]["bundle"] = {"image": thr, "policy": "f1_optimal"}  # nested extras are tolerated
     note = "features not pretrained: accuracy will be poor <b>"
     path = write_report(tmp_path / "rep", metrics, recs, title="magnetic tile <v1>", notes=[note],
                         provenance={"model_id": "abc123", "backbone": "wide_resnet50", "dataset": {"n": 29}},

@@ -161,7 +161,10 @@ def load_weights(model: ResNet, name: str, weights: str) -> WeightsResult:
 def _apply(model: ResNet, state: dict, where: str) -> None:
     if not isinstance(state, dict):
         raise LinesightError(f"weights {where}: expected a state dict, got {type(state).__name__}")
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise LinesightError(f"weights {where} do not fit this backbone: {str(exc).splitlines()[-1].strip()}") from exc
     missing = [k for k in result.missing_keys if not k.startswith(("layer4", "fc"))]
     if missing or len(result.unexpected_keys) > 0:
         raise LinesightError(f"weights {where} do not fit this backbone: missing {missing[:5]}, "

@@ -80,6 +80,10 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     t_start = time.monotonic()
     if cfg.input_size % 16:
         raise DataError(f"input size {cfg.input_size} must be a multiple of 16 (the layer3 stride)")
+    if module is None:  # first: a missing weights file or an offline download fails before any work
+        module, weights_info = build_model(cfg, cfg.weights)
+    if weights_info is None:
+        raise ValueError("fit(): pass weights_info with a caller-built module")
     ds = open_dataset(dataset)
     if len(ds.train) < 3:
         raise DataError(f"{ds.root}: need at least 3 good training images, found {len(ds.train)}")
@@ -91,9 +95,6 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     if len(bank_imgs) < 1:
         raise DataError(f"{ds.root}: none of the training images could be read")
 
-    if module is None:
-        module, weights_info = build_model(cfg, cfg.weights)
-    assert weights_info is not None
     warnings = [] if weights_info.pretrained else [NOT_PRETRAINED]
     spec = PreprocessSpec(cfg.input_size, cfg.input_size)
     log.info("exporting %s to ONNX", cfg.backbone)

@@ -281,11 +281,11 @@ def _try(fn, *a):
 
 
 def summarize(records: Iterable, threshold: float, *, threshold_policy: str | None = None,
-              fpr_limit: float = 0.3, bins: int = DEFAULT_BINS) -> dict:
+              fpr_limit: float = 0.3, bins: int = DEFAULT_BINS, with_pixels: bool = True) -> dict:
     """JSON-ready metrics; confusion/precision/recall are at the given (deployed) threshold.
 
     Pixel metrics use good images with a map (all normal) and defect images with map AND mask;
-    they are None when no defect image has a mask.
+    they are None when no defect image has a mask, or when with_pixels is False (saves the pass).
     """
     recs = list(records)
     if not np.isfinite(threshold) or not 0.0 < fpr_limit <= 1.0:
@@ -297,7 +297,7 @@ def summarize(records: Iterable, threshold: float, *, threshold_policy: str | No
     types = np.array([str(r.defect_type) for r in recs])
     good = y == 0
     pix = [i for i, r in enumerate(recs) if r.anomaly_map is not None and (r.label == 0 or r.mask is not None)]
-    has_px = any(recs[i].label == 1 for i in pix)
+    has_px = with_pixels and any(recs[i].label == 1 for i in pix)
     groups: dict[str, PixelHist] = {}  # "good" + one per defect type, all on shared bins
     if has_px:
         lo, hi = score_range(recs[i].anomaly_map for i in pix)

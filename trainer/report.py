@@ -270,7 +270,7 @@ def write_report(outdir: Path, metrics: dict, records: list[ReportRecord], *, ti
                ["accuracy", _fmt(m.get("accuracy"))], ["pixel F1-optimal threshold", _thr(m.get("pixel_threshold"))]]
     at = m.get("at_thresholds", {})
     th_rows = [[k, _thr(v), at.get(k, {}).get("fp", "n/a"), at.get(k, {}).get("fn", "n/a")]
-               for k, v in m.get("thresholds", {}).items()]
+               for k, v in m.get("thresholds", {}).items() if isinstance(v, (int, float))]  # skip nested info
     conf = (f"<table class='confusion'><tr><th></th><th>predicted OK</th><th>predicted NG</th></tr>"
             f"<tr><th>good</th><td>{cm.get('tn', 'n/a')}</td><td>{cm.get('fp', 'n/a')}</td></tr>"
             f"<tr><th>defective</th><td>{cm.get('fn', 'n/a')}</td><td>{cm.get('tp', 'n/a')}</td></tr></table>")

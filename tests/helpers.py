@@ -1,0 +1,35 @@
+"""Shared test helpers: the real magnetic_tile data and small MVTec-layout subsets of it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_tile"
+
+
+def need_data() -> Path:
+    if not (DATA / "train" / "good").is_dir():
+        pytest.skip(f"real dataset not found at {DATA} (CI clones the repo with ../shared beside it)")
+    return DATA
+
+
+def make_subset(dst: Path, n_train: int = 16, n_good: int = 4, defects: dict[str, int] | None = None) -> Path:
+    """Symlink a few real images into an MVTec layout (train/good, test/<type>, ground_truth/<type>)."""
+    src = need_data()
+    defects = defects or {"blowhole": 3, "crack": 3}
+    (dst / "train" / "good").mkdir(parents=True)
+    for p in sorted((src / "train" / "good").iterdir())[:n_train]:
+        os.symlink(p, dst / "train" / "good" / p.name)
+    (dst / "test" / "good").mkdir(parents=True)
+    for p in sorted((src / "test" / "good").iterdir())[:n_good]:
+        os.symlink(p, dst / "test" / "good" / p.name)
+    for kind, n in defects.items():
+        (dst / "test" / kind).mkdir(parents=True)
+        (dst / "ground_truth" / kind).mkdir(parents=True)
+        for p in sorted((src / "test" / kind).iterdir())[:n]:
+            os.symlink(p, dst / "test" / kind / p.name)
+            mask = src / "ground_truth" / kind / f"{p.stem}_mask.png"
+            os.symlink(mask, dst / "ground_truth" / kind / mask.name)
+    return dst

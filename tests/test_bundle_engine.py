@@ -1,0 +1,223 @@
+"""Trainer -> bundle -> engine on a small real subset of magnetic_tile (random-init weights: we test the
+machinery here, not accuracy)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers import make_subset
+from linesight.config.fit import preset
+from linesight.errors import BundleError, DataError
+from linesight.export.bundle import load_bundle
+from linesight.export.engine import Engine
+from linesight.export.images import read_image
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_subset(tmp_path_factory.mktemp("mt") / "subset")
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(dataset, tmp_path_factory) -> Path:
+    from linesight.trainer.fit import fit
+
+    out = tmp_path_factory.mktemp("b") / "model"
+    fit(dataset, out, preset("fast", weights="none", input_size=96, embedding_dim=64, coreset_ratio=0.1,
+                             model_id="test-model"))
+    return out
+
+
+def test_bundle_contents_and_manifest(bundle_dir):
+    names = {p.name for p in bundle_dir.iterdir()}
+    assert {"manifest.json", "backbone.onnx", "memory_bank.npy", "golden"} <= names
+    raw = json.loads((bundle_dir / "manifest.json").read_text())
+    assert raw["schema"] == "linesight.bundle/1"
+    assert raw["backbone"]["weights"] == {"source": "none", "pretrained": False, "detail": "random init (seeded)",
+                                          "sha256": None}
+    assert "features not pretrained: accuracy will be poor" in raw["warnings"]
+    assert set(raw["files"]) >= {"backbone.onnx", "memory_bank.npy"}
+    assert raw["onnx"]["parity_max_abs_diff"] <= raw["onnx"]["parity_tolerance"]
+    assert raw["thresholds"]["policy"] == "no_false_reject" and np.isfinite(raw["thresholds"]["image"])
+    assert len(raw["golden"]) == min(3, raw["dataset"]["n_holdout"]) >= 1 and len(raw["dataset"]["fingerprint"]) == 64
+    bank = np.load(bundle_dir / "memory_bank.npy", allow_pickle=False)
+    assert bank.shape == (raw["memory"]["n_bank"], 64) and bank.dtype == np.float32
+
+
+def test_zip_round_trip_scores_identically(bundle_dir, tmp_path, dataset):
+    from linesight.export.bundle import write_bundle
+
+    b = load_bundle(bundle_dir)
+    z = write_bundle(tmp_path / "m.zip", b)
+    img = read_image(next((dataset / "test" / "crack").iterdir()))
+    a, bz = Engine(bundle_dir).predict(img), Engine(z).predict(img)
+    assert a.score == pytest.approx(bz.score, rel=1e-6)
+    assert np.allclose(a.anomaly_map, bz.anomaly_map)
+
+
+def test_golden_images_reproduce(bundle_dir):
+    assert Engine(bundle_dir).check_golden() == []
+
+
+def test_knn_scores_match_brute_force(bundle_dir, dataset):
+    eng = Engine(bundle_dir)
+    img = read_image(next((dataset / "test" / "blowhole").iterdir()))
+    from linesight.export.preprocess import preprocess_batch
+
+    feats = eng.features(preprocess_batch([img], eng.spec))
+    patch, image = eng.patch_scores(feats)
+    flat = feats[0].reshape(feats.shape[1], -1).T.astype(np.float64)
+    bank = eng.bundle.bank.astype(np.float64)
+    d = np.sqrt(((flat[:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
+    assert np.allclose(patch.reshape(-1), d, rtol=1e-4, atol=1e-4)
+    assert image[0] == pytest.approx(d.max(), rel=1e-4)
+    pred = eng.predict(img)
+    assert pred.anomaly_map.shape == img.shape[:2] and pred.anomaly_map.dtype == np.float32
+    assert pred.score == pytest.approx(d.max(), rel=1e-4)
+
+
+def test_batch_equals_single(bundle_dir, dataset):
+    eng = Engine(bundle_dir)
+    imgs = [read_image(p) for p in sorted((dataset / "test" / "good").iterdir())[:3]]
+    batch = eng.predict_batch(imgs)
+    for img, b in zip(imgs, batch):
+        assert eng.predict(img).score == pytest.approx(b.score, rel=1e-4)
+
+
+def test_odd_images(bundle_dir, tmp_path):
+    eng = Engine(bundle_dir)
+    rng = np.random.default_rng(0)
+    cases = {
+        "gray16": rng.integers(0, 65535, (120, 90), dtype=np.uint16),
+        "bgr8": rng.integers(0, 255, (50, 70, 3), dtype=np.uint8),
+        "bgra8": rng.integers(0, 255, (40, 40, 4), dtype=np.uint8),
+        "tiny": rng.integers(0, 255, (3, 3), dtype=np.uint8),
+        "huge": rng.integers(0, 255, (3000, 4000), dtype=np.uint8),
+    }
+    for name, img in cases.items():
+        path = tmp_path / f"{name}.png"
+        cv2.imwrite(str(path), img)
+        back = read_image(path)
+        assert back.dtype == img.dtype, name
+        pred = eng.predict(back)
+        assert pred.anomaly_map.shape == img.shape[:2] and np.isfinite(pred.score), name
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(DataError, match="corrupt.png"):
+        read_image(tmp_path / "corrupt.png")
+    with pytest.raises(DataError, match="shape"):
+        eng.predict(np.zeros((10, 10, 2), np.uint8))
+
+
+def test_tampered_truncated_wrong_schema(bundle_dir, tmp_path):
+    bad = tmp_path / "tampered"
+    shutil.copytree(bundle_dir, bad)
+    bank = np.load(bad / "memory_bank.npy")
+    bank[0, 0] += 1
+    np.save(bad / "memory_bank.npy", bank)
+    with pytest.raises(BundleError, match="memory_bank.npy does not match its sha256"):
+        load_bundle(bad)
+
+    trunc = tmp_path / "trunc"
+    shutil.copytree(bundle_dir, trunc)
+    data = (trunc / "backbone.onnx").read_bytes()
+    (trunc / "backbone.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError, match="backbone.onnx"):
+        load_bundle(trunc)
+
+    schema = tmp_path / "schema"
+    shutil.copytree(bundle_dir, schema)
+    raw = json.loads((schema / "manifest.json").read_text())
+    raw["schema"] = "linesight.bundle/99"
+    (schema / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="schema"):
+        load_bundle(schema)
+
+    z = tmp_path / "cut.zip"
+    from linesight.export.bundle import write_bundle
+
+    write_bundle(z, load_bundle(bundle_dir))
+    z.write_bytes(z.read_bytes()[:1000])
+    with pytest.raises(BundleError, match="zip"):
+        load_bundle(z)
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(bundle_dir, pickled)
+    np.save(pickled / "memory_bank.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    raw = json.loads((pickled / "manifest.json").read_text())
+    import hashlib
+
+    raw["files"]["memory_bank.npy"] = hashlib.sha256((pickled / "memory_bank.npy").read_bytes()).hexdigest()
+    (pickled / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="not a plain numpy array"):
+        load_bundle(pickled)
+
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nope")
+
+
+def test_cli_user_errors_are_one_line(tmp_path, bundle_dir):
+    exe = [sys.executable, "-m", "linesight"]
+    r = subprocess.run(exe + ["predict", str(tmp_path / "missing.zip"), "x.png"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "does not exist" in r.stderr
+    r = subprocess.run(exe + ["fit", str(tmp_path), "-o", str(tmp_path / "o"), "--weights", "none"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "holds no images" in r.stderr
+    r = subprocess.run(exe + ["fit", str(tmp_path), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "w.pth")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not 'imagenet'" in r.stderr
+    img = tmp_path / "ok.png"
+    cv2.imwrite(str(img), np.full((64, 64), 128, np.uint8))
+    r = subprocess.run(exe + ["predict", str(bundle_dir), str(img), str(tmp_path / "missing.png"),
+                              "--overlay", str(tmp_path / "ov")], capture_output=True, text=True)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert r.returncode == 1 and rows[0]["verdict"] in ("OK", "NG") and "error" in rows[1]
+    assert cv2.imread(rows[0]["overlay"]) is not None
+
+
+def test_local_weights_file_is_used(tmp_path):
+    import torch
+
+    from linesight.trainer.backbones import build_backbone, load_weights
+
+    torch.manual_seed(1)
+    src = build_backbone("resnet18")
+    path = tmp_path / "resnet18.pth"
+    torch.save(src.state_dict(), path)
+    dst = build_backbone("resnet18")
+    res = load_weights(dst, "resnet18", str(path))
+    assert res.source == "file" and res.pretrained and len(res.sha256) == 64
+    assert torch.equal(dst.layer3[0].conv1.weight, src.layer3[0].conv1.weight)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    from linesight.errors import LinesightError
+
+    with pytest.raises(LinesightError, match="do not fit"):
+        load_weights(build_backbone("resnet18"), "resnet18", str(tmp_path / "bad.pth"))
+
+
+def test_state_dict_keys_match_torchvision_layout():
+    from linesight.trainer.backbones import build_backbone
+
+    keys = set(build_backbone("wide_resnet50_2").state_dict())
+    assert {"conv1.weight", "bn1.running_mean", "layer1.0.downsample.0.weight", "layer3.5.conv3.weight",
+            "layer4.2.bn3.num_batches_tracked", "fc.bias"} <= keys
+    assert build_backbone("wide_resnet50_2").layer1[0].conv2.weight.shape == (128, 128, 3, 3)
+
+
+def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
+    import torch
+
+    from linesight.errors import LinesightError
+    from linesight.trainer.backbones import build_backbone, load_weights
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # empty cache, so a download is attempted
+    monkeypatch.setenv("no_proxy", "")
+    with pytest.raises(LinesightError, match="--weights /path/to/resnet18-f37072fd.pth"):
+        load_weights(build_backbone("resnet18"), "resnet18", "imagenet")
