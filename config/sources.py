@@ -96,8 +96,7 @@ class TriggerConfig(BaseModel):
     )
     source: str = Field(
         default="Line0", min_length=1,
-        description="TriggerSource for hardware mode, e.g. Line0 / Line1 (ignored by the schema check "
-        "only in the sense that free_run and software set their own source).",
+        description="TriggerSource for hardware mode, e.g. Line0 / Line1.",
     )
     activation: str | None = Field(
         default="RisingEdge",
@@ -120,7 +119,7 @@ class TriggerConfig(BaseModel):
 class GenICamSourceConfig(_SourceBase, _Backoff):
     """An industrial camera through a GenTL producer (.cti) with harvesters."""
 
-    type: Literal["genicam"] = Field(description="GenICam/GenTL camera (pip install linesight[camera]).")
+    type: Literal["genicam"] = Field(default="genicam", description="GenICam/GenTL camera (pip install linesight[camera]).")
     cti: Path | None = Field(
         default=None,
         description="GenTL producer file (.cti) of the camera vendor; null = every .cti in the directories "
@@ -181,7 +180,7 @@ IMAGE_PATTERNS = ["*.png", "*.jpg", "*.jpeg", "*.bmp", "*.tif", "*.tiff"]
 class FolderSourceConfig(_SourceBase):
     """Images from a directory: replay once, loop, or watch for new files (e.g. written by a PLC/camera)."""
 
-    type: Literal["folder"] = Field(description="Images from a directory.")
+    type: Literal["folder"] = Field(default="folder", description="Images from a directory.")
     path: Path = Field(description="Directory holding the images (not searched recursively).")
     patterns: list[str] = Field(
         default_factory=lambda: list(IMAGE_PATTERNS), min_length=1,
@@ -218,7 +217,7 @@ class FolderSourceConfig(_SourceBase):
 class VideoSourceConfig(_SourceBase, _Backoff):
     """A video file, a network stream (rtsp://, http://) or a local capture device index."""
 
-    type: Literal["video"] = Field(description="Video file, stream URL or device index via OpenCV.")
+    type: Literal["video"] = Field(default="video", description="Video file, stream URL or device index via OpenCV.")
     uri: str | int = Field(
         description="Video file path, stream URL (rtsp://, http://, ...) or capture device index (0, 1, ...)."
     )
@@ -228,11 +227,16 @@ class VideoSourceConfig(_SourceBase, _Backoff):
         default=5.0, gt=0, le=600, description="Streams: a read blocked longer than this counts as a loss."
     )
 
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _uri_not_bool(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("uri must be a path, URL or device index, not a boolean")
+        return value
+
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str | int) -> str | int:
-        if isinstance(value, bool):
-            raise ValueError("uri must be a path, URL or device index, not a boolean")
         if isinstance(value, int) and value < 0:
             raise ValueError(f"uri={value}: a device index is >= 0")
         if isinstance(value, str) and not value.strip():
@@ -243,7 +247,7 @@ class VideoSourceConfig(_SourceBase, _Backoff):
 class SyntheticSourceConfig(_SourceBase):
     """Deterministic textured images with a drawn defect every N frames (demos, tests, soak runs)."""
 
-    type: Literal["synthetic"] = Field(description="Generated frames.")
+    type: Literal["synthetic"] = Field(default="synthetic", description="Generated frames.")
     width: int = Field(default=640, ge=16, le=16384, description="Image width in pixels.")
     height: int = Field(default=480, ge=16, le=16384, description="Image height in pixels.")
     channels: Literal[1, 3] = Field(default=1, description="1 = gray, 3 = BGR.")

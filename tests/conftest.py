@@ -100,7 +100,7 @@ class Broker:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def _base_conf(workdir: Path, port: int) -> list[str]:
+def _base_conf(port: int) -> list[str]:
     return [
         f"listener {port} 127.0.0.1",
         "persistence false",
@@ -122,7 +122,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
     workdir = tmp_path / "mosquitto"
     workdir.mkdir()
     port = free_port()
-    broker = Broker(workdir, port, [*_base_conf(workdir, port), "allow_anonymous true"])
+    broker = Broker(workdir, port, [*_base_conf(port), "allow_anonymous true"])
     broker.start()
     try:
         yield broker
@@ -179,7 +179,7 @@ def mosquitto_tls(tmp_path: Path, tls_material: TlsMaterial) -> Iterator[Broker]
         workdir,
         port,
         [
-            *_base_conf(workdir, port),
+            *_base_conf(port),
             f"cafile {tls_material.ca_crt}",
             f"certfile {tls_material.server_crt}",
             f"keyfile {tls_material.server_key}",

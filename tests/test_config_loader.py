@@ -405,6 +405,15 @@ def test_yaml_bad_indentation() -> None:
     assert str(info.value).startswith(f"{SRC}:2:9: YAML syntax error: mapping values are not allowed")
 
 
+def test_tab_indentation_and_control_characters() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_yaml("name: a\n\tcamera: b\n", SRC)
+    assert str(info.value).startswith(f"{SRC}:2:1: YAML syntax error: ")
+    assert "indent with spaces" in str(info.value)
+    with pytest.raises(ConfigError, match=rf"^{SRC}:2: YAML syntax error: .*U\+0007"):
+        parse_yaml("name: a\nb: \x07\n", SRC)
+
+
 @pytest.mark.parametrize("text", ["", "\n", "# only a comment\n"])
 def test_empty_file(text: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{SRC}:1: file is empty"):

@@ -10,8 +10,9 @@ import json
 import math
 from typing import Any
 
-import cv2
 import numpy as np
+
+# cv2 is imported inside the image functions: the MQTT path only needs JSON and must start fast.
 
 #: Heatmap scaling: value/threshold * HEATMAP_GAIN, clipped to [0, 1]. With 0.5 the decision threshold
 #: sits at mid-scale (colour-map middle, green in JET) and 2x threshold saturates (red), so the colour
@@ -64,6 +65,8 @@ def colorize_heatmap(heatmap: np.ndarray, threshold: float | None) -> np.ndarray
     if threshold is None or not math.isfinite(threshold) or threshold <= 0:
         peak = float(np.nanmax(hm)) if hm.size else 0.0
         threshold = peak * HEATMAP_GAIN if peak > 0 and math.isfinite(peak) else 1.0
+    import cv2
+
     scaled = np.nan_to_num(hm * (HEATMAP_GAIN * 255.0 / threshold), nan=0.0, posinf=255.0, neginf=0.0)
     u8 = np.clip(scaled, 0.0, 255.0).astype(np.uint8)
     return cv2.applyColorMap(u8, cv2.COLORMAP_JET)
@@ -71,6 +74,8 @@ def colorize_heatmap(heatmap: np.ndarray, threshold: float | None) -> np.ndarray
 
 def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int = 90) -> bytes:
     """Encode an 8-bit gray/BGR (or 16-bit for PNG) image; raises ValueError naming the problem."""
+    import cv2
+
     if image.dtype != np.uint8 and not (fmt == "png" and image.dtype == np.uint16):
         raise ValueError(f"cannot encode {image.dtype} image as {fmt}: convert to uint8 first")
     if fmt == "jpeg":

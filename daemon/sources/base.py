@@ -137,10 +137,12 @@ class Source(ABC):
             if reconnected:
                 self._reconnects += 1
 
-    def _set_down(self, error: str) -> None:
+    def _set_down(self, error: str | None = None) -> None:
+        """Mark the source down; `error` None (a normal close) keeps the last error as it was."""
         with self._lock:
             self._up = False
-            self._last_error = error
+            if error is not None:
+                self._last_error = error
 
     def _note_error(self, error: str) -> None:
         with self._lock:

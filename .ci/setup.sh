@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up everything linesight needs on a fresh Debian machine of this kind (idempotent).
+# torch is pinned through .ci/constraints.txt to the local CPU wheel: never pulls CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto mosquitto-clients)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -c .ci/constraints.txt -e ".[cpu,train,camera,daemon,test]"

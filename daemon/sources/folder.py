@@ -1,0 +1,222 @@
+"""Images from a directory: replay once, loop forever, or watch for new files.
+
+Why each rule:
+- Files are decoded with `cv2.imdecode(bytes, IMREAD_UNCHANGED)` (same decoders as `cv2.imread`, which
+  the brief names): 16-bit PNG/TIFF keep their depth, and reading the bytes ourselves lets us reject a
+  truncated JPEG (no end-of-image marker) that OpenCV would otherwise half-decode into a gray image.
+- A file that cannot be read or decoded is returned as a bad Frame naming the file: the part it shows
+  gets the fail-safe verdict instead of silently disappearing.
+- watch mode reads a new file only after its size and mtime were unchanged for `watch_settle_s`, so a
+  file still being written is never decoded. Writers should still prefer write-then-rename (a name the
+  patterns do not match, then `rename`), which is atomic. A name is inspected once; if it disappears
+  and reappears it is inspected again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from linesight.config.sources import FolderSourceConfig
+
+from .base import EndOfStream, Frame, Pacer, Source, SourceError, to_bgr_or_gray
+
+log = logging.getLogger(__name__)
+
+_JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
+
+
+def decode_image_file(path: Path, grayscale: bool) -> tuple[np.ndarray | None, str | None]:
+    """(image, None) or (None, reason). Never raises for a bad file: the reason names it."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        return None, f"cannot read image file {path}: {exc.strerror or exc}"
+    if data.size == 0:
+        return None, f"image file {path} is empty (0 bytes)"
+    if path.suffix.lower() in _JPEG_SUFFIXES:
+        tail = bytes(data[-64:]).rstrip(b"\x00\r\n\t ")
+        if not tail.endswith(b"\xff\xd9"):
+            return None, f"image file {path} is a truncated JPEG (no end-of-image marker)"
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return None, f"cannot decode image file {path}: corrupt, truncated or not an image"
+    try:
+        return to_bgr_or_gray(image, grayscale), None
+    except ValueError as exc:
+        return None, f"image file {path}: {exc}"
+
+
+class FolderSource(Source):
+    """Frames from image files; `Frame.name` is the file name, `chunk['path']` the full path."""
+
+    def __init__(self, cfg: FolderSourceConfig) -> None:
+        super().__init__(cfg.name)
+        self.cfg = cfg
+        self.path = Path(cfg.path)
+        self._patterns = [p.lower() for p in cfg.patterns]
+        self._pacer = Pacer(cfg.rate_hz)
+        self._files: list[Path] = []
+        self._index = 0
+        # watch mode state
+        self._seen: set[str] = set()
+        self._pending: dict[str, tuple[tuple[int, int], float]] = {}
+        self._ready: deque[str] = deque()
+        self._next_poll = 0.0
+
+    # -- listing -----------------------------------------------------------------------------
+    def _matches(self, name: str) -> bool:
+        lower = name.lower()
+        return any(fnmatch.fnmatchcase(lower, p) for p in self._patterns)
+
+    def _scan(self) -> dict[str, tuple[int, int]]:
+        """name -> (size, mtime_ns) of matching regular files. Raises OSError if the folder is gone."""
+        found: dict[str, tuple[int, int]] = {}
+        with os.scandir(self.path) as it:
+            for entry in it:
+                if not self._matches(entry.name):
+                    continue
+                try:
+                    if not entry.is_file():
+                        continue
+                    st = entry.stat()
+                except OSError:
+                    continue  # vanished between listing and stat: next poll decides
+                found[entry.name] = (st.st_size, st.st_mtime_ns)
+        return found
+
+    def _list_sorted(self) -> list[Path]:
+        return [self.path / n for n in sorted(self._scan())]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:
+        if self._opened:
+            return
+        where = f"folder source {self.name!r}"
+        if not self.path.exists():
+            raise SourceError(f"{where}: path {self.path} does not exist; set path to the image directory")
+        if not self.path.is_dir():
+            raise SourceError(f"{where}: path {self.path} is not a directory; set path to the image directory")
+        try:
+            current = self._scan()
+        except OSError as exc:
+            raise SourceError(f"{where}: cannot list {self.path}: {exc.strerror or exc}; check permissions") from exc
+        if self.cfg.mode == "watch":
+            if not self.cfg.watch_existing:
+                self._seen = set(current)
+        else:
+            self._files = [self.path / n for n in sorted(current)]
+            if not self._files:
+                raise SourceError(
+                    f"{where}: no files matching {', '.join(self.cfg.patterns)} in {self.path}; "
+                    "check path and patterns"
+                )
+        self._index = 0
+        self._opened = True
+        self._set_up()
+        log.info("folder source open name=%s path=%s mode=%s files=%d",
+                 self.name, self.path, self.cfg.mode, len(current))
+
+    def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            self._set_down()
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, timeout_s: float | None = 1.0) -> Frame | None:
+        self._require_open()
+        if self.cfg.mode == "watch":
+            path = self._next_watched(timeout_s)
+        else:
+            path = self._next_listed(timeout_s)
+        if path is None:
+            return None
+        if not self._pacer.wait(timeout_s):
+            self._push_back(path)
+            return None
+        host_ts = time.time_ns()
+        image, error = decode_image_file(path, self.cfg.grayscale)
+        if error is not None:
+            log.warning("bad image source=%s file=%s: %s", self.name, path.name, error)
+        self._pacer.emitted()
+        return self._make_frame(image, host_ts_ns=host_ts, error=error, name=path.name,
+                                chunk={"path": str(path)})
+
+    def _push_back(self, path: Path) -> None:
+        """The pacer ran out of time: deliver this file on the next read instead."""
+        if self.cfg.mode == "watch":
+            self._ready.appendleft(path.name)
+        else:
+            self._index -= 1
+
+    def _next_listed(self, timeout_s: float | None) -> Path | None:
+        if self._index >= len(self._files):
+            if self.cfg.mode == "once":
+                raise EndOfStream(f"folder source {self.name!r}: all {len(self._files)} files delivered")
+            try:
+                self._files = self._list_sorted()
+            except OSError as exc:
+                self._files = []
+                self._set_down(f"cannot list {self.path}: {exc.strerror or exc}")
+            self._index = 0
+            if not self._files:
+                self._set_down(f"no files matching {', '.join(self.cfg.patterns)} in {self.path}")
+                time.sleep(self.cfg.watch_poll_s if timeout_s is None else min(timeout_s, self.cfg.watch_poll_s))
+                return None
+            self._set_up()
+        path = self._files[self._index]
+        self._index += 1
+        return path
+
+    def _next_watched(self, timeout_s: float | None) -> Path | None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if self._ready:
+                return self.path / self._ready.popleft()
+            now = time.monotonic()
+            if now >= self._next_poll:
+                self._poll()
+                self._next_poll = now + self.cfg.watch_poll_s
+                if self._ready:
+                    continue
+            wait = self._next_poll - time.monotonic()
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                wait = min(wait, remaining)
+            if wait > 0:
+                time.sleep(wait)
+
+    def _poll(self) -> None:
+        """One directory scan: track new files until size+mtime are stable for watch_settle_s."""
+        now = time.monotonic()
+        try:
+            current = self._scan()
+        except OSError as exc:
+            self._set_down(f"cannot list {self.path}: {exc.strerror or exc}")
+            return
+        if not self.status.up:
+            self._set_up()
+        self._seen &= current.keys()  # a vanished name may come back and is then inspected again
+        for name in [n for n in self._pending if n not in current]:
+            del self._pending[name]
+        for name, sig in current.items():
+            if name in self._seen:
+                continue
+            prev = self._pending.get(name)
+            if prev is None or prev[0] != sig:
+                self._pending[name] = (sig, now)
+        ready = [(sig[1], name) for name, (sig, since) in self._pending.items()
+                 if now - since >= self.cfg.watch_settle_s]
+        for _, name in sorted(ready):
+            del self._pending[name]
+            self._seen.add(name)
+            self._ready.append(name)
