@@ -28,6 +28,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from linesight.errors import ConfigError
 
+__all__ = [
+    "YamlDocument",
+    "format_path",
+    "is_secret_path",
+    "load_model",
+    "load_model_from_text",
+    "parse_yaml",
+]
+
 log = logging.getLogger(__name__)
 
 YamlPath = tuple[str | int, ...]
@@ -288,8 +297,8 @@ def parse_yaml(text: str, source_name: str, env: Mapping[str, str] | None = None
 def _summary(source_name: str, problems: list[_Problem]) -> str:
     ordered = sorted(problems)
     noun = "problem" if len(ordered) == 1 else "problems"
-    return "\n".join([f"{source_name}: invalid configuration ({len(ordered)} {noun}):"]
-                     + [p.text for p in ordered])
+    header = f"{source_name}: invalid configuration ({len(ordered)} {noun}):"
+    return "\n".join([header, *(p.text for p in ordered)])
 
 
 # --- mapping pydantic error locations onto the YAML tree ------------------------------------
@@ -366,21 +375,26 @@ class _Located:
     yaml_path: YamlPath  # deepest path that exists in the document
     shown_path: YamlPath  # what the message names (adds the missing field)
     owner: type[BaseModel] | None  # model holding the last loc element, when resolvable
-    value: Any
+    read_as: tuple[str, ...]  # plain-union members pydantic tried, e.g. ('MqttOutput',)
 
 
-def _locate(loc: tuple[str | int, ...], missing: bool, model: type[BaseModel], data: Any) -> _Located:
+def _locate(
+    loc: tuple[str | int, ...], missing: bool, model: type[BaseModel], data: Any
+) -> _Located:
     """Follow a pydantic loc through data and types; union tags in loc are skipped."""
     tp: Any = model
     owner: type[BaseModel] | None = None
     path: list[str | int] = []
     shown: list[str | int] = []
+    read_as: list[str] = []
     node = data
     for index, key in enumerate(loc):
         is_last = index == len(loc) - 1
         unwrapped = _unwrap(tp) if tp is not None else None
         member = _union_member_for_tag(unwrapped, key) if unwrapped is not None else None
         if member is not None:
+            if member.__name__ == key:  # smart union: say which alternative failed
+                read_as.append(member.__name__)
             tp = member
             continue
         tp, owner = _step_type(tp, key) if tp is not None else (None, None)
@@ -395,10 +409,12 @@ def _locate(loc: tuple[str | int, ...], missing: bool, model: type[BaseModel], d
             continue
         path.append(key)
         shown.append(key)
-    return _Located(tuple(path), tuple(shown), owner, node)
+    return _Located(tuple(path), tuple(shown), owner, tuple(read_as))
 
 
-def _validation_problems(exc: ValidationError, model: type[BaseModel], doc: YamlDocument) -> list[_Problem]:
+def _validation_problems(
+    exc: ValidationError, model: type[BaseModel], doc: YamlDocument
+) -> list[_Problem]:
     problems = []
     for err in exc.errors(include_url=False):
         kind = err["type"]
@@ -406,20 +422,18 @@ def _validation_problems(exc: ValidationError, model: type[BaseModel], doc: Yaml
         line = doc.lines.get(located.yaml_path, doc.lines[()])
         secret = is_secret_path(located.shown_path)
         if kind == "extra_forbidden":
-            problems.append(
-                _Problem(line, f"{doc.source_name}:{line}: {format_path(located.shown_path)}: "
-                         + _unknown_field_message(located))
-            )
-            continue
-        message = str(err["msg"])
-        raw = err.get("input")
-        if secret and isinstance(raw, str) and raw:
-            message = message.replace(raw, _REDACTED)  # custom validators may echo input
-        if kind != "missing" and not kind.startswith("union_tag"):
-            message += f" (got {_describe_value(raw, secret)})"
-        problems.append(
-            _Problem(line, f"{doc.source_name}:{line}: {format_path(located.shown_path)}: {message}")
-        )
+            message = _unknown_field_message(located)
+        else:
+            message = str(err["msg"])
+            raw = err.get("input")
+            if secret and isinstance(raw, str) and raw:
+                message = message.replace(raw, _REDACTED)  # custom validators may echo input
+            if kind != "missing" and not kind.startswith("union_tag"):
+                message += f" (got {_describe_value(raw, secret)})"
+        if located.read_as:
+            message += f" [when read as {' > '.join(located.read_as)}]"
+        where = f"{doc.source_name}:{line}: {format_path(located.shown_path)}"
+        problems.append(_Problem(line, f"{where}: {message}"))
     return problems
 
 

@@ -278,3 +278,9 @@ def mqtt_probe() -> Iterator[Callable[..., MqttProbe]]:
     yield make
     for p in probes:
         p.close()
+
+
+@pytest.fixture
+def free_tcp_port() -> Callable[[], int]:
+    """Callable returning a currently free 127.0.0.1 TCP port."""
+    return free_port

@@ -265,6 +265,28 @@ def test_discriminated_union_errors_skip_the_tag() -> None:
     ]
 
 
+class Square(Strict):
+    side: int
+
+
+class Circle(Strict):
+    radius: int
+
+
+class Drawing(Strict):
+    shape: Square | Circle  # plain (smart) union: pydantic reports every alternative
+
+
+def test_plain_union_names_the_alternative() -> None:
+    msg = _error("shape:\n  sid: 3\n", model=Drawing)
+    assert _problem_lines(msg) == [
+        f"{SRC}:1: shape.side: Field required [when read as Square]",
+        f"{SRC}:1: shape.radius: Field required [when read as Circle]",
+        f"{SRC}:2: shape.sid: unknown field 'sid' (did you mean 'side'?) [when read as Square]",
+        f"{SRC}:2: shape.sid: unknown field 'sid' (allowed: radius) [when read as Circle]",
+    ]
+
+
 def test_dict_value_error_and_every_problem_listed() -> None:
     msg = _error(
         """
@@ -402,7 +424,9 @@ def test_yaml_syntax_error_has_line_and_column() -> None:
 def test_yaml_bad_indentation() -> None:
     with pytest.raises(ConfigError) as info:
         parse_yaml("name: a\n  camera: b\n", SRC)
-    assert str(info.value).startswith(f"{SRC}:2:9: YAML syntax error: mapping values are not allowed")
+    assert str(info.value).startswith(
+        f"{SRC}:2:9: YAML syntax error: mapping values are not allowed"
+    )
 
 
 def test_tab_indentation_and_control_characters() -> None:

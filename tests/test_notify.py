@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,8 +92,6 @@ def test_watchdog_and_reloading_datagrams(receiver: tuple[socket.socket, str]) -
     assert n.watchdog_interval_s == 30.0
     assert n.watchdog() is True
     assert _recv(sock) == b"WATCHDOG=1"
-
-    import time
 
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     n.reloading(status="reloading config")

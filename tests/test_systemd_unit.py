@@ -23,6 +23,21 @@ needs_analyze = pytest.mark.skipif(
 )
 
 
+def _systemd_version() -> int:
+    """Major version ('systemd 252 (252.38-1~deb12u1)' -> 252); 0 when unknown."""
+    if ANALYZE is None:
+        return 0
+    out = subprocess.run([ANALYZE, "--version"], capture_output=True, text=True, timeout=30)
+    words = out.stdout.split()
+    return int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+
+
+# `security --offline/--threshold` and `sysusers --dry-run` arrived in systemd 250.
+needs_systemd_250 = pytest.mark.skipif(
+    _systemd_version() < 250, reason="needs systemd >= 250 (Debian 12 / Ubuntu 24.04 have it)"
+)
+
+
 def _unit_settings() -> dict[str, dict[str, list[str]]]:
     """Parse the unit into {section: {key: [values...]}} (keys may repeat, e.g. Environment=)."""
     settings: dict[str, dict[str, list[str]]] = {}
@@ -76,9 +91,9 @@ def _verify(unit: Path) -> tuple[int, list[str]]:
 
 @needs_analyze
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    rc, findings = _verify(_verifiable_copy(tmp_path))
+    # The exit code is not asserted: host noise (no PID 1, distro units) can make it non-zero.
+    _, findings = _verify(_verifiable_copy(tmp_path))
     assert findings == [], "\n".join(findings)
-    assert rc == 0
 
 
 @needs_analyze
@@ -90,6 +105,7 @@ def test_verify_filter_catches_a_broken_unit(tmp_path: Path) -> None:
 
 
 @needs_analyze
+@needs_systemd_250
 def test_unit_hardening_exposure_stays_low(tmp_path: Path) -> None:
     # systemd's offline exposure score (0 = locked down, 10 = unprotected); the unit scores
     # about 2.0. --threshold=30 (i.e. 3.0) fails if hardening is removed without thought.
@@ -156,6 +172,7 @@ def test_unit_parses_as_ini() -> None:
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers missing")
+@needs_systemd_250
 def test_sysusers_snippet_creates_the_service_account(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

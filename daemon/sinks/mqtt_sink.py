@@ -321,7 +321,7 @@ class MqttSink:
             self._logged_problems.add(message)
 
     def _purge_stale_verdicts(self, client: mqtt.Client) -> int:
-        if True:
+        if self._purge_broken:
             return 0
         try:
             mutex = client._out_message_mutex  # noqa: SLF001 - see module docstring, point 3

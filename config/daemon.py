@@ -1,0 +1,55 @@
+"""The daemon's configuration: one YAML file per station (`linesight run --config station.yaml`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from linesight.config.outputs import OutputsConfig
+from linesight.config.sources import SourceConfig
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: Path = Field(description="Bundle folder or .zip written by `linesight fit`")
+    watch: bool = Field(True, description="Reload automatically when the bundle file/folder changes")
+    watch_interval_s: float = Field(2.0, gt=0, description="How often the bundle's modification time is checked")
+    golden_tolerance: float = Field(1e-3, gt=0, description="Relative score difference allowed on the golden images "
+                                                            "before a new bundle is refused")
+    threads: int | None = Field(None, ge=1, description="Inference threads (default: onnxruntime's choice)")
+
+
+class PartIdConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["counter", "filename", "chunk"] = Field(
+        "counter", description="counter: prefix + sequence; filename: the frame's file name; chunk: a chunk value")
+    prefix: str = Field("", description="Prefix for counter part ids")
+    chunk_key: str = Field("", description="Chunk/metadata key holding the part id (mode chunk)")
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deadline_ms: float = Field(500, gt=0, description="Trigger-to-verdict budget; a frame not decided in time gets "
+                                                      "the fail-safe verdict")
+    queue_size: int = Field(4, ge=1, le=1024, description="Frames waiting for inference; when full, new frames get "
+                                                          "the fail-safe verdict (reason frame_dropped)")
+    fail_safe_verdict: Literal["NG", "OK"] = Field("NG", description="Verdict given when a frame cannot be decided")
+    software_trigger_hz: float | None = Field(None, gt=0, description="Fire the source's software trigger at this "
+                                                                      "rate (cameras in software-trigger mode)")
+    part_id: PartIdConfig = Field(default_factory=PartIdConfig, description="Where part ids come from")
+    stats_interval_s: float = Field(10.0, gt=0, description="Period of the MQTT stats message")
+    max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (tests, demos)")
+
+
+class DaemonConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(description="The bundle to run")
+    source: SourceConfig = Field(description="Where frames come from")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Deadlines, queues, fail-safe")
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="MQTT, ZeroMQ, metrics, archive")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level")

@@ -1,0 +1,79 @@
+"""The running model: load, verify on golden images, swap atomically between frames, roll back."""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from linesight.errors import LinesightError
+from linesight.export.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class ModelRefused(LinesightError):
+    """A bundle failed to load or to reproduce its golden scores; the previous model keeps running."""
+
+
+def _stamp(path: Path) -> tuple[float, int] | None:
+    """Change detector for a .zip or a bundle folder (a folder is replaced atomically by write_bundle)."""
+    try:
+        target = path / "manifest.json" if path.is_dir() else path
+        st = target.stat()
+        return st.st_mtime, st.st_size
+    except OSError:
+        return None
+
+
+class ModelHolder:
+    """`engine` is read by the processing loop once per frame; a swap is a single reference assignment."""
+
+    def __init__(self, path: Path, *, threads: int | None = None, golden_tolerance: float = 1e-3):
+        self.path = Path(path)
+        self.threads = threads
+        self.golden_tolerance = golden_tolerance
+        self.engine: Engine | None = None
+        self.previous: Engine | None = None
+        self._stamp = None
+        self._lock = threading.Lock()  # one load at a time
+
+    def load(self, path: Path | None = None) -> Engine:
+        """Load and verify a bundle, then make it current. Raises ModelRefused; the old model stays."""
+        path = Path(path or self.path)
+        with self._lock:
+            stamp = _stamp(path)
+            try:
+                engine = Engine(path, threads=self.threads)
+            except LinesightError as exc:
+                raise ModelRefused(f"bundle {path} refused: {exc}") from exc
+            problems = engine.check_golden(self.golden_tolerance)
+            if problems:
+                raise ModelRefused(f"bundle {path} refused: golden images do not reproduce: {'; '.join(problems)}")
+            self.previous, self.engine = self.engine, engine
+            self.path, self._stamp = path, stamp
+            log.info("model %s active (provider %s)", engine.bundle.label, engine.provider,
+                     extra={"model_id": engine.manifest.model.id, "model_version": engine.manifest.model.version})
+            return engine
+
+    def rollback(self) -> Engine:
+        with self._lock:
+            if self.previous is None:
+                raise ModelRefused("no previous model to roll back to")
+            self.engine, self.previous = self.previous, self.engine
+            log.warning("rolled back to model %s", self.engine.bundle.label)
+            return self.engine
+
+    def changed(self) -> bool:
+        """True when the bundle on disk differs from what was last loaded (or last refused)."""
+        stamp = _stamp(self.path)
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp  # refuse a bad bundle once, not on every poll
+        return True
+
+    @property
+    def info(self) -> dict | None:
+        if self.engine is None:
+            return None
+        m = self.engine.manifest.model
+        return {"id": m.id, "version": m.version}

@@ -1,0 +1,208 @@
+"""ZeroMQ output for HMIs on the same host or cell network: verdicts and live images.
+
+Wire format (both sockets are bound by the daemon; HMIs connect SUB sockets):
+
+* verdict socket (PUB, `verdict_endpoint`): multipart ``[b"verdict", <verdict JSON>]``
+* image socket (XPUB, `image_endpoint`): multipart
+  ``[b"image", <header JSON>, <encoded image or b"">, <encoded heatmap or b"">]`` where the header is
+  ``{"verdict": {...}, "image": {"format", "width", "height", "channels"} | null,
+  "heatmap": {"format", "width", "height", "scale": "clip(map/threshold*0.5,0,1) JET"} | null}``.
+  The heatmap is the float anomaly map coloured with cv2.COLORMAP_JET after scaling by
+  clip(map / threshold * 0.5, 0, 1): the decision threshold is mid-scale, 2x threshold is full red.
+
+Why it never blocks the caller: the verdict is serialised and sent inline with zmq.NOBLOCK (~10 us).
+Images are handed to one encoder thread through a single "latest frame" slot: if the encoder is still
+busy with an older frame that frame is replaced (counted as `images_superseded`), so JPEG/PNG encoding
+cost never reaches the inference thread and the HMI always gets the freshest picture. The encoder
+skips work entirely while no one subscribes to images (the socket is XPUB so it sees subscriptions).
+
+Drops: PUB/XPUB sockets never block; when one subscriber's queue (SNDHWM) is full libzmq drops
+messages *for that subscriber only* and does not report it (zmq.Again is never raised for PUB; only
+XPUB_NODROP would raise it, and then one stalled HMI would starve every other subscriber - worse).
+So slow-subscriber drops are invisible here by design; `send_errors` counts any zmq.Again/ZMQError.
+
+The caller must not modify `image`/`heatmap` arrays after `publish()`; the encoder thread reads them
+later (frames from the pipeline are fresh arrays, so no copy is made on the hot path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import zmq
+
+from linesight.config.outputs import ZmqConfig
+from linesight.daemon.sinks.encoding import HEATMAP_GAIN, colorize_heatmap, encode_image, verdict_json
+from linesight.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TOPIC_VERDICT = b"verdict"
+TOPIC_IMAGE = b"image"
+
+
+class ZmqSink:
+    """Two bound publisher sockets; `publish()` is safe to call from one producer thread."""
+
+    def __init__(self, cfg: ZmqConfig) -> None:
+        self._cfg = cfg
+        self._ctx = zmq.Context()
+        self._lock = threading.Lock()
+        self._counters = dict.fromkeys(
+            ("verdicts_sent", "images_sent", "images_superseded", "images_skipped_no_subscriber",
+             "encode_errors", "send_errors"),
+            0,
+        )
+        self._verdict_sock: zmq.Socket | None = None
+        self._image_sock: zmq.Socket | None = None
+        self._slot: tuple[dict[str, Any], np.ndarray | None, np.ndarray | None] | None = None
+        self._slot_cv = threading.Condition()
+        self._closing = False
+        self._closed = False
+        self._image_topics: set[bytes] = set()
+        self._worker: threading.Thread | None = None
+        self._verdict_sock = self._bind(zmq.PUB, cfg.verdict_endpoint, cfg.verdict_sndhwm)
+        if cfg.image_endpoint is not None:
+            self._image_sock = self._bind(zmq.XPUB, cfg.image_endpoint, cfg.image_sndhwm)
+            self._worker = threading.Thread(target=self._image_loop, name="zmq-image-encoder", daemon=True)
+            self._worker.start()
+        log.info("zmq publishing verdicts=%s images=%s", cfg.verdict_endpoint, cfg.image_endpoint or "-")
+
+    def _bind(self, kind: int, endpoint: str, hwm: int) -> zmq.Socket:
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            self.close()
+            raise ConfigError(
+                f"zmq: cannot bind {endpoint} ({exc.strerror}); another process (an old daemon?) may hold it, "
+                "or change zmq.verdict_endpoint / zmq.image_endpoint"
+            ) from None
+        return sock
+
+    @property
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counters)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counters[key] += n
+
+    def publish(self, verdict: dict[str, Any], image: np.ndarray | None = None,
+                heatmap: np.ndarray | None = None) -> None:
+        """Send the verdict now; queue image/heatmap for the encoder (latest wins). Never blocks."""
+        if self._verdict_sock is None:
+            raise RuntimeError("ZmqSink.publish() after close()")
+        try:
+            self._verdict_sock.send_multipart([TOPIC_VERDICT, verdict_json(verdict)], zmq.NOBLOCK)
+            self._count("verdicts_sent")
+        except zmq.ZMQError as exc:  # zmq.Again included
+            self._count("send_errors")
+            log.debug("zmq verdict send failed: %s", exc)
+        if self._image_sock is None:
+            return
+        with self._slot_cv:
+            if self._slot is not None:
+                self._count("images_superseded")
+            self._slot = (verdict, image, heatmap if self._cfg.send_heatmap else None)
+            self._slot_cv.notify()
+
+    # ------------------------------------------------------------------ encoder thread
+
+    def _image_loop(self) -> None:
+        assert self._image_sock is not None
+        while True:
+            with self._slot_cv:
+                while self._slot is None and not self._closing:
+                    self._slot_cv.wait(0.5)
+                    self._drain_subscriptions()
+                if self._closing:
+                    return
+                item, self._slot = self._slot, None
+            self._drain_subscriptions()
+            if not self._has_image_subscriber():
+                self._count("images_skipped_no_subscriber")
+                continue
+            try:
+                frames = self._encode(*item)
+            except Exception as exc:  # a bad frame must not kill the HMI feed
+                self._count("encode_errors")
+                log.warning("zmq image encode failed seq=%s: %s", item[0].get("seq"), exc)
+                continue
+            try:
+                self._image_sock.send_multipart(frames, zmq.NOBLOCK)
+                self._count("images_sent")
+            except zmq.ZMQError as exc:
+                self._count("send_errors")
+                log.debug("zmq image send failed: %s", exc)
+
+    def _drain_subscriptions(self) -> None:
+        """Track SUB subscriptions arriving on the XPUB socket (b'\\x01'+topic / b'\\x00'+topic)."""
+        sock = self._image_sock
+        assert sock is not None
+        while True:
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            if msg[:1] == b"\x01":
+                self._image_topics.add(msg[1:])
+            elif msg[:1] == b"\x00":
+                self._image_topics.discard(msg[1:])
+
+    def _has_image_subscriber(self) -> bool:
+        return any(TOPIC_IMAGE.startswith(t) for t in self._image_topics)
+
+    def _encode(self, verdict: dict[str, Any], image: np.ndarray | None,
+                heatmap: np.ndarray | None) -> list[bytes]:
+        cfg = self._cfg
+        fmt = cfg.image_format
+        img_bytes, hm_bytes = b"", b""
+        header: dict[str, Any] = {"verdict": verdict, "image": None, "heatmap": None}
+        if image is not None:
+            img_bytes = encode_image(image, fmt, cfg.jpeg_quality)
+            header["image"] = {"format": fmt, "width": int(image.shape[1]), "height": int(image.shape[0]),
+                               "channels": 1 if image.ndim == 2 else int(image.shape[2])}
+        if heatmap is not None:
+            threshold = verdict.get("threshold")
+            coloured = colorize_heatmap(heatmap, float(threshold) if isinstance(threshold, (int, float)) else None)
+            hm_bytes = encode_image(coloured, fmt, cfg.jpeg_quality)
+            header["heatmap"] = {"format": fmt, "width": int(coloured.shape[1]), "height": int(coloured.shape[0]),
+                                 "scale": f"clip(map/threshold*{HEATMAP_GAIN},0,1) JET"}
+        return [TOPIC_IMAGE, verdict_json(header), img_bytes, hm_bytes]
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        """Stop the encoder and close both sockets with linger 0 (pending messages are discarded)."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._slot_cv:
+            self._closing = True
+            self._slot_cv.notify()
+        stuck = False
+        if self._worker is not None:
+            self._worker.join(5.0)
+            stuck = self._worker.is_alive()
+            self._worker = None
+        if stuck:  # inside an encoder call: closing its socket under it could crash the process
+            log.error("zmq image encoder did not stop within 5s; leaving its socket to process exit")
+        elif self._image_sock is not None:
+            self._image_sock.close(0)
+        if self._verdict_sock is not None:
+            self._verdict_sock.close(0)
+        self._verdict_sock = self._image_sock = None
+        if not stuck:
+            self._ctx.term()
+        log.info("zmq closed counters=%s", json.dumps(self.counters))

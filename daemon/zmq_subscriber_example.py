@@ -1,0 +1,85 @@
+"""Minimal HMI-side subscriber for linesight's ZeroMQ feed - copy it into your HMI as a starting point.
+
+Run (daemon running with the default outputs config)::
+
+    python -m linesight.daemon.zmq_subscriber_example                      # verdict lines only
+    python -m linesight.daemon.zmq_subscriber_example --images tcp://127.0.0.1:5557 --save-dir /tmp/hmi
+    python -m linesight.daemon.zmq_subscriber_example --count 10           # exit after 10 verdicts
+
+Output: one line per verdict, ``<seq> <part_id> <OK|NG> <reason> score=<score>``; with --save-dir the
+latest image and heatmap are written as ``latest_image.<ext>`` / ``latest_heatmap.<ext>``.
+
+Things an HMI must know (see linesight.daemon.sinks.zmq_sink for the wire format):
+* PUB/SUB drops messages for a subscriber that reads too slowly; verdicts carry `seq`, so gaps are
+  visible. Never use this feed to drive a reject gate - that is the PLC's MQTT/fieldbus path.
+* Subscribe to images only if you display them; the daemon skips image encoding when no one listens.
+* A SUB that connects late misses earlier messages (no replay); the next part shows up normally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import zmq
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Print linesight verdicts from its ZeroMQ feed.")
+    p.add_argument("--verdicts", default="tcp://127.0.0.1:5556", help="verdict PUB endpoint to connect to")
+    p.add_argument("--images", default=None, help="image PUB endpoint (omit: no images)")
+    p.add_argument("--save-dir", type=Path, default=None, help="write the latest image/heatmap here")
+    p.add_argument("--count", type=int, default=0, help="exit after this many verdicts (0 = run forever)")
+    p.add_argument("--timeout-s", type=float, default=0.0, help="exit with status 1 after this long idle (0 = never)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    ctx = zmq.Context()
+    verdicts = ctx.socket(zmq.SUB)
+    verdicts.connect(args.verdicts)
+    verdicts.subscribe(b"verdict")
+    poller = zmq.Poller()
+    poller.register(verdicts, zmq.POLLIN)
+    images = None
+    if args.images:
+        images = ctx.socket(zmq.SUB)
+        images.setsockopt(zmq.RCVHWM, 2)  # an HMI wants the newest picture, not a backlog
+        images.connect(args.images)
+        images.subscribe(b"image")
+        poller.register(images, zmq.POLLIN)
+        if args.save_dir:
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+    seen = 0
+    try:
+        while args.count == 0 or seen < args.count:
+            ready = dict(poller.poll(int(args.timeout_s * 1000) if args.timeout_s else None))
+            if not ready:
+                sys.stderr.write(f"no message for {args.timeout_s}s\n")
+                return 1
+            if verdicts in ready:
+                _topic, body = verdicts.recv_multipart()
+                v = json.loads(body)
+                print(f"{v.get('seq')} {v.get('part_id')} {v.get('verdict')} {v.get('reason')} score={v.get('score')}",
+                      flush=True)
+                seen += 1
+            if images is not None and images in ready:
+                _topic, header, img, heatmap = images.recv_multipart()
+                meta = json.loads(header)
+                if args.save_dir:
+                    for name, data, info in (("image", img, meta["image"]), ("heatmap", heatmap, meta["heatmap"])):
+                        if data and info:
+                            ext = "jpg" if info["format"] == "jpeg" else "png"
+                            (args.save_dir / f"latest_{name}.{ext}").write_bytes(data)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ctx.destroy(linger=0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
