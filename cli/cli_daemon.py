@@ -1,8 +1,66 @@
-"""Daemon verbs (run, check-config, demo); kept apart so the training CLI never imports daemon code."""
+"""Daemon verbs (run, check-config) and the demo; kept apart so training verbs never import daemon code."""
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("linesight")
+
+
+def _run(a: argparse.Namespace) -> int:
+    from linesight.daemon.service import load_config, run_service
+
+    cfg = load_config(a.config)
+    logging.getLogger().setLevel(cfg.log_level)
+    return run_service(cfg)
+
+
+def _check(a: argparse.Namespace) -> int:
+    from linesight.daemon.service import load_config
+
+    cfg = load_config(a.config)
+    problems = []
+    if not cfg.model.bundle.exists():
+        problems.append(f"model.bundle: {cfg.model.bundle} does not exist")
+    elif a.bundle:
+        from linesight.export.bundle import load_bundle
+
+        load_bundle(cfg.model.bundle)
+    print(json.dumps({"config": a.config, "valid": not problems, "problems": problems,
+                      "station": f"{cfg.outputs.mqtt.site}/{cfg.outputs.mqtt.line}/{cfg.outputs.mqtt.station}",
+                      "source": cfg.source.type, "bundle": str(cfg.model.bundle)}, indent=2))
+    return 0 if not problems else 2
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from linesight.cli_demo import demo
+
+    return demo(Path(a.output), Path(a.data), a.weights, a.frames)
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
-    pass
+    r = sub.add_parser("run", help="run the inspection daemon for one station",
+                       description="Grab frames, decide OK/NG with the bundle, publish verdicts (MQTT, ZeroMQ), "
+                                   "metrics (/metrics) and archive NG images, until SIGTERM. See "
+                                   "config/examples/daemon.yaml for every option.")
+    r.add_argument("--config", required=True, help="station YAML (${ENV} substitution supported)")
+    r.set_defaults(func=_run)
+
+    c = sub.add_parser("check-config", help="validate a daemon YAML without running it",
+                       description="Validate the YAML against the schema; errors name file:line and field.")
+    c.add_argument("config")
+    c.add_argument("--bundle", action="store_true", help="also load and verify the bundle it names")
+    c.set_defaults(func=_check)
+
+    default_data = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "magnetic_tile"
+    d = sub.add_parser("demo", help="the main job end to end on the bundled defaults",
+                       description="fit (fast preset) -> calibrate -> evaluate with HTML report -> run the daemon "
+                                   "on test images, printing where everything went.")
+    d.add_argument("-o", "--output", default="demo-out", help="output folder (default demo-out)")
+    d.add_argument("--data", default=str(default_data), help="MVTec-layout dataset (default: magnetic_tile)")
+    d.add_argument("--weights", default="none", help="imagenet | none | PATH (default none: works offline, "
+                                                     "flagged as not pretrained)")
+    d.add_argument("--frames", type=int, default=40, help="test images the daemon inspects (default 40)")
+    d.set_defaults(func=_demo)

@@ -167,6 +167,28 @@ class GenICamSourceConfig(_SourceBase, _Backoff):
                 raise ValueError(f"features: {name!r} is not a GenICam feature name (letters, digits, '_')")
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> GenICamSourceConfig:
+        typed = {"PixelFormat": "pixel_format", "Width": "width", "Height": "height",
+                 "ExposureTime": "exposure_time_us", "Gain": "gain_db"}
+        for name in self.features:
+            if name in ("TriggerMode", "TriggerSource", "TriggerActivation", "TriggerSelector", "TriggerSoftware"):
+                raise ValueError(f"features.{name}: configure triggering with trigger.mode/source/activation")
+            if name in typed and getattr(self, typed[name]) is not None:
+                raise ValueError(f"features.{name} and {typed[name]} both set; keep one")
+        mode = self.trigger.mode
+        if mode == "software" and self.starvation_timeout_s is not None:
+            raise ValueError(
+                "starvation_timeout_s does not apply to trigger.mode: software (an idle line sends no "
+                "triggers); fetch_timeout_s bounds each triggered frame"
+            )
+        if mode != "software" and "fetch_timeout_s" in self.model_fields_set:
+            raise ValueError(
+                f"fetch_timeout_s only applies to trigger.mode: software (mode is {mode}); "
+                "use starvation_timeout_s"
+            )
+        return self
+
     @property
     def effective_starvation_timeout_s(self) -> float | None:
         if self.starvation_timeout_s is not None:

@@ -75,8 +75,8 @@ class Source(ABC):
         self.name = name
         self._lock = threading.Lock()
         self._seq = 0
-        self._frames = 0
-        self._bad = 0
+        self._n_frames = 0
+        self._n_bad = 0
         self._dropped = 0
         self._reconnects = 0
         self._up = False
@@ -126,8 +126,8 @@ class Source(ABC):
                 up=self._up,
                 reconnects=self._reconnects,
                 last_error=self._last_error,
-                frames=self._frames,
-                bad_frames=self._bad,
+                frames=self._n_frames,
+                bad_frames=self._n_bad,
                 dropped=self._dropped,
             )
 
@@ -166,9 +166,9 @@ class Source(ABC):
         if image is None and error is None:
             error = "no image data"
         with self._lock:
-            self._frames += 1
+            self._n_frames += 1
             if error is not None:
-                self._bad += 1
+                self._n_bad += 1
         return Frame(
             image=image if error is None else None,
             seq=seq,

@@ -1,0 +1,207 @@
+"""acquire -> engine -> publish, in threads joined by bounded queues; exactly one verdict per frame.
+
+Threads: acquisition (source.read, never blocks on inference: a full queue gives the frame the fail-safe
+verdict `frame_dropped`), processing (this is `run()`'s thread: deadline checks, the engine, the systemd
+watchdog), publishing (MQTT, ZeroMQ, metrics) and archiving (drops archive writes, never verdicts, when
+the disk is slow). Model loads happen on their own thread and swap in between frames.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from linesight.config.daemon import DaemonConfig
+from linesight.daemon import verdict as V
+from linesight.daemon.model import ModelHolder, ModelRefused
+from linesight.daemon.sources.base import EndOfStream, Frame, Source
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[dict, np.ndarray | None, np.ndarray | None, float | None], None]
+Alarm = Callable[..., None]
+
+
+class Pipeline:
+    def __init__(self, cfg: DaemonConfig, source: Source, holder: ModelHolder, publish: Publish, alarm: Alarm,
+                 *, station: str, on_tick: Callable[[], None] | None = None, observe: Callable[..., None] | None = None):
+        self.cfg, self.source, self.holder = cfg, source, holder
+        self._publish, self._alarm, self._on_tick = publish, alarm, on_tick or (lambda: None)
+        self.on_verdict = observe or (lambda v: None)  # extra listener (demo, tests)
+        self.station = station
+        p = cfg.pipeline
+        self.deadline_ns = int(p.deadline_ms * 1e6)
+        self.in_q: queue.Queue[Frame] = queue.Queue(maxsize=p.queue_size)
+        self._seq = itertools.count(1)
+        self._seq_lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.paused = threading.Event()
+        self.acquisition_done = threading.Event()
+        self.counts: Counter[str] = Counter()
+        self._last_frame_id: int | None = None
+        self._last_reconnects = 0
+        self._alarm_times: dict[str, float] = {}
+        self._pending_reload: tuple[str | None, bool] | None = None
+        self.frames_in = 0
+
+    # ---------------------------------------------------------------- verdicts
+    def _emit(self, frame: Frame, *, prediction=None, fail_safe: str | None = None, detail: str | None = None,
+              inference_ms: float | None = None) -> dict:
+        with self._seq_lock:
+            seq = next(self._seq)
+        engine = self.holder.engine
+        v = V.build(frame, seq=seq, part_id=self._part_id(frame, seq), station=self.station, model=self.holder.info,
+                    deadline_ms=self.cfg.pipeline.deadline_ms, prediction=prediction, fail_safe=fail_safe,
+                    fail_safe_verdict=self.cfg.pipeline.fail_safe_verdict, detail=detail, inference_ms=inference_ms)
+        self.counts["verdicts"] += 1
+        self.counts[f"verdict_{v['verdict']}"] += 1
+        if fail_safe:
+            self.counts[f"failsafe_{fail_safe}"] += 1
+            self.alarm_limited(fail_safe, detail or fail_safe, seq=seq, part_id=v["part_id"])
+        amap = prediction.anomaly_map if prediction is not None else None
+        thr = engine.pixel_threshold if engine is not None else None
+        self.on_verdict(v)
+        self._publish(v, frame.image, amap, thr)
+        return v
+
+    def _part_id(self, frame: Frame, seq: int) -> str:
+        pid = self.cfg.pipeline.part_id
+        if pid.mode == "filename" and frame.name:
+            return frame.name
+        if pid.mode == "chunk" and pid.chunk_key in frame.chunk:
+            return str(frame.chunk[pid.chunk_key])
+        return f"{pid.prefix}{seq:08d}"
+
+    def alarm_limited(self, code: str, message: str, every_s: float = 30.0, **context: Any) -> None:
+        """One alarm per code per interval: a dead camera must not flood the PLC network."""
+        now = time.monotonic()
+        if now - self._alarm_times.get(code, -1e9) >= every_s:
+            self._alarm_times[code] = now
+            self._alarm(code, message, **context)
+
+    # ---------------------------------------------------------------- acquisition
+    def acquire_loop(self) -> None:
+        max_frames = self.cfg.pipeline.max_frames
+        try:
+            while not self.stop_event.is_set():
+                if self.paused.is_set():
+                    time.sleep(0.05)
+                    continue
+                try:
+                    frame = self.source.read(0.25)
+                except EndOfStream:
+                    log.info("source %s ended", self.source.name)
+                    break
+                except Exception as exc:  # a source must not kill acquisition: alarm, back off, retry
+                    self.counts["source_errors"] += 1
+                    self.alarm_limited("camera_error", f"source {self.source.name}: {exc}")
+                    time.sleep(0.5)
+                    continue
+                if frame is None:
+                    continue
+                self.frames_in += 1
+                self._account_gaps(frame)
+                try:
+                    self.in_q.put_nowait(frame)
+                except queue.Full:
+                    self._emit(frame, fail_safe="frame_dropped", detail="inference queue full (frames arrive "
+                               "faster than the model decides)")
+                if max_frames and self.frames_in >= max_frames:
+                    break
+        finally:
+            self.acquisition_done.set()
+
+    def _account_gaps(self, frame: Frame) -> None:
+        """Frames the camera numbered but never delivered still get their (fail-safe) verdict."""
+        status = self.source.status
+        if status.reconnects != self._last_reconnects:
+            self._last_reconnects, self._last_frame_id = status.reconnects, None
+        fid, last = frame.frame_id, self._last_frame_id
+        if fid is not None and last is not None and fid > last + 1 and fid - last < 10_000:
+            for missing in range(last + 1, fid):
+                ghost = Frame(image=None, seq=-1, host_ts_ns=frame.host_ts_ns, source=frame.source, frame_id=missing,
+                              error="camera delivered no image for this frame id")
+                self._emit(ghost, fail_safe="frame_dropped", detail=f"frame id {missing} lost before the host")
+        if fid is not None:
+            self._last_frame_id = fid
+
+    def trigger_loop(self, hz: float) -> None:
+        period = 1.0 / hz
+        nxt = time.monotonic()
+        while not self.stop_event.is_set() and not self.acquisition_done.is_set():
+            if not self.paused.is_set():
+                try:
+                    self.source.trigger()
+                except Exception as exc:
+                    self.alarm_limited("camera_error", f"software trigger failed: {exc}")
+            nxt += period
+            time.sleep(max(0.0, nxt - time.monotonic()))
+
+    # ---------------------------------------------------------------- processing
+    def process(self, frame: Frame) -> dict:
+        deadline = frame.host_ts_ns + self.deadline_ns
+        engine = self.holder.engine
+        if not frame.ok:
+            return self._emit(frame, fail_safe="bad_frame", detail=frame.error or "empty frame")
+        if engine is None:
+            return self._emit(frame, fail_safe="no_model", detail="no valid model loaded")
+        if time.time_ns() > deadline:
+            return self._emit(frame, fail_safe="deadline_missed", detail="deadline passed before inference started")
+        t0 = time.perf_counter()
+        try:
+            pred = engine.predict(frame.image)
+        except Exception as exc:  # bad pixels or a runtime failure: fail safe, keep running
+            log.exception("inference failed", extra={"camera": frame.source, "frame_id": frame.frame_id})
+            return self._emit(frame, fail_safe="inference_error", detail=f"{type(exc).__name__}: {exc}")
+        ms = (time.perf_counter() - t0) * 1e3
+        if time.time_ns() > deadline:
+            return self._emit(frame, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,
+                              detail=f"decided after the {self.cfg.pipeline.deadline_ms:g} ms deadline")
+        return self._emit(frame, prediction=pred, inference_ms=ms)
+
+    def request_reload(self, path: str | None = None, rollback: bool = False) -> None:
+        self._pending_reload = (path, rollback)
+
+    def _reload(self) -> None:
+        path, rollback = self._pending_reload or (None, False)
+        self._pending_reload = None
+        try:
+            engine = self.holder.rollback() if rollback else self.holder.load(path)
+            self._alarm("model_changed", f"model {engine.bundle.label} active", severity="info")
+        except ModelRefused as exc:
+            self.counts["reload_refused"] += 1
+            self._alarm("model_refused", str(exc))
+
+    def reload_loop(self) -> None:
+        """Loads happen here, off the processing thread; the swap itself is one assignment."""
+        interval = self.cfg.model.watch_interval_s
+        next_check = time.monotonic() + interval
+        while not self.stop_event.wait(0.1):
+            if self._pending_reload is not None:
+                self._reload()
+            elif self.cfg.model.watch and time.monotonic() >= next_check:
+                next_check = time.monotonic() + interval
+                if not self.holder.changed():
+                    continue
+                log.info("bundle %s changed on disk: reloading", self.holder.path)
+                self._pending_reload = (None, False)
+                self._reload()
+
+    def run(self) -> None:
+        """The processing loop (caller's thread). Returns when stopped or the source has ended."""
+        while True:
+            self._on_tick()
+            try:
+                frame = self.in_q.get(timeout=0.2)
+            except queue.Empty:
+                if self.acquisition_done.is_set() or (self.stop_event.is_set() and self.in_q.empty()):
+                    break
+                continue
+            self.process(frame)

@@ -1,0 +1,259 @@
+"""`linesight run`: wire source, model, pipeline, sinks, metrics and systemd together; stop cleanly.
+
+Readiness (sd_notify READY=1) is sent once the source is open, the model is loaded (or definitively
+refused: the daemon then runs degraded, every frame fail-safe `no_model`) and the MQTT broker is connected
+(or `mqtt_wait_s` has passed: verdicts are then dropped+counted until it connects). WATCHDOG=1 comes from
+the processing loop, so a hung engine stops the pings and systemd restarts the service.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linesight.config.daemon import DaemonConfig
+from linesight.daemon.metrics import Metrics
+from linesight.daemon.model import ModelHolder, ModelRefused
+from linesight.daemon.notify import Notifier
+from linesight.daemon.pipeline import Pipeline
+from linesight.daemon.sources.factory import build_source
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, cfg: DaemonConfig, *, notifier: Notifier | None = None, mqtt_wait_s: float = 10.0):
+        self.cfg = cfg
+        self.notifier = notifier or Notifier.from_env()
+        self.mqtt_wait_s = mqtt_wait_s
+        out = cfg.outputs
+        self.station = f"{out.mqtt.site}/{out.mqtt.line}/{out.mqtt.station}"
+        self.metrics = Metrics(deadline_s=cfg.pipeline.deadline_ms / 1000.0)
+        self.holder = ModelHolder(cfg.model.bundle, threads=cfg.model.threads,
+                                  golden_tolerance=cfg.model.golden_tolerance)
+        self.source = build_source(cfg.source)
+        self.mqtt = self.zmq = self.archive = None
+        self.pub_q: queue.Queue = queue.Queue(maxsize=256)
+        self.arch_q: queue.Queue = queue.Queue(maxsize=16)
+        self.pipeline = Pipeline(cfg, self.source, self.holder, self._enqueue, self.alarm, station=self.station,
+                                 on_tick=self._tick)
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._next_stats = time.monotonic() + cfg.pipeline.stats_interval_s
+
+    # ---------------------------------------------------------------- outputs
+    def _enqueue(self, verdict: dict, image: np.ndarray | None, amap: np.ndarray | None, thr: float | None) -> None:
+        self.pub_q.put((verdict, image, amap, thr))  # blocks only if the publisher is 256 behind
+
+    def _publish_loop(self) -> None:
+        while True:
+            item = self.pub_q.get()
+            if item is None:
+                return
+            verdict, image, amap, _ = item
+            t0 = time.perf_counter()
+            try:
+                if self.mqtt:
+                    self.mqtt.publish_verdict(verdict)
+                if self.zmq:
+                    self.zmq.publish(verdict, image, amap)
+            except Exception:  # an output bug must never stop verdicts for the next frames
+                log.exception("publishing verdict %s failed", verdict.get("seq"))
+            self.metrics.record_verdict(verdict)
+            self.metrics.observe_stage("publish", time.perf_counter() - t0)
+            if self.archive and image is not None:
+                try:
+                    self.arch_q.put_nowait((verdict, image, amap))
+                except queue.Full:
+                    log.warning("archive queue full: frame %s not archived", verdict.get("seq"))
+
+    def _archive_loop(self) -> None:
+        while True:
+            item = self.arch_q.get()
+            if item is None:
+                return
+            self.archive.save(*item)
+            self.metrics.set_archive_bytes(self.archive.size_bytes)
+
+    def alarm(self, code: str, message: str, **context: Any) -> None:
+        log.warning("alarm %s: %s", code, message, extra={"alarm": code, **{f"ctx_{k}": v for k, v in context.items()}})
+        if self.mqtt:
+            self.mqtt.publish_alarm(code, message, station=self.station, **context)
+
+    # ---------------------------------------------------------------- commands (paho thread: keep short)
+    def command(self, name: str, payload: dict) -> dict:
+        if name == "reload":
+            path = payload.get("bundle")
+            if path is not None and not isinstance(path, str):
+                raise ValueError("'bundle' must be a path string")
+            self.pipeline.request_reload(path, rollback=bool(payload.get("rollback", False)))
+            return {"accepted": True, "bundle": path or str(self.holder.path), "rollback": bool(payload.get("rollback"))}
+        if name == "pause":
+            self.pipeline.paused.set()
+            self._status()
+            return {"paused": True}
+        if name == "resume":
+            self.pipeline.paused.clear()
+            self._status()
+            return {"paused": False}
+        if name == "feedback":
+            for key in ("seq", "label"):
+                if key not in payload:
+                    raise ValueError(f"feedback needs '{key}' (the verdict's seq and the true label OK|NG)")
+            if payload["label"] not in ("OK", "NG"):
+                raise ValueError("feedback 'label' must be OK or NG")
+            log.info("operator feedback", extra={"feedback": payload})
+            if self.cfg.outputs.archive.enabled:  # kept for re-training (incremental learning)
+                path = Path(self.cfg.outputs.archive.dir) / "feedback.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a") as fh:
+                    fh.write(json.dumps(payload) + "\n")
+            return {"recorded": True}
+        raise ValueError(f"unknown command {name}")
+
+    def _stats(self) -> dict:
+        c = self.pipeline.counts
+        st = self.source.status
+        return {"frames": self.pipeline.frames_in, "verdicts": c["verdicts"], "ok": c["verdict_OK"],
+                "ng": c["verdict_NG"], "failsafe": {k.removeprefix("failsafe_"): v for k, v in c.items()
+                                                    if k.startswith("failsafe_")},
+                "queue_depth": self.pipeline.in_q.qsize(), "camera": {"up": st.up, "reconnects": st.reconnects,
+                                                                       "last_error": st.last_error},
+                "model": self.holder.info, "paused": self.pipeline.paused.is_set()}
+
+    def health(self) -> dict:
+        ok = self.holder.engine is not None and self.source.status.up
+        return {"status": "ok" if ok else "degraded", **self._stats()}
+
+    def _status(self) -> None:
+        if not self.mqtt:
+            return
+        degraded = self.holder.engine is None or not self.source.status.up or self.pipeline.paused.is_set()
+        self.mqtt.publish_status("degraded" if degraded else "online")
+
+    def _tick(self) -> None:
+        """Called by the processing loop on every frame and at least every 0.2 s when idle."""
+        self.notifier.watchdog_if_due()
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.cfg.pipeline.stats_interval_s
+            self.metrics.set_camera_up(self.source.status.up)
+            self.metrics.set_queue_depth("inference", self.pipeline.in_q.qsize())
+            self.metrics.set_queue_depth("publish", self.pub_q.qsize())
+            if self.mqtt:
+                self.metrics.set_mqtt_connected(self.mqtt.connected)
+            if self.holder.info:
+                self.metrics.set_model(self.holder.info["id"], self.holder.info["version"])
+            self._status()
+
+    # ---------------------------------------------------------------- lifecycle
+    def _start_thread(self, target, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def start(self) -> None:
+        out = self.cfg.outputs
+        if out.metrics.enabled:
+            self.metrics.serve(out.metrics.host, out.metrics.port, health=self.health)
+        if out.mqtt.enabled:
+            from linesight.daemon.sinks.mqtt_sink import MqttSink
+
+            self.mqtt = MqttSink(out.mqtt, on_command=self.command, stats_provider=self._stats)
+            self.mqtt.start()
+        if out.zmq.enabled:
+            from linesight.daemon.sinks.zmq_sink import ZmqSink
+
+            self.zmq = ZmqSink(out.zmq)
+        if out.archive.enabled:
+            from linesight.daemon.sinks.archive import Archive
+
+            self.archive = Archive(out.archive)
+            self._start_thread(self._archive_loop, "archive")
+        self._start_thread(self._publish_loop, "publish")
+        try:
+            engine = self.holder.load()
+            self.metrics.set_model(engine.manifest.model.id, engine.manifest.model.version)
+        except ModelRefused as exc:
+            self.alarm("no_model", str(exc))
+        self.source.open()
+        self.metrics.set_camera_up(self.source.status.up)
+        if self.mqtt:
+            deadline = time.monotonic() + self.mqtt_wait_s
+            while not self.mqtt.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.metrics.set_mqtt_connected(self.mqtt.connected)
+            if not self.mqtt.connected:
+                self.alarm("mqtt_down", f"broker not reachable after {self.mqtt_wait_s:g} s; verdicts are dropped "
+                                        "and counted until it is")
+        self._start_thread(self.pipeline.acquire_loop, "acquire")
+        self._start_thread(self.pipeline.reload_loop, "model-reload")
+        if self.cfg.pipeline.software_trigger_hz:
+            self._start_thread(lambda: self.pipeline.trigger_loop(self.cfg.pipeline.software_trigger_hz), "trigger")
+        self.metrics.set_up(True)
+        self._status()
+        self.notifier.ready(status=f"inspecting: model {self.holder.info}, source {self.source.name}")
+        log.info("linesight daemon running", extra={"station": self.station, "model": self.holder.info})
+
+    def run(self) -> int:
+        self.start()
+        try:
+            self.pipeline.run()
+        finally:
+            self.shutdown()
+        return 0
+
+    def stop(self, *_: Any) -> None:
+        """Signal handler: stop acquiring; in-flight frames are finished (or fail-safe) before exit."""
+        if not self._stopping.is_set():
+            log.info("stopping: no new frames; finishing %d queued", self.pipeline.in_q.qsize())
+            self._stopping.set()
+            self.notifier.stopping()
+            self.pipeline.stop_event.set()
+
+    def shutdown(self) -> None:
+        self.pipeline.stop_event.set()
+        for t in self._threads:
+            if t.name == "acquire":
+                t.join(timeout=5)
+        while not self.pipeline.in_q.empty():  # frames queued after the loop ended still get verdicts
+            self.pipeline.process(self.pipeline.in_q.get_nowait())
+        self.pub_q.put(None)
+        for t in self._threads:
+            if t.name == "publish":
+                t.join(timeout=10)
+        self.arch_q.put(None)
+        try:
+            self.source.close()
+        except Exception:
+            log.exception("closing source failed")
+        if self.mqtt:
+            self.mqtt.stop()
+        if self.zmq:
+            self.zmq.close()
+        self.metrics.set_up(False)
+        self.metrics.stop()
+        log.info("linesight daemon stopped", extra={"verdicts": self.pipeline.counts["verdicts"]})
+
+
+def run_service(cfg: DaemonConfig) -> int:
+    svc = Service(cfg)
+    signal.signal(signal.SIGTERM, svc.stop)
+    signal.signal(signal.SIGINT, svc.stop)
+    return svc.run()
+
+
+def load_config(path: str | Path) -> DaemonConfig:
+    from linesight.config.loader import load_model
+
+    cfg = load_model(path, DaemonConfig)
+    if not cfg.model.bundle.is_absolute():  # relative to the config file, like every other path in it
+        cfg.model.bundle = (Path(path).resolve().parent / cfg.model.bundle)
+    return cfg

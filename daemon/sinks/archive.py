@@ -1,0 +1,233 @@
+"""Bounded on-disk archive of inspected frames (audits, operator review, re-training data).
+
+Layout: ``<dir>/<YYYY-MM-DD UTC>/<seq:012d>_<part_id>_<OK|NG>.{image.png|image.jpg,heatmap.png,json}``;
+the JSON sidecar is exactly the verdict and is written last (atomically, via rename), so a record
+without a sidecar is an interrupted write. The heatmap is colour-mapped like the HMI feed
+(clip(map/threshold*0.5,0,1), JET) for human review.
+
+What is kept: every NG (including fail-safe ones) and a deterministic `save_ok_fraction` of OK
+frames, chosen by a hash of `seq` (splitmix64) rather than `seq % N` so periodic patterns on the line
+(every 8th part from the same fixture nest) are not systematically over- or under-sampled, and a
+restart reproduces the same choice.
+
+Retention: a running byte counter (one directory scan at start, never per frame) and an in-memory,
+oldest-first list of records. Before each write the oldest records are deleted until the new record
+fits in `max_bytes`, and records older than `max_age_days` are deleted.
+
+Never raises into the caller on disk problems (full disk, unplugged USB drive, read-only mount):
+logs (once per distinct problem), counts `errors`, returns False. Writing PNGs costs milliseconds:
+call `save` from the daemon's output thread, not the inference thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linesight.config.outputs import ArchiveConfig
+from linesight.daemon.sinks.encoding import colorize_heatmap, encode_image, verdict_json
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_M64 = 0xFFFFFFFFFFFFFFFF
+
+
+def sanitise_part_id(part_id: Any) -> str:
+    """Part ids come from scanners/PLCs: keep [A-Za-z0-9_-], map the rest to '-', cap length."""
+    cleaned = _UNSAFE.sub("-", str(part_id)).strip("-")[:64]
+    return cleaned or "noid"
+
+
+def keep_ok(seq: int, fraction: float) -> bool:
+    """Deterministic sampling of OK frames by sequence number."""
+    if fraction <= 0:
+        return False
+    if fraction >= 1:
+        return True
+    # splitmix64 finaliser: a well-mixed, reproducible pseudo-random value per seq (a plain
+    # multiplicative hash picks seqs at quasi-regular spacings, which can alias with line periods).
+    z = (int(seq) + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    z ^= z >> 31
+    return z < fraction * 2.0**64
+
+
+@dataclass
+class _Record:
+    stem: Path  # <dir>/<date>/<name> without suffixes
+    mtime: float
+    size: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+class Archive:
+    """Writes verdict records under `cfg.dir` within the configured size and age limits."""
+
+    def __init__(self, cfg: ArchiveConfig) -> None:
+        self._cfg = cfg
+        self._dir = Path(cfg.dir)
+        self._lock = threading.Lock()
+        self._records: deque[_Record] = deque()
+        self._size = 0
+        self._problems: set[str] = set()
+        self.counters = dict.fromkeys(("saved", "skipped_ok", "deleted_quota", "deleted_age", "errors"), 0)
+        self._scanned = False
+        if cfg.enabled:
+            self._scan()
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes currently used by the archive (running counter; exported as linesight_archive_bytes)."""
+        return self._size
+
+    @property
+    def healthy(self) -> bool:
+        return self._scanned and not self._problems
+
+    # ------------------------------------------------------------------ public
+
+    def save(self, verdict: dict[str, Any], image: np.ndarray | None, heatmap: np.ndarray | None) -> bool:
+        """Archive one verdict if the sampling policy keeps it. True if written."""
+        if not self._cfg.enabled:
+            return False
+        is_ng = verdict.get("verdict") != "OK"
+        if not is_ng and not keep_ok(int(verdict.get("seq", 0)), self._cfg.save_ok_fraction):
+            self.counters["skipped_ok"] += 1
+            return False
+        with self._lock:
+            try:
+                if not self._scanned:
+                    self._scan()  # the disk was missing at start-up; try again
+                    if not self._scanned:
+                        return False
+                blobs = self._encode(verdict, image, heatmap)
+                new_bytes = sum(len(b) for _, b in blobs)
+                if new_bytes > self._cfg.max_bytes:
+                    self._problem(f"record of {new_bytes} bytes exceeds archive.max_bytes={self._cfg.max_bytes}")
+                    return False
+                self._enforce(new_bytes)
+                self._write(verdict, blobs)
+            except (OSError, ValueError) as exc:  # ValueError: cv2 could not encode the frame
+                self._problem(f"cannot archive seq={verdict.get('seq')}: {exc}")
+                return False
+            self.counters["saved"] += 1
+            self._problems.clear()
+        return True
+
+    def prune(self) -> None:
+        """Apply age retention now (call periodically: `save` only prunes when frames arrive)."""
+        with self._lock:
+            if self._scanned:
+                self._enforce(0)  # _delete reports its own errors; nothing here raises OSError
+
+    # ------------------------------------------------------------------ internals
+
+    def _problem(self, message: str) -> None:
+        self.counters["errors"] += 1
+        key = re.sub(r"seq=\S+", "seq=*", message)
+        if key not in self._problems:
+            log.error("archive %s: %s", self._dir, message)
+            self._problems.add(key)
+        else:
+            log.debug("archive %s: %s", self._dir, message)
+
+    def _encode(self, verdict: dict[str, Any], image: np.ndarray | None,
+                heatmap: np.ndarray | None) -> list[tuple[str, bytes]]:
+        blobs: list[tuple[str, bytes]] = []
+        fmt = self._cfg.image_format
+        if image is not None:
+            blobs.append((f".image.{'jpg' if fmt == 'jpeg' else 'png'}", encode_image(image, fmt, self._cfg.jpeg_quality)))
+        if heatmap is not None:
+            thr = verdict.get("threshold")
+            coloured = colorize_heatmap(heatmap, float(thr) if isinstance(thr, (int, float)) else None)
+            blobs.append((".heatmap.png", encode_image(coloured, "png")))
+        blobs.append((".json", verdict_json(verdict)))  # last: marks the record complete
+        return blobs
+
+    def _write(self, verdict: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:
+        now = time.time()
+        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        name = f"{int(verdict.get('seq', 0)):012d}_{sanitise_part_id(verdict.get('part_id'))}_" \
+               f"{'OK' if verdict.get('verdict') == 'OK' else 'NG'}"
+        day_dir = self._dir / day
+        day_dir.mkdir(parents=True, exist_ok=True)
+        if (day_dir / f"{name}.json").exists():  # seq restarts with the daemon: never overwrite a record
+            name = f"{name}-{time.time_ns() & 0xFFFFFFFF:08x}"
+        rec = _Record(day_dir / name, now)
+        try:
+            for suffix, data in blobs:
+                path = day_dir / (name + suffix)
+                tmp = day_dir / f".{name}{suffix}.tmp"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+                rec.files.append(path)
+                rec.size += len(data)
+        except OSError:
+            for p in [*rec.files, *(day_dir / f".{name}{s}.tmp" for s, _ in blobs)]:
+                p.unlink(missing_ok=True)
+            raise
+        self._records.append(rec)
+        self._size += rec.size
+
+    def _enforce(self, new_bytes: int) -> None:
+        cutoff = time.time() - self._cfg.max_age_days * 86400.0
+        while self._records and self._records[0].mtime < cutoff:
+            self._delete(self._records.popleft(), "deleted_age")
+        while self._records and self._size + new_bytes > self._cfg.max_bytes:
+            self._delete(self._records.popleft(), "deleted_quota")
+
+    def _delete(self, rec: _Record, reason: str) -> None:
+        for p in rec.files:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass  # removed by hand: fine, it is gone either way
+            except OSError as exc:  # forgotten here; an operator must clean it up
+                self._problem(f"cannot delete {p} for retention ({exc.strerror}); it is no longer tracked")
+        self._size -= rec.size
+        self.counters[reason] += 1
+        parent = rec.stem.parent
+        try:
+            parent.rmdir()  # only succeeds when the day directory became empty
+        except OSError:
+            pass
+
+    def _scan(self) -> None:
+        """Rebuild the record list and byte counter from disk (start-up only)."""
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            records: dict[Path, _Record] = {}
+            for day_dir in self._dir.iterdir():
+                if not day_dir.is_dir() or not _DATE_DIR.match(day_dir.name):
+                    continue
+                for f in day_dir.iterdir():
+                    if f.name.startswith("."):  # a temp file from an interrupted write
+                        f.unlink(missing_ok=True)
+                        continue
+                    st = f.stat()
+                    stem = day_dir / f.name.split(".", 1)[0]
+                    rec = records.setdefault(stem, _Record(stem, st.st_mtime))
+                    rec.mtime = max(rec.mtime, st.st_mtime)
+                    rec.size += st.st_size
+                    rec.files.append(f)
+        except OSError as exc:
+            self._problem(f"cannot scan the archive ({exc}); frames are not archived until it is reachable")
+            return
+        self._records = deque(sorted(records.values(), key=lambda r: (r.mtime, str(r.stem))))
+        self._size = sum(r.size for r in self._records)
+        self._scanned = True
+        log.info("archive %s: %d records, %d bytes", self._dir, len(self._records), self._size)
