@@ -119,7 +119,9 @@ class TriggerConfig(BaseModel):
 class GenICamSourceConfig(_SourceBase, _Backoff):
     """An industrial camera through a GenTL producer (.cti) with harvesters."""
 
-    type: Literal["genicam"] = Field(default="genicam", description="GenICam/GenTL camera (pip install linesight[camera]).")
+    type: Literal["genicam"] = Field(
+        default="genicam", description="GenICam/GenTL camera (pip install linesight[camera])."
+    )
     cti: Path | None = Field(
         default=None,
         description="GenTL producer file (.cti) of the camera vendor; null = every .cti in the directories "
@@ -213,7 +215,9 @@ class FolderSourceConfig(_SourceBase):
         description="once: sorted files then end of stream; loop: repeat forever; watch: new files as they "
         "appear (read once their size and mtime are stable for watch_settle_s).",
     )
-    rate_hz: float | None = Field(default=None, gt=0, le=10000, description="Pace frames at this rate; null = as fast as read.")
+    rate_hz: float | None = Field(
+        default=None, gt=0, le=10000, description="Pace frames at this rate; null = as fast as read."
+    )
     grayscale: bool = Field(default=False, description="Convert colour images to single-channel gray.")
     watch_existing: bool = Field(
         default=False,
@@ -278,7 +282,9 @@ class SyntheticSourceConfig(_SourceBase):
         default=10, ge=0, description="Draw a defect on every N-th frame (seq N-1, 2N-1, ...); 0 = never."
     )
     seed: int = Field(default=0, ge=0, description="Random seed: same seed, same frames.")
-    count: int | None = Field(default=None, ge=1, description="Stop after this many frames (end of stream); null = endless.")
+    count: int | None = Field(
+        default=None, ge=1, description="Stop after this many frames (end of stream); null = endless."
+    )
 
 
 SourceConfig = Annotated[

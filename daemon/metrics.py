@@ -31,7 +31,7 @@ VERDICTS = ("OK", "NG")
 FAILSAFE_REASONS = ("deadline_missed", "frame_dropped", "inference_error", "no_model", "camera_error", "bad_frame")
 FRAME_DROP_REASONS = ("queue_full", "incomplete", "timeout", "bad_frame", "camera_error", "other")
 STAGES = ("acquire", "preprocess", "inference", "analysis", "publish")
-DEFAULT_QUEUES = ("frames", "results", "archive")
+DEFAULT_QUEUES = ("acquire", "inference", "publish", "archive")
 #: trigger_to_verdict buckets as multiples of the deadline: resolution where it matters (near the deadline).
 DEADLINE_MULTIPLES = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 2.0, 4.0)
 INFERENCE_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 log = logging.getLogger(__name__)
 
 # The service manager waits for datagrams; a stuck receiver must not freeze the frame loop forever.
-_SEND_TIMEOUT_S = 2.0
+_SEND_TIMEOUT_S = 0.0  # non-blocking: a stuck receiver must never stall the processing loop
 
 
 def _parse_address(raw: str) -> str | None:

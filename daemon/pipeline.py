@@ -35,6 +35,8 @@ class Pipeline:
         self.cfg, self.source, self.holder = cfg, source, holder
         self._publish, self._alarm, self._on_tick = publish, alarm, on_tick or (lambda: None)
         self.on_verdict = observe or (lambda v: None)  # extra listener (demo, tests)
+        self.on_frame: Callable[[], None] = lambda: None
+        self.on_drop: Callable[[str], None] = lambda reason: None
         self.station = station
         p = cfg.pipeline
         self.deadline_ns = int(p.deadline_ms * 1e6)
@@ -107,10 +109,12 @@ class Pipeline:
                 if frame is None:
                     continue
                 self.frames_in += 1
+                self.on_frame()
                 self._account_gaps(frame)
                 try:
                     self.in_q.put_nowait(frame)
                 except queue.Full:
+                    self.on_drop("queue_full")
                     self._emit(frame, fail_safe="frame_dropped", detail="inference queue full (frames arrive "
                                "faster than the model decides)")
                 if max_frames and self.frames_in >= max_frames:
@@ -126,6 +130,7 @@ class Pipeline:
         fid, last = frame.frame_id, self._last_frame_id
         if fid is not None and last is not None and fid > last + 1 and fid - last < 10_000:
             for missing in range(last + 1, fid):
+                self.on_drop("camera_error")
                 ghost = Frame(image=None, seq=-1, host_ts_ns=frame.host_ts_ns, source=frame.source, frame_id=missing,
                               error="camera delivered no image for this frame id")
                 self._emit(ghost, fail_safe="frame_dropped", detail=f"frame id {missing} lost before the host")

@@ -44,6 +44,8 @@ class Service:
         self.arch_q: queue.Queue = queue.Queue(maxsize=16)
         self.pipeline = Pipeline(cfg, self.source, self.holder, self._enqueue, self.alarm, station=self.station,
                                  on_tick=self._tick)
+        self.pipeline.on_frame = self.metrics.frame_received
+        self.pipeline.on_drop = self.metrics.frame_dropped
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._next_stats = time.monotonic() + cfg.pipeline.stats_interval_s

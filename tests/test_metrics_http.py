@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from linesight.config.outputs import ZmqConfig
@@ -62,7 +67,7 @@ def test_metrics_values_change_after_updates(served) -> None:
     m.observe_stage("preprocess", 0.003)
     m.set_camera_up(True)
     m.set_mqtt_connected(True)
-    m.set_queue_depth("frames", 5)
+    m.set_queue_depth("inference", 5)
     m.set_archive_bytes(123456)
     m.set_up(True)
 
@@ -77,7 +82,7 @@ def test_metrics_values_change_after_updates(served) -> None:
     assert s[("linesight_inference_seconds_sum", ())] == pytest.approx(0.152)
     assert s[("linesight_stage_seconds_count", (("stage", "preprocess"),))] == 1
     assert s[("linesight_camera_up", ())] == 1 and s[("linesight_mqtt_connected", ())] == 1
-    assert s[("linesight_queue_depth", (("queue", "frames"),))] == 5
+    assert s[("linesight_queue_depth", (("queue", "inference"),))] == 5
     assert s[("linesight_archive_bytes", ())] == 123456
     assert s[("linesight_up", ())] == 1
     # trigger_to_verdict buckets are multiples of the 200 ms deadline: 30 ms <= 0.25x, 150 ms <= 0.75x
@@ -158,3 +163,145 @@ def test_stop_and_port_conflict() -> None:
         m.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+# ---------------------------------------------------------------------- alert rules + dashboard
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = REPO / "config/prometheus/linesight.rules.yml"
+DASHBOARD = REPO / "config/grafana/linesight.json"
+_METRIC = re.compile(r"\blinesight_[a-z0-9_]+\b")
+_DURATION = re.compile(r"^\d+[smhd]$")
+
+
+def exposed_names() -> set[str]:
+    """Every sample name a fully wired daemon exposes (sink counters included)."""
+    m = Metrics()
+    m.watch_sink("mqtt", lambda: {"dropped_disconnected": 0})
+    m.set_model("mt-fast", 3)
+    return {s.name for fam in text_string_to_metric_families(m.exposition().decode()) for s in fam.samples}
+
+
+def test_alert_rules_structure_and_metric_names() -> None:
+    doc = yaml.safe_load(RULES.read_text())
+    names = exposed_names()
+    alerts = {}
+    for group in doc["groups"]:
+        assert isinstance(group["name"], str) and group["rules"]
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule
+            assert rule["labels"]["severity"] in ("critical", "warning")
+            assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+            assert "for" not in rule or _DURATION.match(rule["for"])
+            used = set(_METRIC.findall(rule["expr"]))
+            assert used and used <= names, f"{rule['alert']} uses unknown metrics {used - names}"
+            alerts[rule["alert"]] = rule
+    assert set(alerts) == {"LinesightDaemonOffline", "LinesightCameraDown", "LinesightNgRateHigh",
+                           "LinesightDeadlineMissed"}
+    assert alerts["LinesightCameraDown"]["for"] == "1m" and alerts["LinesightNgRateHigh"]["for"] == "10m"
+    assert "> 0.2" in alerts["LinesightNgRateHigh"]["expr"]
+
+
+def _annotations(rule: dict, instance: str | None) -> dict[str, str]:
+    out = {}
+    for k, v in rule["annotations"].items():
+        v = re.sub(r"\{\{ with \$labels\.instance \}\}\{\{ \. \}\}\{\{ else \}\}(.*?)\{\{ end \}\}",
+                   lambda m_: instance or m_.group(1), v)
+        out[k] = v.replace("{{ $labels.instance }}", instance or "")
+    return out
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool not installed (Debian: apt-get install -y prometheus)")
+def test_alert_rules_with_promtool(tmp_path) -> None:
+    res = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rules = {r["alert"]: r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+
+    def exp(alert: str, instance: str | None, **labels: str) -> dict:
+        lab = {"severity": rules[alert]["labels"]["severity"], "job": "linesight", **labels}
+        if instance:
+            lab["instance"] = instance
+        return {"exp_labels": lab, "exp_annotations": _annotations(rules[alert], instance)}
+
+    s = 'job="linesight",instance="cam1"'
+    tests = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f"up{{{s}}}", "values": "1 1 1 0 0 0 0 0"},
+                    {"series": f"linesight_up{{{s}}}", "values": "1x8"},
+                    {"series": f"linesight_camera_up{{{s}}}", "values": "1 1 0 0 0 0 0 0"},
+                    {"series": f"linesight_deadline_missed_total{{{s}}}", "values": "0 0 0 1x12"},
+                    {"series": f'linesight_verdicts_total{{verdict="OK",{s}}}', "values": "0+70x40"},
+                    {"series": f'linesight_verdicts_total{{verdict="NG",{s}}}', "values": "0+30x40"},
+                    # cam2: 100 % NG but only 1 part/min -> below the volume guard, no page
+                    {"series": 'linesight_verdicts_total{verdict="OK",job="linesight",instance="cam2"}', "values": "0x40"},
+                    {"series": 'linesight_verdicts_total{verdict="NG",job="linesight",instance="cam2"}', "values": "0+1x40"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "LinesightCameraDown", "exp_alerts": []},
+                    {"eval_time": "4m", "alertname": "LinesightCameraDown", "exp_alerts": [exp("LinesightCameraDown", "cam1")]},
+                    {"eval_time": "3m", "alertname": "LinesightDaemonOffline", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "LinesightDaemonOffline", "exp_alerts": [exp("LinesightDaemonOffline", "cam1")]},
+                    {"eval_time": "2m", "alertname": "LinesightDeadlineMissed", "exp_alerts": []},
+                    {"eval_time": "4m", "alertname": "LinesightDeadlineMissed", "exp_alerts": [exp("LinesightDeadlineMissed", "cam1")]},
+                    {"eval_time": "10m", "alertname": "LinesightDeadlineMissed", "exp_alerts": []},
+                    {"eval_time": "6m", "alertname": "LinesightNgRateHigh", "exp_alerts": []},
+                    {"eval_time": "15m", "alertname": "LinesightNgRateHigh", "exp_alerts": [exp("LinesightNgRateHigh", "cam1")]},
+                ],
+            },
+            {   # the target vanished entirely: absent() still pages
+                "interval": "1m",
+                "input_series": [{"series": 'up{job="other"}', "values": "1x5"}],
+                "alert_rule_test": [
+                    {"eval_time": "3m", "alertname": "LinesightDaemonOffline", "exp_alerts": [exp("LinesightDaemonOffline", None)]},
+                ],
+            },
+        ],
+    }
+    path = tmp_path / "linesight.rules.test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    res = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    doc = json.loads(DASHBOARD.read_text())
+    return [(p["title"], t["expr"]) for p in doc["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_parses_and_uses_only_registered_metrics() -> None:
+    doc = json.loads(DASHBOARD.read_text())
+    assert 36 <= doc["schemaVersion"] <= 41 and doc["uid"]
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in doc["panels"]:
+        assert {"x", "y", "w", "h"} <= set(p["gridPos"]) and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+        assert p["targets"], p["title"]
+    names = exposed_names()
+    all_exprs = " ".join(e for _, e in dashboard_exprs())
+    for title, expr in dashboard_exprs():
+        used = set(_METRIC.findall(expr))
+        assert used, f"panel {title!r} queries no linesight metric"
+        assert used <= names, f"panel {title!r} uses unknown metrics {used - names}"
+    for required in ("linesight_frames_total", "linesight_verdicts_total", "linesight_trigger_to_verdict_seconds_bucket",
+                     "linesight_deadline_missed_total", "linesight_camera_up", "linesight_mqtt_connected",
+                     "linesight_queue_depth", "linesight_archive_bytes", "linesight_model_info"):
+        assert required in all_exprs, f"dashboard has no panel for {required}"
+    assert "histogram_quantile(0.99" in all_exprs and "histogram_quantile(0.5" in all_exprs
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool not installed (Debian: apt-get install -y prometheus)")
+def test_dashboard_queries_are_valid_promql(tmp_path) -> None:
+    """promtool has no bare PromQL checker: wrap each panel query in a recording rule and check those."""
+    rules = [{"record": f"linesight_dashboard:panel{i}", "expr": expr.replace("$__rate_interval", "5m")
+              .replace("$instance", ".*")} for i, (_, expr) in enumerate(dashboard_exprs())]
+    path = tmp_path / "dash.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    res = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -152,6 +152,8 @@ def test_command_round_trip_and_bad_payloads(mosquitto, mqtt_probe, sinks) -> No
         calls.append((name, payload))
         if payload.get("fail") == "user":
             raise LinesightError("model 'x' not found in /models; fix the bundle path")
+        if payload.get("fail") == "value":
+            raise ValueError("feedback 'label' must be OK or NG")
         if payload.get("fail") == "bug":
             raise RuntimeError("boom")
         return {"state": "paused" if name == "pause" else "running"}
@@ -183,12 +185,14 @@ def test_command_round_trip_and_bad_payloads(mosquitto, mqtt_probe, sinks) -> No
     user_err = ask("reload", b'{"id": "u", "fail": "user"}')
     assert user_err == {"id": "u", "command": "reload", "ok": False,
                         "error": "model 'x' not found in /models; fix the bundle path"}
+    value_err = ask("feedback", b'{"id": "v", "fail": "value"}')
+    assert value_err["ok"] is False and value_err["error"] == "feedback 'label' must be OK or NG"
     bug = ask("reload", b'{"id": "b", "fail": "bug"}')
     assert bug["ok"] is False and bug["error"] == "internal error (see daemon log)"
     # the network thread survived all of the above
     assert ask("feedback", b'{"id": "after"}')["ok"] is True
     assert sink.connected
-    assert sink.counters["commands_ok"] == 3 and sink.counters["commands_rejected"] == 6
+    assert sink.counters["commands_ok"] == 3 and sink.counters["commands_rejected"] == 7
     # retained commands are never executed (a stale retained 'pause' must not stop the line on restart)
     probe.publish(f"{BASE}/cmd/pause", b'{"id": "retained"}', retain=True)
     probe.wait_for(lambda m: json.loads(m.payload)["id"] == "retained")  # live delivery: answered once

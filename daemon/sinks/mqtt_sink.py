@@ -30,7 +30,9 @@ clean session so commands sent while the daemon was offline are not executed lat
 
 Threads: publish_* may be called from any thread and never block on the network (paho's network
 thread does the I/O). `on_command` runs on paho's network thread: keep it short, hand slow work
-(e.g. a model reload) to another thread and reply with "accepted".
+(e.g. a model reload) to another thread and reply with "accepted". It returns the reply's "result"
+dict; a LinesightError or ValueError it raises becomes an error reply carrying its message, any
+other exception an "internal error" reply (logged with traceback).
 """
 
 from __future__ import annotations
@@ -377,7 +379,7 @@ class MqttSink:
             result = self._on_command(name, payload)
             if not isinstance(result, dict):
                 raise TypeError(f"command handler returned {type(result).__name__}, expected dict")
-        except LinesightError as exc:
+        except (LinesightError, ValueError) as exc:  # the handler refused bad arguments: tell the sender
             self._count("commands_rejected")
             log.warning("mqtt command failed name=%s id=%s: %s", name, req_id, exc)
             reply({"id": req_id, "command": name, "ok": False, "error": str(exc)})

@@ -66,4 +66,6 @@ def build_source(cfg: SourceConfig | Mapping[str, Any]) -> Source:
         from .genicam import GenICamSource
 
         return GenICamSource(cfg)
-    raise ConfigError(f"unknown source config type {type(cfg).__name__}; expected one of genicam, folder, video, synthetic")
+    raise ConfigError(
+        f"unknown source config type {type(cfg).__name__}; expected one of genicam, folder, video, synthetic"
+    )

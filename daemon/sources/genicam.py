@@ -260,6 +260,8 @@ class GenICamSource(Source):
 
     def close(self) -> None:
         self._stop.set()
+        with self._cond:
+            self._cond.notify_all()  # wake a reader blocked in read()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(_JOIN_TIMEOUT_S)
@@ -279,11 +281,15 @@ class GenICamSource(Source):
         self._require_open()
         with self._cond:
             if not self._frames:
-                self._cond.wait_for(lambda: bool(self._frames) or self._fatal is not None, timeout_s)
+                self._cond.wait_for(
+                    lambda: bool(self._frames) or self._fatal is not None or self._stop.is_set(), timeout_s
+                )
             if self._frames:
                 return self._frames.popleft()
             if self._fatal is not None:
                 raise SourceError(f"{self._where}: acquisition thread failed: {self._fatal}")
+            if self._stop.is_set():
+                raise SourceError(f"{self._where}: closed while waiting for a frame")
         return None
 
     def trigger(self) -> None:
@@ -294,12 +300,14 @@ class GenICamSource(Source):
                 f"{self._where}: trigger() needs trigger.mode: software (this camera runs in {self.mode})"
             )
         seq, t_ns = self._next_seq(), time.time_ns()
+        down = f"camera down ({self.status.last_error}); software trigger not executed"
+        if not self.status.up:  # checked before the lock: a reconnect in progress holds it for long
+            self._push(self._make_frame(None, seq=seq, host_ts_ns=t_ns, error=down))
+            return
         with self._ia_lock:
             ia = self._ia
             if ia is None or not self.status.up:
-                self._push(self._make_frame(
-                    None, seq=seq, host_ts_ns=t_ns,
-                    error=f"camera down ({self.status.last_error}); software trigger not executed"))
+                self._push(self._make_frame(None, seq=seq, host_ts_ns=t_ns, error=down))
                 return
             entry = (seq, t_ns, time.monotonic() + self.cfg.fetch_timeout_s)
             with self._cond:

@@ -1,0 +1,230 @@
+"""The daemon end to end with real parts: mosquitto, ZeroMQ sockets, an HTTP scrape of /metrics, a real
+NOTIFY_SOCKET datagram socket, real magnetic_tile images through a folder source, signals."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+import zmq
+
+from conftest import free_port
+from helpers import make_subset
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                                reason="mosquitto not installed (bash .ci/setup.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from linesight.config.fit import preset
+    from linesight.trainer.fit import fit
+
+    data = make_subset(tmp_path_factory.mktemp("mt") / "subset")
+    out = tmp_path_factory.mktemp("b") / "model.zip"
+    fit(data, out, preset("fast", weights="none", input_size=96, embedding_dim=64, coreset_ratio=0.1,
+                          model_id="daemon-test"))
+    return out
+
+
+def frames_dir(tmp: Path, n: int) -> Path:
+    from helpers import DATA
+
+    d = tmp / "frames"
+    d.mkdir()
+    for p in sorted((DATA / "test" / "crack").iterdir())[:n]:
+        shutil.copy(p, d / p.name)
+    (d / "zz_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    return d
+
+
+def config(tmp: Path, bundle: Path, broker, source: dict, **pipeline) -> Path:
+    cfg = {
+        "model": {"bundle": str(bundle), "watch_interval_s": 0.3},
+        "source": source,
+        "pipeline": {"deadline_ms": 3000, "part_id": {"mode": "filename"}, "stats_interval_s": 0.5, **pipeline},
+        "outputs": {
+            "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "site": "s1", "line": "l1",
+                     "station": "cam1", "reconnect_min_s": 1, "reconnect_max_s": 1, "keepalive_s": 5},
+            "zmq": {"enabled": True, "verdict_endpoint": f"tcp://127.0.0.1:{free_port()}",
+                    "image_endpoint": f"tcp://127.0.0.1:{free_port()}"},
+            "metrics": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
+            "archive": {"enabled": True, "dir": str(tmp / "archive"), "save_ok_fraction": 1.0},
+        },
+    }
+    path = tmp / "station.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start(cfg: Path, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "linesight", "run", "--config", str(cfg)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle, mosquitto, mqtt_probe):
+    n = 6
+    src = frames_dir(tmp_path, n)
+    cfg_path = config(tmp_path, bundle, mosquitto, {"type": "folder", "name": "cam1", "path": str(src),
+                                                    "mode": "watch", "watch_existing": True, "rate_hz": 5})
+    cfg = yaml.safe_load(cfg_path.read_text())
+    probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"verdict")
+    sub.connect(cfg["outputs"]["zmq"]["verdict_endpoint"])
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(30)
+    proc = start(cfg_path, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"})
+    try:
+        got = []
+        deadline = time.monotonic() + 60
+        while not any(b"READY=1" in m for m in got) and time.monotonic() < deadline:
+            got.append(notify.recv(4096))
+        assert any(b"READY=1" in m for m in got), got
+        zmq_msgs = []
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        deadline = time.monotonic() + 30
+        while len(zmq_msgs) < n + 1 and time.monotonic() < deadline:
+            if poller.poll(200):
+                zmq_msgs.append(json.loads(sub.recv_multipart()[1]))
+        verdicts = [json.loads(m.payload) for m in probe.all if m.topic.endswith("/verdict")]
+        if len(zmq_msgs) != n + 1:
+            proc.kill()
+            raise AssertionError(f"zmq got {len(zmq_msgs)}: {proc.communicate()[0][-3000:]}")
+        deadline = time.monotonic() + 10
+        while len(verdicts) < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            verdicts = [json.loads(m.payload) for m in probe.all if m.topic.endswith("/verdict")]
+        assert sorted(v["seq"] for v in verdicts) == list(range(1, n + 2))
+        assert [v["seq"] for v in zmq_msgs] == sorted(v["seq"] for v in zmq_msgs)
+        by_part = {v["part_id"]: v for v in verdicts}
+        bad = by_part["zz_corrupt.jpg"]
+        assert bad["verdict"] == "NG" and bad["fail_safe"] and bad["reason"] == "bad_frame" and "zz_corrupt" in bad["detail"]
+        good = [v for v in verdicts if not v["fail_safe"]]
+        assert len(good) == n
+        for v in good:
+            assert v["schema"] == "linesight.verdict/1" and v["station"] == "s1/l1/cam1"
+            assert v["verdict"] in ("OK", "NG") and v["model"] == {"id": "daemon-test", "version": 1}
+            assert v["score"] > 0 and v["threshold"] > 0 and v["latency_ms"]["inference"] > 0
+            assert v["camera"]["name"] == "cam1" and v["camera"]["file"] == v["part_id"]
+        assert all(m.qos == 1 for m in probe.all if m.topic.endswith("/verdict"))
+        probe.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"online")
+        # a frame that appears later (watch mode) is inspected too
+        shutil.copy(next((src).glob("*.jpg")), src / "late_part.jpg")
+        probe.wait_for(lambda m: m.topic.endswith("/verdict") and json.loads(m.payload)["part_id"] == "late_part.jpg",
+                       timeout=15)
+        # Prometheus scrape over real HTTP
+        port = cfg["outputs"]["metrics"]["port"]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "linesight_frames_total 8.0" in text
+        assert 'linesight_failsafe_total{reason="bad_frame"} 1.0' in text
+        assert 'linesight_model_info{model_id="daemon-test",version="1"} 1.0' in text
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
+        assert health["status"] == "ok"
+        # the watchdog is pinged by the processing loop while idle
+        pings = []
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end:
+            try:
+                notify.settimeout(max(0.05, t_end - time.monotonic()))
+                pings.append(notify.recv(4096))
+            except socket.timeout:
+                break
+        assert sum(b"WATCHDOG=1" in p for p in pings) >= 2, pings
+        # archive: every frame with an image, with a sidecar verdict
+        assert len(list((tmp_path / "archive").rglob("*.json"))) >= n
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        probe.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"offline")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close(0)
+        notify.close()
+
+
+def test_broker_restart_and_bad_model_reload(tmp_path, bundle, mosquitto, mqtt_probe):
+    cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
+                                                    "height": 96, "rate_hz": 10})
+    probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
+    proc = start(cfg_path)
+    try:
+        probe.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=60)
+        mosquitto.kill()
+        time.sleep(2.0)
+        assert proc.poll() is None, "daemon died when the broker went away"
+        mosquitto.start()
+        probe2 = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
+        probe2.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"online", timeout=15)
+        first = probe2.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=15)
+        assert time.time() - time.mktime(time.strptime(json.loads(first.payload)["host_ts"][:19],
+                                                       "%Y-%m-%dT%H:%M:%S")) - (-time.timezone) < 5, \
+            "a verdict from before the outage was delivered late"
+        # a tampered bundle is refused; the old model keeps deciding
+        bad = tmp_path / "bad.zip"
+        data = bytearray(bundle.read_bytes())
+        bad.write_bytes(bytes(data[: len(data) // 2]))
+        probe2.publish("linesight/s1/l1/cam1/cmd/reload", json.dumps({"id": "r1", "bundle": str(bad)}))
+        reply = probe2.wait_for(lambda m: m.topic.endswith("cmd/reload/reply"), timeout=10)
+        assert json.loads(reply.payload)["id"] == "r1"
+        alarm = probe2.wait_for(lambda m: m.topic.endswith("/alarm") and b"model_refused" in m.payload, timeout=20)
+        assert "bad.zip" in json.loads(alarm.payload)["message"]
+        after = probe2.wait_for(lambda m: m.topic.endswith("/verdict") and not json.loads(m.payload)["fail_safe"],
+                                timeout=10)
+        assert json.loads(after.payload)["model"] == {"id": "daemon-test", "version": 1}
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_deadline_and_missing_model_give_fail_safe_verdicts(tmp_path, bundle, mosquitto, mqtt_probe):
+    cfg_path = config(tmp_path, tmp_path / "missing.zip", mosquitto, {"type": "synthetic", "name": "synth",
+                                                                      "width": 64, "height": 64, "rate_hz": 20,
+                                                                      "count": 5})
+    probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
+    proc = start(cfg_path)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    verdicts = [json.loads(m.payload) for m in probe.all if m.topic.endswith("/verdict")]
+    assert len(verdicts) == 5 and all(v["reason"] == "no_model" and v["verdict"] == "NG" for v in verdicts)
+    assert any(m.topic.endswith("/alarm") and b"no_model" in m.payload for m in probe.all)
+
+    cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 64, "height": 64,
+                                                    "rate_hz": 20, "count": 4}, deadline_ms=0.001)
+    proc = start(cfg_path)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    verdicts = [json.loads(m.payload) for m in probe.all if m.topic.endswith("/verdict")][5:]
+    assert len(verdicts) == 4 and all(v["reason"] == "deadline_missed" for v in verdicts)
+
+
+def test_bad_config_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  bundle: x.zip\nsource:\n  type: folder\n  path: /tmp\n  mdoe: once\n"
+                   "pipeline:\n  deadline_ms: -5\n")
+    for verb in (["check-config", str(bad)], ["run", "--config", str(bad)]):
+        r = subprocess.run([sys.executable, "-m", "linesight", *verb], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr
+        assert "bad.yaml:6" in r.stderr and "mdoe" in r.stderr and "did you mean 'mode'" in r.stderr
+        assert "bad.yaml:8" in r.stderr and "deadline_ms" in r.stderr
