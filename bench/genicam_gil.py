@@ -12,11 +12,14 @@ producer shipped in the `genicam` wheel (viky.cti), in these configurations:
   thread-stream   a thread fetching and copying a free-running 400x400 RGBa8 stream at 50 fps
   thread-poll     a thread doing `try_fetch(timeout=0.001)` then `time.sleep(poll_sleep)`
   process-fetch   the blocking fetch in a child process (spawn); main process untouched
+  linesight-*     the daemon's GenICamSource (0 ms GenTL event wait, 0.2 ms try_fetch, 2 ms idle
+                  sleep), waiting for frames / streaming 50 fps into a reader thread
 
 The workload mixes a pure-Python loop and small numpy ops (the Python parts of pre/post-processing
-that run between onnxruntime calls). Prints the median wall time of each and the slowdown vs baseline.
+that run between onnxruntime calls). Each configuration is timed right after a baseline run, over several
+interleaved rounds, and the median ratio is printed - other load on the machine then hits both alike.
 
-Run: .venv/bin/python bench/genicam_gil.py [--cti PATH] [--repeats 5]
+Run: .venv/bin/python bench/genicam_gil.py [--cti PATH] [--repeats 3] [--rounds 5]
 """
 from __future__ import annotations
 
@@ -150,31 +153,82 @@ def run_process(cti: str, repeats: int) -> float:
             proc.join(5)
 
 
+def run_source(cti: str, repeats: int, stream: bool) -> tuple[float, int]:
+    """The real linesight source: idle-waiting (device stopped underneath) or streaming into a reader."""
+    from linesight.config.sources import GenICamSourceConfig
+    from linesight.daemon.sources.genicam import GenICamSource
+
+    cfg = GenICamSourceConfig(name="bench", cti=cti, device={"index": 0}, starvation_timeout_s=3600,
+                              features={"AcquisitionFrameRate": 50.0})
+    src = GenICamSource(cfg)
+    src.open()
+    stop = threading.Event()
+    counter = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            if src.read(0.05) is not None:
+                counter[0] += 1
+
+    th = threading.Thread(target=reader, daemon=True)
+    try:
+        if not stream:
+            with src._ia_lock:  # noqa: SLF001 - bench: stop the device underneath, source keeps polling
+                src._ia.remote_device.node_map.AcquisitionStop.execute()  # noqa: SLF001
+            time.sleep(0.2)
+            while src.read(0.1) is not None:
+                pass
+        th.start()
+        time.sleep(0.2)
+        result = timed(repeats)
+        return result, counter[0]
+    finally:
+        stop.set()
+        if th.is_alive():
+            th.join(5)
+        src.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cti", default=None, help="GenTL producer (default: viky.cti from the genicam wheel)")
-    ap.add_argument("--repeats", type=int, default=5, help="workload runs per configuration (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="workload runs per measurement (median)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="interleaved rounds; each configuration is compared with a baseline run right before it")
     args = ap.parse_args()
     cti = args.cti or find_viky()
     if cti is None or not os.path.isfile(cti):
         print("no GenTL producer: install `genicam` (ships viky.cti) or pass --cti", file=sys.stderr)
         return 2
 
-    base = timed(args.repeats)
-    rows = [("baseline", base, "")]
-    t, _ = run_thread(cti, args.repeats, "blocking", stream=False)
-    rows.append(("thread-fetch (waiting, fetch timeout=60 s)", t, ""))
-    t, n = run_thread(cti, args.repeats, "blocking", stream=True)
-    rows.append(("thread-stream (50 fps, fetch+copy)", t, f"{n} frames"))
-    for sleep_s in (0.002, 0.005, 0.010):
-        t, _ = run_thread(cti, args.repeats, "poll", stream=False, poll_sleep=sleep_s)
-        rows.append((f"thread-poll (try_fetch 1 ms + sleep {sleep_s * 1e3:.0f} ms, waiting)", t, ""))
-    rows.append(("process-fetch (waiting, child process)", run_process(cti, args.repeats), ""))
+    r = args.repeats
+    configs = [
+        ("thread-fetch (waiting, fetch timeout=60 s)", lambda: run_thread(cti, r, "blocking", stream=False)[0]),
+        ("thread-stream (50 fps, fetch+copy)", lambda: run_thread(cti, r, "blocking", stream=True)[0]),
+        ("thread-poll (try_fetch 1 ms + sleep 2 ms, waiting)",
+         lambda: run_thread(cti, r, "poll", stream=False, poll_sleep=0.002)[0]),
+        ("thread-poll (try_fetch 1 ms + sleep 5 ms, waiting)",
+         lambda: run_thread(cti, r, "poll", stream=False, poll_sleep=0.005)[0]),
+        ("process-fetch (waiting, child process)", lambda: run_process(cti, r)),
+        ("linesight GenICamSource (waiting)", lambda: run_source(cti, r, stream=False)[0]),
+        ("linesight GenICamSource (50 fps, reader thread)", lambda: run_source(cti, r, stream=True)[0]),
+    ]
+    load_before = os.getloadavg()[0]
+    ratios: dict[str, list[float]] = {name: [] for name, _ in configs}
+    bases: list[float] = []
+    for _ in range(args.rounds):
+        for name, run in configs:
+            base = timed(r)  # adjacent baseline: other load on the machine hits both alike
+            bases.append(base)
+            ratios[name].append(run() / base)
+    load_after = os.getloadavg()[0]
 
-    print(f"cpu cores: {os.cpu_count()}  python {sys.version.split()[0]}  cti: {Path(cti).name}")
-    print(f"{'configuration':58s} {'median s':>9s} {'slowdown':>9s}")
-    for name, secs, note in rows:
-        print(f"{name:58s} {secs:9.3f} {secs / base:8.2f}x {note}")
+    print(f"cpu cores: {os.cpu_count()}  python {sys.version.split()[0]}  cti: {Path(cti).name}  "
+          f"load avg {load_before:.2f} -> {load_after:.2f}")
+    print(f"baseline workload: median {statistics.median(bases):.3f} s over {len(bases)} runs")
+    print(f"{'configuration (slowdown of the main-thread workload)':58s} {'median':>7s} {'min':>6s} {'max':>6s}")
+    for name, values in ratios.items():
+        print(f"{name:58s} {statistics.median(values):6.2f}x {min(values):5.2f}x {max(values):5.2f}x")
     return 0
 
 

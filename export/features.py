@@ -28,6 +28,9 @@ class OnnxFeatures:
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads steal the cores from faiss, acquisition and publishing threads
+        # on small edge CPUs; measured in bench/bench_daemon.py.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(onnx, opts, providers=providers(prefer_gpu))
         except Exception as exc:  # onnxruntime raises untyped errors for bad graphs
