@@ -106,13 +106,13 @@ class TriggerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _source_only_for_hardware(self) -> TriggerConfig:
+        # Compared with the defaults (not model_fields_set) so a dumped config validates again.
         if self.mode != "hardware":
-            fields = self.model_fields_set & {"source", "activation"}
-            if fields:
-                raise ValueError(
-                    f"trigger.{sorted(fields)[0]} only applies to trigger.mode: hardware "
-                    f"(mode is {self.mode}); remove it"
-                )
+            for name in ("source", "activation"):
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(
+                        f"trigger.{name} only applies to trigger.mode: hardware (mode is {self.mode}); remove it"
+                    )
         return self
 
 
@@ -184,7 +184,7 @@ class GenICamSourceConfig(_SourceBase, _Backoff):
                 "starvation_timeout_s does not apply to trigger.mode: software (an idle line sends no "
                 "triggers); fetch_timeout_s bounds each triggered frame"
             )
-        if mode != "software" and "fetch_timeout_s" in self.model_fields_set:
+        if mode != "software" and self.fetch_timeout_s != type(self).model_fields["fetch_timeout_s"].default:
             raise ValueError(
                 f"fetch_timeout_s only applies to trigger.mode: software (mode is {mode}); "
                 "use starvation_timeout_s"
@@ -229,7 +229,10 @@ class FolderSourceConfig(_SourceBase):
         description="watch mode: a new file is read once its size and mtime did not change for this long "
         "(so half-written files are never decoded).",
     )
-    watch_poll_s: float = Field(default=0.2, gt=0, le=60, description="watch mode: directory poll interval.")
+    watch_poll_s: float = Field(
+        default=0.2, gt=0, le=60,
+        description="Directory poll interval in watch mode (and in loop mode while the folder is empty).",
+    )
 
     @field_validator("patterns")
     @classmethod

@@ -209,10 +209,15 @@ def test_incomplete_buffer_becomes_a_bad_frame() -> None:
         read_n(src, 1)
         with src._ia_lock:
             src._ia._emit_callbacks(ImageAcquirer.Events.INCOMPLETE_BUFFER)
-        frames = read_n(src, 3)
+        frames = []
+        while not any(f.error for f in frames) and len(frames) < 20:  # good frames may be queued first
+            frames += read_n(src, 1)
+        frames += read_n(src, 3)
         bad = [f for f in frames if f.error]
         assert len(bad) == 1 and "incomplete buffer" in bad[0].error and bad[0].image is None
         assert src.status.bad_frames == 1
+        seqs = [f.seq for f in frames]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # the bad frame has its own seq
 
 
 # ------------------------------------------------------------------------------------ pixel formats
@@ -348,3 +353,24 @@ def test_trigger_while_camera_down_gives_a_bad_frame() -> None:
         f = src.read(1.0)
         assert f is not None and f.seq == 1 and f.image is None
         assert "camera down" in f.error and "software trigger not executed" in f.error
+
+
+@needs_tlsimu
+def test_close_wakes_a_blocked_reader() -> None:
+    src = tlsimu()
+    src.open()
+    outcome: list[object] = []
+
+    def reader() -> None:
+        try:
+            outcome.append(src.read(None))  # nothing triggered: blocks until close
+        except SourceError as exc:
+            outcome.append(exc)
+
+    th = threading.Thread(target=reader)
+    th.start()
+    time.sleep(0.2)
+    src.close()
+    th.join(3)
+    assert not th.is_alive()
+    assert isinstance(outcome[0], SourceError) and "closed" in str(outcome[0])

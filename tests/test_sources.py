@@ -115,13 +115,13 @@ def test_folder_loop_repeats_and_picks_up_new_files(image_dir: dict) -> None:
 
 def test_folder_watch_reads_new_files_only_when_complete(image_dir: dict) -> None:
     d = image_dir["dir"]
-    cfg = FolderSourceConfig(path=d, mode="watch", watch_settle_s=0.3, watch_poll_s=0.05)
+    cfg = FolderSourceConfig(path=d, mode="watch", watch_settle_s=0.5, watch_poll_s=0.05)
     with FolderSource(cfg) as src:
         assert src.read(0.4) is None  # existing files are not re-inspected
         ok, data = cv2.imencode(".png", _color(5))
         blob = data.tobytes()
 
-        def slow_writer() -> None:  # a camera writing a file in pieces, 0.1 s apart (< settle)
+        def slow_writer() -> None:  # a camera writing a file in pieces, 0.1 s apart (< settle 0.5 s)
             with open(d / "new.png", "wb") as fh:
                 for i in range(0, len(blob), len(blob) // 5 + 1):
                     fh.write(blob[i : i + len(blob) // 5 + 1])
@@ -359,6 +359,19 @@ def test_factory_config_errors_name_the_field() -> None:
         build_source({"type": "video", "uri": "rtsp://x", "reconnect_backoff_min_s": 9, "reconnect_backoff_max_s": 1})
     with pytest.raises(ConfigError, match="not a boolean"):
         build_source({"type": "video", "uri": True})
+
+
+def test_configs_survive_a_dump_and_reload(tmp_path: Path) -> None:
+    configs = [
+        GenICamSourceConfig(),
+        GenICamSourceConfig(trigger={"mode": "software"}, fetch_timeout_s=0.5),
+        GenICamSourceConfig(trigger={"mode": "hardware", "source": "Line2", "activation": None}),
+        FolderSourceConfig(path=tmp_path, mode="watch"),
+        VideoSourceConfig(uri=0),
+        SyntheticSourceConfig(count=3),
+    ]
+    for cfg in configs:
+        assert parse_source_config(cfg.model_dump(mode="json")) == cfg
 
 
 def test_genicam_defaults() -> None:

@@ -111,6 +111,8 @@ class MqttSink:
         self._expiry_props: dict[int, Properties] = {}
         self._client: mqtt.Client | None = None
         self._stopping = threading.Event()
+        self._cmd_ready = threading.Event()
+        self._cmd_sub_mid: int | None = None
         self._stats_thread: threading.Thread | None = None
         self._logged_problems: set[str] = set()
         self._purge_broken = False
@@ -140,6 +142,7 @@ class MqttSink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         self._client = client
         log.info(
             "mqtt connecting broker=%s:%d client_id=%s tls=%s user=%s base=%s",
@@ -178,6 +181,11 @@ class MqttSink:
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.is_connected()
+
+    @property
+    def commands_ready(self) -> bool:
+        """True once the broker acknowledged the cmd/+ subscription on the current connection."""
+        return self._cmd_ready.is_set() and self.connected
 
     @property
     def counters(self) -> dict[str, int]:
@@ -290,7 +298,8 @@ class MqttSink:
         self._logged_problems.clear()
         self._count("connects")
         log.info("mqtt connected broker=%s:%d purged_stale_verdicts=%d", cfg.host, cfg.port, purged)
-        client.subscribe(
+        self._cmd_ready.clear()
+        _rc, self._cmd_sub_mid = client.subscribe(
             self.topic_cmd_filter,
             options=SubscribeOptions(qos=1, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND),
         )
@@ -305,7 +314,17 @@ class MqttSink:
             f"retrying every {self._cfg.reconnect_min_s}-{self._cfg.reconnect_max_s}s, verdicts are dropped meanwhile",
         )
 
+    def _on_subscribe(self, _client: mqtt.Client, _ud: Any, mid: int, reasons: list[Any], _props: Any) -> None:
+        if mid != self._cmd_sub_mid:
+            return
+        if all(not r.is_failure for r in reasons):
+            self._cmd_ready.set()
+        else:
+            log.error("mqtt broker refused the command subscription %s (%s); check the broker ACL for user %s",
+                      self.topic_cmd_filter, ", ".join(str(r) for r in reasons), self._cfg.username or "anonymous")
+
     def _on_disconnect(self, _client: mqtt.Client, _ud: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._cmd_ready.clear()
         if self._stopping.is_set():
             return
         self._problem(

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from linesight.errors import LinesightError
@@ -224,8 +225,6 @@ def to_bgr_or_gray(image: np.ndarray, grayscale: bool) -> np.ndarray:
 
     Raises ValueError (caller turns it into a bad frame) for other dtypes or channel counts.
     """
-    import cv2
-
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"unsupported pixel type {image.dtype} (expected 8- or 16-bit integer)")
     if image.ndim == 3 and image.shape[2] == 1:

@@ -239,6 +239,8 @@ class GenICamSource(Source):
         """Connect and configure on the acquisition thread; configuration mistakes raise here."""
         if self._opened:
             return
+        if self._thread is not None and self._thread.is_alive():
+            raise SourceError(f"{self._where}: a previous connection attempt is still running; close() first")
         self._ctis = producer_files(self.cfg.cti)
         self._stop.clear()
         self._first_done.clear()
