@@ -13,6 +13,7 @@ ImageAcquirer is destroyed while the source is using it.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import threading
@@ -265,8 +266,14 @@ def test_starvation_watchdog_reconnects_and_frames_resume() -> None:
     assert threading.active_count() == threads_before
 
 
+def _live_acquirers() -> int:
+    gc.collect()
+    return sum(isinstance(o, ImageAcquirer) for o in gc.get_objects())
+
+
 def test_destroyed_acquirer_reconnects_without_leaking_threads() -> None:
     threads_before = threading.active_count()
+    acquirers_before = _live_acquirers()
     with viky(features={"AcquisitionFrameRate": 50.0}) as src:
         read_n(src, 1)
         for n in range(1, 4):
@@ -278,7 +285,9 @@ def test_destroyed_acquirer_reconnects_without_leaking_threads() -> None:
             assert read_n(src, 2)[0].error is None  # frames resume
             assert src.status.up
             assert threading.active_count() == threads_before + 1
+        assert _live_acquirers() == acquirers_before + 1  # torn-down acquirers are freed
     assert threading.active_count() == threads_before
+    assert _live_acquirers() == acquirers_before
 
 
 def test_close_is_idempotent_and_read_after_close_fails() -> None:

@@ -295,6 +295,18 @@ def test_unacked_verdicts_are_purged_not_replayed_after_reconnect(mosquitto, mqt
         proxy.close()
 
 
+def test_stop_never_raises_when_the_link_drops_during_stop(mosquitto) -> None:
+    for delay in (0.0, 0.001, 0.005, 0.02):
+        proxy = BlackholeProxy(mosquitto.port)
+        sink = MqttSink(MqttConfig(enabled=True, host="127.0.0.1", port=proxy.port, site="s1", line="l1",
+                                   station="cam1"))
+        sink.start()
+        wait_until(lambda: sink.connected, what="connect")  # noqa: B023
+        threading.Timer(delay, proxy.close).start()
+        sink.stop(timeout_s=0.5)  # must return quietly whichever way the race goes
+        assert not sink.connected
+
+
 def test_publish_is_cheap(mosquitto, sinks) -> None:
     sink = sinks(cfg_for(mosquitto, max_queued_messages=10_000))
     sink.start()

@@ -166,12 +166,14 @@ class MqttSink:
             self._stats_thread.join(timeout_s)
         if client.is_connected():
             info = client.publish(self.topic_status, "offline", qos=1, retain=True)
-            try:
+            try:  # both raise if the link dropped meanwhile (rc NO_CONN): the Last Will then says offline
                 info.wait_for_publish(timeout_s)
+                acked = info.is_published()
             except (RuntimeError, ValueError) as exc:
+                acked = False
                 log.warning("mqtt could not publish offline status before disconnect: %s", exc)
-            if not info.is_published():
-                log.warning("mqtt offline status not acknowledged within %.1fs; Last Will covers it", timeout_s)
+            if not acked:
+                log.warning("mqtt offline status not acknowledged within %.1fs; the Last Will covers it", timeout_s)
         client.disconnect()
         client.loop_stop()
         log.info("mqtt stopped counters=%s", self.counters)
