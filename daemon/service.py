@@ -169,15 +169,18 @@ class Service:
             from linesight.daemon.sinks.mqtt_sink import MqttSink
 
             self.mqtt = MqttSink(out.mqtt, on_command=self.command, stats_provider=self._stats)
+            self.metrics.watch_sink("mqtt", lambda: self.mqtt.counters)
             self.mqtt.start()
         if out.zmq.enabled:
             from linesight.daemon.sinks.zmq_sink import ZmqSink
 
             self.zmq = ZmqSink(out.zmq)
+            self.metrics.watch_sink("zmq", lambda: self.zmq.counters)
         if out.archive.enabled:
             from linesight.daemon.sinks.archive import Archive
 
             self.archive = Archive(out.archive)
+            self.metrics.watch_sink("archive", lambda: self.archive.counters)
             self._start_thread(self._archive_loop, "archive")
         self._start_thread(self._publish_loop, "publish")
         try:

@@ -217,6 +217,9 @@ def test_incomplete_buffer_becomes_a_bad_frame() -> None:
         bad = [f for f in frames if f.error]
         assert len(bad) == 1 and "incomplete buffer" in bad[0].error and bad[0].image is None
         assert src.status.bad_frames == 1
+        before_bad = frames[frames.index(bad[0]) - 1] if frames.index(bad[0]) else None
+        if before_bad is not None:  # the discarded buffer is assumed to have used the next frame id
+            assert bad[0].frame_id == before_bad.frame_id + 1
         seqs = [f.seq for f in frames]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # the bad frame has its own seq
 

@@ -132,13 +132,15 @@ class FolderSource(Source):
     # -- reading -----------------------------------------------------------------------------
     def read(self, timeout_s: float | None = 1.0) -> Frame | None:
         self._require_open()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if self.cfg.mode == "watch":
             path = self._next_watched(timeout_s)
         else:
             path = self._next_listed(timeout_s)
         if path is None:
             return None
-        if not self._pacer.wait(timeout_s):
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._pacer.wait(remaining):
             self._push_back(path)
             return None
         host_ts = time.time_ns()

@@ -4,19 +4,27 @@ Acquisition thread, not the inference thread, and why it polls (harvesters #508)
 --------------------------------------------------------------------------------
 `ImageAcquirer.fetch()` waits for a buffer by calling the GenTL event wait (1 ms per call by default)
 in a Python loop, and the genicam SWIG wrapper keeps the GIL during that native wait. Measured with
-`bench/genicam_gil.py` on the simulated producer (viky.cti, 2-core CI VM, Python 3.11): a CPU-bound
-Python/numpy workload in the main thread ran **2.30x slower** while a second thread sat in
-`fetch(timeout=60)` waiting for a frame, and 2.73x slower beside a 50 fps fetch+copy thread; with the
-fetch in a child process it ran 1.03x. A thread doing `try_fetch(timeout=1 ms)` + `sleep(5 ms)` was
-1.13x. Setting the GenTL event wait to 0 ms (`timeout_period_on_update_event_data_call = 0`) and
-polling with `try_fetch(timeout=0.2 ms)` + `sleep(2 ms)` measured 0.99-1.03x - the same as a process.
+`bench/genicam_gil.py` (viky.cti, 2-core VM shared with other jobs, load 1.5-2.3, Python 3.11; median
+slowdown of a CPU-bound Python/numpy main-thread workload over 7 interleaved rounds):
 
-Choice: one acquisition thread per camera that polls without blocking in native code
-(`_POLL_FETCH_TIMEOUT_S`, sleeps `_POLL_SLEEP_S` when idle, which releases the GIL). It costs at most
-~2-3 ms of frame-arrival latency (the host timestamp is taken at arrival; the camera timestamp is exact)
-and needs no pickling/shared memory/second interpreter. The thread also owns the whole harvesters
-lifecycle: an `ImageAcquirer` created on the main thread installs its own SIGINT handler (it would
-replace the daemon's), so the device is never opened there.
+  thread blocked in fetch(timeout=60) waiting for a frame     3.33x  (2.30x in a first, shorter run)
+  thread fetching + copying a 50 fps stream                   2.88x
+  thread try_fetch(1 ms) + sleep(2 ms) / + sleep(5 ms)        1.22x / 1.17x
+  blocking fetch in a child process                           1.00x
+  this source, idle (0 ms event wait, 0.2 ms poll, 2 ms sleep) 1.19x  (the same poll pattern measured
+                                                                0.99x while the VM was less loaded)
+  this source, 50 fps into a reader thread                    1.18x
+
+Choice: one acquisition thread per camera that never blocks in native code - GenTL event wait set to
+0 ms (`timeout_period_on_update_event_data_call = 0`), `try_fetch(timeout=_POLL_FETCH_TIMEOUT_S)`, and
+`_POLL_SLEEP_S` of sleep when idle (which releases the GIL). The residual cost is one GIL hand-over per
+poll while the main thread runs Python; onnxruntime releases the GIL during inference, so the daemon
+sees less than this pure-Python workload. A process would remove that residue (and isolate a crashing
+vendor producer) at the price of an extra frame copy through shared memory and a second interpreter;
+it is the upgrade path if profiles ever show GIL waits. Polling adds at most ~2-3 ms of frame-arrival
+latency (the host timestamp is taken at arrival; the camera timestamp is exact). The thread also owns
+the whole harvesters lifecycle: an `ImageAcquirer` created on the main thread installs its own SIGINT
+handler (replacing the daemon's), so the device is never opened there.
 
 Loss handling: GenTL/harvesters have no device-lost event (harvesters #202, #431, #246). Loss is
 inferred: no frame for `starvation_timeout_s` while acquiring (free_run/hardware), a software-triggered
@@ -25,8 +33,11 @@ harvester is torn down (`ImageAcquirer.stop`, `destroy`, `Harvester.reset`) and 
 with exponential backoff - in the same thread, so reconnecting never leaks threads.
 
 Every triggered frame gets one verdict: frames that never arrive (pending software triggers when the
-camera is lost, frame-id gaps under hardware trigger) and incomplete buffers (harvesters discards them
-and only emits `Events.INCOMPLETE_BUFFER`) are delivered as Frames with `error` set.
+camera is lost, frame-id gaps under a trigger - delivered with the missing frame ids) and incomplete buffers (harvesters discards them
+and only emits `Events.INCOMPLETE_BUFFER`) are delivered as Frames with `error` set. Software-trigger
+frames are paired with triggers in order (GenTL reports no trigger id): do not trigger faster than the
+camera can expose - many cameras ignore a trigger while busy; the pairing of the following frames then
+shifts by one and the trigger left without a frame gets a bad frame after `fetch_timeout_s`.
 
 harvesters 1.4.3 API facts used here (read from its source): `Harvester.add_file(path,
 check_validity=True)`, `update()`, `device_info_list[i].property_dict` keys `serial_number`,
@@ -221,7 +232,6 @@ class GenICamSource(Source):
         self._fatal: str | None = None
         self._last_frame_id: int | None = None
         self._last_frame_mono = 0.0
-        self._unaccounted = 0  # incomplete buffers seen since the last frame id (they consumed an id)
         self._chunk_nodes: list[str] = []
         self.device_info: dict[str, Any] = {}
         self.applied_features: dict[str, Any] = {}
@@ -463,12 +473,10 @@ class GenICamSource(Source):
         now_ns = time.time_ns()
         self._last_frame_mono = time.monotonic()
         frame_id = meta["frame_id"]
-        gap = max(0, frame_id_gap(self._last_frame_id, frame_id) - self._unaccounted)
+        if self._last_frame_id is not None and frame_id_gap(self._last_frame_id, frame_id):
+            self._on_gap(self._last_frame_id, frame_id)
         if frame_id is not None:
             self._last_frame_id = frame_id
-            self._unaccounted = 0
-        if gap:
-            self._on_gap(gap, frame_id)
         seq, host_ts = None, now_ns
         if self.mode == "software":
             with self._cond:
@@ -480,27 +488,36 @@ class GenICamSource(Source):
             log.warning("%s: bad frame id=%s: %s", self._where, frame_id, error)
         self._push(self._make_frame(image, seq=seq, host_ts_ns=host_ts, error=error, **meta))
 
-    def _on_gap(self, gap: int, frame_id: int | None) -> None:
-        """Frames the camera/transport lost. Under a trigger each one was a part: give it a verdict."""
+    def _on_gap(self, last: int, current: int) -> None:
+        """Frame ids the camera/transport lost between `last` and `current`.
+
+        free_run: counted in status.dropped only (a skipped frame of a stream was no part). Under a
+        trigger each one was a part: it becomes a bad frame carrying the missing frame id, so consumers
+        that check frame-id continuity see no gap and do not count it twice.
+        """
+        gap = current - last - 1
         self._add_dropped(gap)
-        log.warning("%s: %d frame(s) lost before frame id %s", self._where, gap, frame_id)
+        log.warning("%s: %d frame(s) lost between frame ids %d and %d", self._where, gap, last, current)
         if self.mode == "free_run":
             return
-        reason = f"frame lost by camera/transport (frame id gap before {frame_id})"
-        for _ in range(min(gap, _MAX_GAP_FRAMES)):
+        reason = f"frame lost by camera/transport (frame id gap {last}..{current})"
+        for missing in range(last + 1, last + 1 + min(gap, _MAX_GAP_FRAMES)):
             seq, host_ts = None, time.time_ns()
             if self.mode == "software":
                 with self._cond:
                     if not self._pending:
                         break
                     seq, host_ts, _ = self._pending.popleft()
-            self._push(self._make_frame(None, seq=seq, host_ts_ns=host_ts, error=reason))
+            self._push(self._make_frame(None, seq=seq, host_ts_ns=host_ts, error=reason, frame_id=missing))
 
     def _on_incomplete_buffer(self) -> None:
-        """Called on the acquisition thread from inside try_fetch; the buffer is already re-queued."""
-        self._unaccounted += 1
+        """Called on the acquisition thread from inside try_fetch; the buffer is already re-queued.
+
+        harvesters does not expose the discarded buffer, so its frame id is taken to be the next one.
+        """
+        guessed = None if self._last_frame_id is None else self._last_frame_id + 1
         self._deliver(None, "incomplete buffer (discarded by the GenTL producer/harvesters)",
-                      {"frame_id": None, "camera_ts_ns": None, "chunk": {}})
+                      {"frame_id": guessed, "camera_ts_ns": None, "chunk": {"frame_id_guessed": True}})
 
     def _fail_pending(self, reason: str) -> None:
         with self._cond:
@@ -540,7 +557,6 @@ class GenICamSource(Source):
             self._configure(nm)
             self._chunk_nodes = self._find_chunk_nodes(nm)
             self._last_frame_id = None
-            self._unaccounted = 0
             ia.start()
             self._last_frame_mono = time.monotonic()
         log.info("%s: camera up device=%s mode=%s features=%s", self._where,
