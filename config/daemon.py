@@ -24,8 +24,10 @@ class ModelConfig(BaseModel):
 class PartIdConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["counter", "filename", "chunk"] = Field(
-        "counter", description="counter: prefix + sequence; filename: the frame's file name; chunk: a chunk value")
+    mode: Literal["counter", "filename", "chunk", "external"] = Field(
+        "counter", description="counter: prefix + sequence; filename: the frame's file name; chunk: a chunk "
+                               "value; external: ids announced on MQTT cmd/part ({\"part_id\": ...}), matched to "
+                               "frames in arrival order")
     prefix: str = Field("", description="Prefix for counter part ids")
     chunk_key: str = Field("", description="Chunk/metadata key holding the part id (mode chunk)")
 

@@ -19,7 +19,7 @@ _ZMQ_ENDPOINT = re.compile(r"^(tcp|ipc|inproc)://\S+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 #: Commands the daemon accepts on ``<prefix>/<site>/<line>/<station>/cmd/<name>``.
-MQTT_COMMANDS: tuple[str, ...] = ("reload", "pause", "resume", "feedback")
+MQTT_COMMANDS: tuple[str, ...] = ("reload", "pause", "resume", "feedback", "part")
 
 
 def _topic_level(value: str, field: str) -> str:

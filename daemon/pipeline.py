@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +52,8 @@ class Pipeline:
         self._alarm_times: dict[str, float] = {}
         self._pending_reload: tuple[str | None, bool] | None = None
         self.frames_in = 0
+        self.part_ids: deque[str] = deque(maxlen=1000)  # external "part arrived" ids, oldest first
+        self.last_tick = time.monotonic()
 
     # ---------------------------------------------------------------- verdicts
     def _emit(self, frame: Frame, *, prediction=None, fail_safe: str | None = None, detail: str | None = None,
@@ -79,6 +81,12 @@ class Pipeline:
             return frame.name
         if pid.mode == "chunk" and pid.chunk_key in frame.chunk:
             return str(frame.chunk[pid.chunk_key])
+        if pid.mode == "external":
+            try:
+                return self.part_ids.popleft()
+            except IndexError:
+                self.counts["part_id_missing"] += 1
+                return f"unassigned-{seq:08d}"
         return f"{pid.prefix}{seq:08d}"
 
     def alarm_limited(self, code: str, message: str, every_s: float = 30.0, **context: Any) -> None:
@@ -202,6 +210,7 @@ class Pipeline:
     def run(self) -> None:
         """The processing loop (caller's thread). Returns when stopped or the source has ended."""
         while True:
+            self.last_tick = time.monotonic()
             self._on_tick()
             try:
                 frame = self.in_q.get(timeout=0.2)

@@ -49,6 +49,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._next_stats = time.monotonic() + cfg.pipeline.stats_interval_s
+        self._camera_up = True
 
     # ---------------------------------------------------------------- outputs
     def _enqueue(self, verdict: dict, image: np.ndarray | None, amap: np.ndarray | None, thr: float | None) -> None:
@@ -118,6 +119,12 @@ class Service:
                 with path.open("a") as fh:
                     fh.write(json.dumps(payload) + "\n")
             return {"recorded": True}
+        if name == "part":
+            pid = payload.get("part_id")
+            if not isinstance(pid, str) or not pid or len(pid) > 200:
+                raise ValueError("'part_id' must be a non-empty string of at most 200 characters")
+            self.pipeline.part_ids.append(pid)
+            return {"queued": len(self.pipeline.part_ids)}
         raise ValueError(f"unknown command {name}")
 
     def _stats(self) -> dict:
@@ -131,7 +138,11 @@ class Service:
                 "model": self.holder.info, "paused": self.pipeline.paused.is_set()}
 
     def health(self) -> dict:
-        ok = self.holder.engine is not None and self.source.status.up
+        """ok: deciding; degraded: fail-safe verdicts (no model / camera down / paused); unhealthy: the
+        processing loop has not turned for 5 s (hung) -> /healthz answers 503."""
+        if time.monotonic() - self.pipeline.last_tick > 5.0:
+            return {"status": "unhealthy", "reason": "processing loop stalled", **self._stats()}
+        ok = self.holder.engine is not None and self.source.status.up and not self.pipeline.paused.is_set()
         return {"status": "ok" if ok else "degraded", **self._stats()}
 
     def _status(self) -> None:
@@ -143,6 +154,15 @@ class Service:
     def _tick(self) -> None:
         """Called by the processing loop on every frame and at least every 0.2 s when idle."""
         self.notifier.watchdog_if_due()
+        up = self.source.status.up
+        if up != self._camera_up:
+            self._camera_up = up
+            self.metrics.set_camera_up(up)
+            self._status()
+            if up:
+                self.alarm("camera_up", f"source {self.source.name} delivering again", severity="info")
+            else:
+                self.alarm("camera_down", f"source {self.source.name} down: {self.source.status.last_error}")
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats = now + self.cfg.pipeline.stats_interval_s

@@ -162,11 +162,21 @@ def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle,
 
 def test_broker_restart_and_bad_model_reload(tmp_path, bundle, mosquitto, mqtt_probe):
     cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
-                                                    "height": 96, "rate_hz": 10})
+                                                    "height": 96, "rate_hz": 10}, part_id={"mode": "external"})
     probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
     proc = start(cfg_path)
     try:
         probe.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=60)
+        # "part arrived" messages name the next frames' parts, in order
+        for pid in ("P-1", "P-2"):
+            probe.publish("linesight/s1/l1/cam1/cmd/part", json.dumps({"part_id": pid}))
+        parts = [json.loads(probe.wait_for(lambda m: m.topic.endswith("/verdict") and
+                                           not json.loads(m.payload)["part_id"].startswith("unassigned"),
+                                           timeout=10).payload)["part_id"] for _ in range(2)]
+        assert parts == ["P-1", "P-2"]
+        probe.publish("linesight/s1/l1/cam1/cmd/part", json.dumps({"part_id": 42}))
+        rep = probe.wait_for(lambda m: m.topic.endswith("cmd/part/reply") and not json.loads(m.payload)["ok"])
+        assert "part_id" in json.loads(rep.payload)["error"]
         mosquitto.kill()
         time.sleep(2.0)
         assert proc.poll() is None, "daemon died when the broker went away"

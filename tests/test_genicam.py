@@ -207,19 +207,17 @@ def test_incomplete_buffer_becomes_a_bad_frame() -> None:
     # Simulated: viky never delivers incomplete buffers. harvesters re-queues such a buffer itself
     # and only emits Events.INCOMPLETE_BUFFER, so emit exactly that event on the live acquirer.
     with viky(features={"AcquisitionFrameRate": 50.0}) as src:
-        read_n(src, 1)
+        frames = read_n(src, 1)
         with src._ia_lock:
             src._ia._emit_callbacks(ImageAcquirer.Events.INCOMPLETE_BUFFER)
-        frames = []
         while not any(f.error for f in frames) and len(frames) < 20:  # good frames may be queued first
             frames += read_n(src, 1)
         frames += read_n(src, 3)
         bad = [f for f in frames if f.error]
         assert len(bad) == 1 and "incomplete buffer" in bad[0].error and bad[0].image is None
         assert src.status.bad_frames == 1
-        before_bad = frames[frames.index(bad[0]) - 1] if frames.index(bad[0]) else None
-        if before_bad is not None:  # the discarded buffer is assumed to have used the next frame id
-            assert bad[0].frame_id == before_bad.frame_id + 1
+        i = next(i for i, f in enumerate(frames) if f.error)
+        assert bad[0].frame_id == frames[i - 1].frame_id + 1  # the discarded buffer used the next frame id
         seqs = [f.seq for f in frames]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # the bad frame has its own seq
 
@@ -351,6 +349,23 @@ def test_every_trigger_gets_exactly_one_frame_even_when_lost() -> None:
         for f in frames:
             assert (f.image is None) == (f.error is not None)
         assert src.read(0.5) is None
+
+
+@needs_tlsimu
+def test_consumer_behind_under_software_trigger_every_trigger_answered() -> None:
+    # Nobody reads while 14 spaced triggers fire: host queue (num_buffers=5) and the producer's 5
+    # buffers fill, the simulator drops the rest without a frame-id gap; their triggers time out.
+    with tlsimu(device={"serial": "SN_InterfaceA_0"}, num_buffers=5) as src:
+        for _ in range(14):
+            src.trigger()
+            time.sleep(0.05)
+        frames = []
+        while (f := src.read(1.5)) is not None:
+            frames.append(f)
+        assert [f.seq for f in frames] == list(range(14))
+        good = [f for f in frames if f.error is None]
+        assert len(good) >= 10 and all(f.image.shape == (512, 512) for f in good)  # Mono8 device
+        assert all("no frame within fetch_timeout_s" in f.error for f in frames if f.error)
 
 
 @needs_tlsimu

@@ -32,9 +32,12 @@ class EndOfStream(Exception):
     """
 
 
-@dataclass
+@dataclass(eq=False)
 class Frame:
-    """One triggered/received frame. `image` is an owned copy (never a view into a driver buffer)."""
+    """One triggered/received frame. `image` is an owned copy (never a view into a driver buffer).
+
+    Compared by identity (eq=False): field-wise equality over numpy images would raise.
+    """
 
     image: np.ndarray | None  # HxW or HxWx3 (BGR), uint8 or uint16; None when the frame is bad
     seq: int  # source-local counter, increments for every triggered/received frame
