@@ -20,3 +20,22 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -c .ci/constraints.txt -e ".[cpu,train,camera,daemon,test]"
+# TLSimu.cti (EMVA GenTL reference simulator with software trigger) ships only in the genicam 1.3.0 wheel;
+# it is proprietary, so it is fetched from PyPI here and never committed. tests/test_genicam.py uses it.
+if [ ! -f .venv/gentl/TLSimu.cti ]; then
+  tmp=$(mktemp -d)
+  if .venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "genicam==1.3.0" >/dev/null 2>&1; then
+    mkdir -p .venv/gentl
+    .venv/bin/python - "$tmp" <<'PY'
+import sys, zipfile, pathlib
+whl = next(pathlib.Path(sys.argv[1]).glob("genicam-1.3.0-*.whl"))
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.endswith(("/TLSimu.cti", "/libVirtualFG.so")):
+            pathlib.Path(".venv/gentl", name.rsplit("/", 1)[1]).write_bytes(z.read(name))
+PY
+  else
+    echo "setup: genicam 1.3.0 (TLSimu.cti) not downloadable; software-trigger camera tests will be skipped" >&2
+  fi
+  rm -rf "$tmp"
+fi

@@ -47,8 +47,6 @@ class Pipeline:
         self.paused = threading.Event()
         self.acquisition_done = threading.Event()
         self.counts: Counter[str] = Counter()
-        self._last_frame_id: int | None = None
-        self._last_reconnects = 0
         self._alarm_times: dict[str, float] = {}
         self._pending_reload: tuple[str | None, bool] | None = None
         self.frames_in = 0
@@ -118,7 +116,6 @@ class Pipeline:
                     continue
                 self.frames_in += 1
                 self.on_frame()
-                self._account_gaps(frame)
                 try:
                     self.in_q.put_nowait(frame)
                 except queue.Full:
@@ -129,21 +126,6 @@ class Pipeline:
                     break
         finally:
             self.acquisition_done.set()
-
-    def _account_gaps(self, frame: Frame) -> None:
-        """Frames the camera numbered but never delivered still get their (fail-safe) verdict."""
-        status = self.source.status
-        if status.reconnects != self._last_reconnects:
-            self._last_reconnects, self._last_frame_id = status.reconnects, None
-        fid, last = frame.frame_id, self._last_frame_id
-        if fid is not None and last is not None and fid > last + 1 and fid - last < 10_000:
-            for missing in range(last + 1, fid):
-                self.on_drop("camera_error")
-                ghost = Frame(image=None, seq=-1, host_ts_ns=frame.host_ts_ns, source=frame.source, frame_id=missing,
-                              error="camera delivered no image for this frame id")
-                self._emit(ghost, fail_safe="frame_dropped", detail=f"frame id {missing} lost before the host")
-        if fid is not None:
-            self._last_frame_id = fid
 
     def trigger_loop(self, hz: float) -> None:
         period = 1.0 / hz
@@ -158,26 +140,41 @@ class Pipeline:
             time.sleep(max(0.0, nxt - time.monotonic()))
 
     # ---------------------------------------------------------------- processing
-    def process(self, frame: Frame) -> dict:
-        deadline = frame.host_ts_ns + self.deadline_ns
+    def process(self, frames: list[Frame]) -> None:
+        """Decide a micro-batch (frames that queued up while the engine was busy): each frame still gets
+        its own deadline check and exactly one verdict; an inference error is retried frame by frame so
+        one bad frame cannot fail its neighbours."""
         engine = self.holder.engine
-        if not frame.ok:
-            return self._emit(frame, fail_safe="bad_frame", detail=frame.error or "empty frame")
-        if engine is None:
-            return self._emit(frame, fail_safe="no_model", detail="no valid model loaded")
-        if time.time_ns() > deadline:
-            return self._emit(frame, fail_safe="deadline_missed", detail="deadline passed before inference started")
+        ready = []
+        for frame in frames:
+            if not frame.ok:
+                self._emit(frame, fail_safe="bad_frame", detail=frame.error or "empty frame")
+            elif engine is None:
+                self._emit(frame, fail_safe="no_model", detail="no valid model loaded")
+            elif time.time_ns() > frame.host_ts_ns + self.deadline_ns:
+                self._emit(frame, fail_safe="deadline_missed", detail="deadline passed before inference started")
+            else:
+                ready.append(frame)
+        if not ready:
+            return
         t0 = time.perf_counter()
         try:
-            pred = engine.predict(frame.image)
+            preds = engine.predict_batch([f.image for f in ready])
         except Exception as exc:  # bad pixels or a runtime failure: fail safe, keep running
-            log.exception("inference failed", extra={"camera": frame.source, "frame_id": frame.frame_id})
-            return self._emit(frame, fail_safe="inference_error", detail=f"{type(exc).__name__}: {exc}")
+            if len(ready) > 1:
+                for frame in ready:
+                    self.process([frame])
+                return
+            log.exception("inference failed", extra={"camera": ready[0].source, "frame_id": ready[0].frame_id})
+            self._emit(ready[0], fail_safe="inference_error", detail=f"{type(exc).__name__}: {exc}")
+            return
         ms = (time.perf_counter() - t0) * 1e3
-        if time.time_ns() > deadline:
-            return self._emit(frame, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,
-                              detail=f"decided after the {self.cfg.pipeline.deadline_ms:g} ms deadline")
-        return self._emit(frame, prediction=pred, inference_ms=ms)
+        for frame, pred in zip(ready, preds):
+            if time.time_ns() > frame.host_ts_ns + self.deadline_ns:
+                self._emit(frame, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,
+                           detail=f"decided after the {self.cfg.pipeline.deadline_ms:g} ms deadline")
+            else:
+                self._emit(frame, prediction=pred, inference_ms=ms)
 
     def request_reload(self, path: str | None = None, rollback: bool = False) -> None:
         self._pending_reload = (path, rollback)
@@ -213,9 +210,14 @@ class Pipeline:
             self.last_tick = time.monotonic()
             self._on_tick()
             try:
-                frame = self.in_q.get(timeout=0.2)
+                batch = [self.in_q.get(timeout=0.2)]
             except queue.Empty:
                 if self.acquisition_done.is_set() or (self.stop_event.is_set() and self.in_q.empty()):
                     break
                 continue
-            self.process(frame)
+            while len(batch) < self.cfg.pipeline.max_batch:
+                try:
+                    batch.append(self.in_q.get_nowait())
+                except queue.Empty:
+                    break
+            self.process(batch)

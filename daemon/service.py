@@ -249,7 +249,7 @@ class Service:
             if t.name == "acquire":
                 t.join(timeout=5)
         while not self.pipeline.in_q.empty():  # frames queued after the loop ended still get verdicts
-            self.pipeline.process(self.pipeline.in_q.get_nowait())
+            self.pipeline.process([self.pipeline.in_q.get_nowait()])
         self.pub_q.put(None)
         for t in self._threads:
             if t.name == "publish":

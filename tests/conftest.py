@@ -284,3 +284,24 @@ def mqtt_probe() -> Iterator[Callable[..., MqttProbe]]:
 def free_tcp_port() -> Callable[[], int]:
     """Callable returning a currently free 127.0.0.1 TCP port."""
     return free_port
+
+
+# ---------------------------------------------------------------------------------------- small real bundle
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few real magnetic_tile images in MVTec layout (skips when ../shared is absent)."""
+    from helpers import make_subset
+
+    return make_subset(tmp_path_factory.mktemp("mt") / "subset")
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle (folder) fitted on the subset: random-init weights, tiny input — machinery, not accuracy."""
+    from linesight.config.fit import preset
+    from linesight.trainer.fit import fit
+
+    out = tmp_path_factory.mktemp("bundle") / "model"
+    fit(small_dataset, out, preset("fast", weights="none", input_size=96, embedding_dim=64, coreset_ratio=0.1,
+                                   model_id="test-model"))
+    return out

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import make_subset
 from linesight.config.fit import preset
 from linesight.errors import BundleError, DataError
 from linesight.export.bundle import load_bundle
@@ -22,18 +21,13 @@ from linesight.export.images import read_image
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    return make_subset(tmp_path_factory.mktemp("mt") / "subset")
+def dataset(small_dataset) -> Path:
+    return small_dataset
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(dataset, tmp_path_factory) -> Path:
-    from linesight.trainer.fit import fit
-
-    out = tmp_path_factory.mktemp("b") / "model"
-    fit(dataset, out, preset("fast", weights="none", input_size=96, embedding_dim=64, coreset_ratio=0.1,
-                             model_id="test-model"))
-    return out
+def bundle_dir(small_bundle) -> Path:
+    return small_bundle
 
 
 def test_bundle_contents_and_manifest(bundle_dir):

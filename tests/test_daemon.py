@@ -21,22 +21,19 @@ import yaml
 import zmq
 
 from conftest import free_port
-from helpers import make_subset
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
                                 reason="mosquitto not installed (bash .ci/setup.sh installs it)")
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    from linesight.config.fit import preset
-    from linesight.trainer.fit import fit
+def bundle(small_bundle, tmp_path_factory) -> Path:
+    """The session's small bundle as a .zip, with the model id these tests expect."""
+    from linesight.export.bundle import load_bundle, write_bundle
 
-    data = make_subset(tmp_path_factory.mktemp("mt") / "subset")
-    out = tmp_path_factory.mktemp("b") / "model.zip"
-    fit(data, out, preset("fast", weights="none", input_size=96, embedding_dim=64, coreset_ratio=0.1,
-                          model_id="daemon-test"))
-    return out
+    b = load_bundle(small_bundle)
+    b.manifest.model.id = "daemon-test"
+    return write_bundle(tmp_path_factory.mktemp("b") / "model.zip", b)
 
 
 def frames_dir(tmp: Path, n: int) -> Path:

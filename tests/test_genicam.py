@@ -43,7 +43,7 @@ from linesight.daemon.sources.genicam import (  # noqa: E402
 )
 
 TLSIMU = Path(os.environ.get("LINESIGHT_TLSIMU_CTI",
-                             Path(__file__).resolve().parents[2] / "shared/gentl/TLSimu.cti"))
+                             Path(__file__).resolve().parents[1] / ".venv/gentl/TLSimu.cti"))  # .ci/setup.sh
 needs_tlsimu = pytest.mark.skipif(
     not TLSIMU.is_file(),
     reason=f"TLSimu.cti not found at {TLSIMU} (viky has no TriggerSoftware). Get it with: pip download "

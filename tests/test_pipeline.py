@@ -1,0 +1,55 @@
+"""Pipeline decisions in-process with a real engine (no source thread: frames are handed in directly)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from linesight.config.daemon import DaemonConfig
+from linesight.daemon.model import ModelHolder
+from linesight.daemon.pipeline import Pipeline
+from linesight.daemon.sources.base import Frame
+from linesight.daemon.sources.synthetic import SyntheticSource
+
+
+def make(bundle, **pipeline):
+    cfg = DaemonConfig.model_validate({"model": {"bundle": str(bundle)}, "source": {"type": "synthetic", "name": "s"},
+                                       "pipeline": pipeline})
+    holder = ModelHolder(cfg.model.bundle)
+    holder.load()
+    out: list[dict] = []
+    alarms: list[str] = []
+    p = Pipeline(cfg, SyntheticSource(cfg.source), holder, lambda v, *a: out.append(v),
+                 lambda code, msg, **k: alarms.append(code), station="a/b/c")
+    return p, out, alarms
+
+
+def frame(seq: int, image) -> Frame:
+    return Frame(image=image, seq=seq, host_ts_ns=time.time_ns(), source="s", frame_id=seq)
+
+
+def test_micro_batch_with_one_undecodable_frame_gives_each_frame_one_verdict(small_bundle):
+    p, out, alarms = make(small_bundle, deadline_ms=60000)
+    good = np.full((80, 90), 120, np.uint8)
+    frames = [frame(0, good), frame(1, np.zeros((10, 10, 2), np.uint8)), frame(2, good), frame(3, None)]
+    p.process(frames)
+    by_seq = {v["camera"]["source_seq"]: v for v in out}
+    assert sorted(by_seq) == [0, 1, 2, 3] and len(out) == 4
+    assert by_seq[1]["reason"] == "inference_error" and by_seq[1]["verdict"] == "NG"
+    assert by_seq[3]["reason"] == "bad_frame"
+    assert not by_seq[0]["fail_safe"] and not by_seq[2]["fail_safe"]
+    assert by_seq[0]["score"] == by_seq[2]["score"]
+    assert [v["seq"] for v in out] == sorted(v["seq"] for v in out) and "inference_error" in alarms
+
+
+def test_late_frames_are_fail_safe(small_bundle):
+    p, out, _ = make(small_bundle, deadline_ms=50)
+    old = Frame(image=np.full((64, 64), 100, np.uint8), seq=0, host_ts_ns=time.time_ns() - 10**9, source="s")
+    p.process([old])
+    assert out[-1]["reason"] == "deadline_missed" and out[-1]["verdict"] == "NG"
+
+
+def test_fail_safe_verdict_is_configurable(small_bundle):
+    p, out, _ = make(small_bundle, fail_safe_verdict="OK")
+    p.process([frame(0, None)])
+    assert out[0]["verdict"] == "OK" and out[0]["fail_safe"] and out[0]["reason"] == "bad_frame"
