@@ -28,13 +28,37 @@ def _fit(a: argparse.Namespace) -> int:
     from linesight.config.fit import preset
     from linesight.trainer.fit import fit
 
+    if a.adapt == "self" and a.weights in ("self", "none"):
+        raise LinesightError(f"--adapt self fine-tunes loaded weights; with --weights {a.weights} use "
+                             "--weights self (training from scratch) instead")
     cfg = preset(a.preset, model_id=a.model_id, weights=a.weights, input_size=a.input_size,
                  embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
-                 reweight=True if a.reweight else None)
+                 reweight=True if a.reweight else None, adapt=a.adapt, selfsup_minutes=a.selfsup_minutes,
+                 selfsup_steps=a.selfsup_steps)
     bundle = fit(a.dataset, a.output, cfg)
     m = bundle.manifest
     print(json.dumps({"bundle": str(a.output), "model": m.model.model_dump(), "bank": list(bundle.bank.shape),
                       "threshold": m.thresholds.image, "warnings": m.warnings}, indent=2))
+    return 0
+
+
+def _synth(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from linesight.export.images import list_images
+    from linesight.trainer.synth import DefectSynth, write_dataset
+
+    src = Path(a.good_dir)
+    if not src.is_dir():
+        raise LinesightError(f"synth: {src} is not a folder of good images")
+    good = list_images(src / "train" / "good") if (src / "train" / "good").is_dir() else list_images(src)
+    if not good:
+        raise LinesightError(f"synth: {src} holds no images (.png .jpg .bmp .tif), nor does {src}/train/good")
+    if a.n < 1:
+        raise LinesightError(f"synth: --n {a.n}: need at least 1 image")
+    synth = DefectSynth(kinds=a.kinds, size_range=tuple(a.size_range), count=tuple(a.count))
+    counts = write_dataset(good, a.output, a.n, np.random.default_rng(a.seed), synth)
+    print(json.dumps({"output": str(a.output), "good": len(good), "written": counts}, indent=2))
     return 0
 
 
@@ -109,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speed/accuracy trade-off (see README for measured figures); default fast")
     f.add_argument("--weights", default="imagenet",
                    help="imagenet (download, hash-checked, cached), none (random init: poor accuracy), "
+                        "self (learn features from the good images + synthetic defects; works offline), "
                         "or a path to a torchvision .pth state dict")
+    f.add_argument("--adapt", default="none", choices=["none", "self"],
+                   help="self: fine-tune the --weights (imagenet or a .pth) on the good images + synthetic defects")
+    f.add_argument("--selfsup-minutes", type=float, default=None,
+                   help="wall-clock cap for self-supervised training (default 14; early stopping may end sooner)")
+    f.add_argument("--selfsup-steps", type=int, default=None, help="max self-supervised training steps (default 4000)")
     f.add_argument("--model-id", default=None, help="name recorded in the bundle and every verdict")
     f.add_argument("--input-size", type=int, default=None, help="override the preset's square input size")
     f.add_argument("--embedding-dim", type=int, default=None, help="override the preset's patch embedding size")
@@ -118,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--reweight", action="store_true", help="anomalib-style image-score reweighting")
     f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     f.set_defaults(func=_fit)
+
+    from linesight.trainer.synth import KINDS
+
+    sy = sub.add_parser("synth", help="write synthetic defective images (+ exact masks) made from good images",
+                        description="Paint synthetic defects on good images and write an MVTec-layout folder "
+                                    "(train/good links, test/<kind>/, ground_truth/<kind>/) to look at or test with. "
+                                    "No torch needed.")
+    sy.add_argument("good_dir", help="folder of good images, or an MVTec-layout folder (uses train/good)")
+    sy.add_argument("-o", "--output", required=True, help="output folder")
+    sy.add_argument("--n", type=int, required=True, help="number of defective images to write")
+    sy.add_argument("--seed", type=int, default=0, help="random seed (same seed, same images)")
+    sy.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="defect kinds to draw from")
+    sy.add_argument("--size-range", nargs=2, type=float, default=[0.02, 0.3], metavar=("MIN", "MAX"),
+                    help="defect extent as a fraction of the image's short side (default 0.02 0.3)")
+    sy.add_argument("--count", nargs=2, type=int, default=[1, 3], metavar=("MIN", "MAX"),
+                    help="defects per image, inclusive (default 1 3)")
+    sy.set_defaults(func=_synth)
 
     c = sub.add_parser("calibrate", help="choose thresholds on labeled images and store them in the bundle",
                        description="Score DATASET's test/ images through the engine and write the image and "

@@ -11,7 +11,10 @@ class FitConfig(BaseModel):
 
     model_id: str = Field("linesight-model", description="Name recorded in the bundle and every verdict")
     backbone: Literal["resnet18", "wide_resnet50_2"] = Field("resnet18", description="Feature extractor")
-    weights: str = Field("imagenet", description="imagenet | none | path to a torchvision-style .pth state dict")
+    weights: str = Field("imagenet", description="imagenet | none | self (learn from the good images) | path to a "
+                                                 "torchvision-style .pth state dict")
+    adapt: Literal["none", "self"] = Field("none", description="self: fine-tune the loaded weights self-supervised "
+                                                             "on the good images (+ synthetic defects)")
     input_size: int = Field(224, ge=32, le=2048, description="Square input size in pixels (multiple of 8)")
     embedding_dim: int = Field(192, ge=2, description="Patch embedding size after projection")
     coreset_ratio: float = Field(0.01, gt=0, le=1, description="Fraction of training patches kept in the bank")
@@ -23,6 +26,15 @@ class FitConfig(BaseModel):
     holdout_fraction: float = Field(0.1, ge=0, lt=0.5, description="Good images kept out of the bank to set the default threshold")
     batch_size: int = Field(16, ge=1)
     seed: int = Field(0)
+    selfsup_steps: int = Field(4000, ge=1, description="Self-supervised training: max optimiser steps")
+    selfsup_batch: int = Field(12, ge=1, description="Self-supervised training: images per step")
+    selfsup_lr: float = Field(1e-3, gt=0, description="Self-supervised training: AdamW learning rate")
+    selfsup_crop: int = Field(128, ge=32, le=2048,
+                              description="Training crop (pixels, multiple of 16) cut from the image resized to "
+                                          "input_size: same scale as inference, cheaper steps")
+    selfsup_minutes: float = Field(14.0, gt=0, description="Self-supervised training: wall-clock cap in minutes")
+    selfsup_val_every: int = Field(100, ge=1, description="Steps between validations (held-out good + synthetic)")
+    selfsup_patience: int = Field(6, ge=1, description="Validations without improvement before early stopping")
     golden_images: int = Field(3, ge=0, le=16, description="Held-out good images stored in the bundle to verify it on load")
 
 

@@ -48,12 +48,21 @@ def to_unit_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Image -> normalised CHW float32 tensor of the model's input size."""
-    rgb = to_unit_rgb(image)
-    h, w = rgb.shape[:2]
+    """Image -> normalised CHW float32 tensor of the model's input size.
+
+    Resizing happens first, in the image's own dtype and channel count, so a 25 MP frame costs about as
+    much as a small one (the float RGB copy is made at input size only).
+    """
+    check_image(image)
+    h, w = image.shape[:2]
     if (h, w) != (spec.height, spec.width):
         shrinking = h * w > spec.height * spec.width
-        rgb = cv2.resize(rgb, (spec.width, spec.height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        small = image if image.dtype != np.float32 else np.clip(image, 0.0, 1.0)
+        if small.ndim == 3 and small.shape[2] == 4:
+            small = small[:, :, :3]
+        image = cv2.resize(np.ascontiguousarray(small), (spec.width, spec.height),
+                           interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    rgb = to_unit_rgb(image)
     rgb = (rgb - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
 

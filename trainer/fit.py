@@ -63,8 +63,16 @@ def next_version(out: Path, model_id: str) -> int:
     return old.version + 1 if old.id == model_id else 1
 
 
-def build_model(cfg: FitConfig, weights: str) -> tuple[PatchFeatures, WeightsInfo]:
+def build_model(cfg: FitConfig, weights: str, dataset: str | Path | None = None) -> tuple[PatchFeatures, WeightsInfo]:
+    """The feature module: loaded weights, or (weights "self" / adapt "self") trained on DATASET's good images."""
     torch.manual_seed(cfg.seed)
+    if weights == "self" or cfg.adapt == "self":
+        if dataset is None:
+            raise ValueError("build_model(): self-supervised weights need the dataset")
+        from linesight.trainer.selfsup import self_supervised_model
+
+        module, info, _ = self_supervised_model(cfg, dataset, init="none" if weights == "self" else weights)
+        return module, info
     backbone = build_backbone(cfg.backbone)
     w = load_weights(backbone, cfg.backbone, weights)
     module = PatchFeatures(backbone, BACKBONES[cfg.backbone].channels, cfg.embedding_dim).eval()
@@ -81,7 +89,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     if cfg.input_size % 16:
         raise DataError(f"input size {cfg.input_size} must be a multiple of 16 (the layer3 stride)")
     if module is None:  # first: a missing weights file or an offline download fails before any work
-        module, weights_info = build_model(cfg, cfg.weights)
+        module, weights_info = build_model(cfg, cfg.weights, dataset)
     if weights_info is None:
         raise ValueError("fit(): pass weights_info with a caller-built module")
     ds = open_dataset(dataset)
