@@ -27,6 +27,7 @@ import numpy as np
 
 from linesight.config.inspection import (
     DEFAULT_SHAPE_RULES,
+    GradeRule,
     UNKNOWN_TYPE,
     InspectionSpec,
     KnowledgeBase,
@@ -95,7 +96,8 @@ class DefectRegion:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["bbox"], d["centroid"], d["peak_xy"] = list(self.bbox), [round(c, 1) for c in self.centroid], list(self.peak_xy)
+        d["bbox"], d["peak_xy"] = list(self.bbox), list(self.peak_xy)
+        d["centroid"] = [round(c, 1) for c in self.centroid]
         for key in ("length_px", "width_px", "elongation", "orientation_deg", "area_mm2", "length_mm", "width_mm"):
             if d[key] is not None:
                 d[key] = round(d[key], 2)
@@ -163,18 +165,20 @@ def measure_regions(
     min_area_px: int = 1,
     polarity_tol: float = 0.02,
     ring_px: int = 5,
+    max_regions: int | None = None,
 ) -> list[DefectRegion]:
     """Connected components (8-connected) of `anomaly_map >= pixel_threshold`, measured, worst first.
 
     `image` (same height/width as the map, gray or colour) enables contrast polarity. `px_per_mm` adds mm
-    measurements; `zones` name each region by its centroid (first match, else "none").
+    measurements; `zones` name each region by its centroid (first match, else "none"). `max_regions`
+    measures only the N highest-scoring regions (bounds the time on a noisy map; None = all).
     """
     amap = np.asarray(anomaly_map, dtype=np.float32)
     if amap.ndim != 2:
         raise ValueError(f"anomaly_map must be 2-D (H, W), got shape {amap.shape}")
     if px_per_mm is not None and not px_per_mm > 0:
         raise ValueError(f"px_per_mm must be > 0, got {px_per_mm}")
-    gray = None
+    gray, tol = None, 0.0
     if image is not None:
         if image.shape[:2] != amap.shape:
             raise ValueError(f"image {image.shape[:2]} and anomaly map {amap.shape} differ in size; "
@@ -183,12 +187,16 @@ def measure_regions(
         tol = polarity_tol * _full_scale(image)
     anomalous = amap >= pixel_threshold
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(anomalous.astype(np.uint8), connectivity=8)
+    keep = [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area_px]
+    if max_regions is not None and len(keep) > max_regions:
+        peaks = np.full(n, -np.inf, dtype=np.float32)
+        np.maximum.at(peaks, labels[anomalous], amap[anomalous])
+        keep = sorted(keep, key=lambda i: -peaks[i])[:max_regions]
+        log.debug("regions capped", extra={"regions": n - 1, "measured": max_regions})
     found: list[DefectRegion] = []
     H, W = amap.shape
-    for i in range(1, n):
+    for i in keep:
         x, y, w, h, area = (int(v) for v in stats[i])
-        if area < min_area_px:
-            continue
         # Work on the bbox padded by the ring width: cost scales with the region, not the image.
         x0, y0 = max(0, x - ring_px - 1), max(0, y - ring_px - 1)
         x1, y1 = min(W, x + w + ring_px + 1), min(H, y + h + ring_px + 1)
@@ -293,7 +301,7 @@ class Decision:
         return asdict(self)
 
 
-def _rule_matches(rule: Any, r: DefectRegion) -> bool:
+def _rule_matches(rule: GradeRule, r: DefectRegion) -> bool:
     if rule.types is not None and r.type not in rule.types:
         return False
     if rule.zones is not None and r.zone not in rule.zones:

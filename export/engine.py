@@ -11,10 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-
-# faiss' OpenMP workers must sleep between searches, not spin against onnxruntime (set before import).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import faiss  # noqa: E402
+import faiss
 import numpy as np
 
 from linesight.errors import BundleError
