@@ -8,6 +8,7 @@ every cross-reference (grade names, type names, zone names) is checked at load a
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -160,7 +161,8 @@ class InspectionSpec(_Strict):
     )
     default_grade: str | None = Field(
         default=None,
-        description="Grade of a region no rule fires on (None = the best grade: tolerated).",
+        description="Grade of a region no rule fires on (None = the worst grade: an anomaly no rule "
+        "tolerates rejects the part; set the best grade to tolerate unlisted defects instead).",
     )
     gate: Literal["engine_ng", "always"] = Field(
         default="engine_ng",
@@ -198,6 +200,14 @@ class InspectionSpec(_Strict):
                 problems.append((("ng_grades", i), f"grade '{g}' is not in grades {self.grades}", g))
         if set(self.ng_grades) >= grades:
             problems.append((("ng_grades",), "every grade is NG; leave at least one passing grade", self.ng_grades))
+        ng_known = [g for g in self.ng_grades if g in grades]
+        if ng_known:
+            mildest = min(self.grades.index(g) for g in ng_known)
+            passing_worse = [g for g in self.grades[mildest:] if g not in self.ng_grades]
+            if passing_worse:
+                problems.append((("ng_grades",), f"grades {passing_worse} are worse than NG grade "
+                                 f"'{self.grades[mildest]}' but would pass; NG grades must be the worst ones "
+                                 "(the tail of `grades`)", self.ng_grades))
         if self.default_grade is not None and self.default_grade not in grades:
             problems.append((("default_grade",), f"grade '{self.default_grade}' is not in grades {self.grades}",
                              self.default_grade))
@@ -213,17 +223,21 @@ class InspectionSpec(_Strict):
         for i, rule in enumerate(self.rules):
             if rule.grade not in grades:
                 problems.append((("rules", i, "grade"),
-                                 f"grade '{rule.grade}' is not in the declared grade order {self.grades}", rule.grade))
+                                 f"grade '{rule.grade}' is not in the declared grade order {self.grades}"
+                                 f"{_hint(rule.grade, self.grades)}", rule.grade))
             for j, t in enumerate(rule.types or []):
                 if t not in types:
                     problems.append((("rules", i, "types", j),
-                                     f"unknown defect type '{t}' (shape rules produce: {types})", t))
+                                     f"unknown defect type '{t}' (shape rules produce: {types}){_hint(t, types)}", t))
             for j, z in enumerate(rule.zones or []):
                 if z not in zone_names and z != "none":
-                    problems.append((("rules", i, "zones", j), f"unknown zone '{z}' (zones: {zone_names}, none)", z))
-            if self.px_per_mm is None and (rule.area_mm2 is not None or rule.length_mm is not None):
-                problems.append((("rules", i, "name"),
-                                 f"rule '{rule.name}' uses mm limits but px_per_mm is not set", rule.name))
+                    problems.append((("rules", i, "zones", j),
+                                     f"unknown zone '{z}' (zones: {zone_names}, none){_hint(z, zone_names)}", z))
+            for unit in ("area_mm2", "length_mm"):
+                if self.px_per_mm is None and getattr(rule, unit) is not None:
+                    problems.append((("rules", i, unit), f"rule '{rule.name}' limits {unit} but px_per_mm "
+                                     "(image scale) is not set; set it or use the *_px limit",
+                                     getattr(rule, unit).model_dump()))
         names = [r.name for r in self.rules]
         for i, n in enumerate(names):
             if n in names[:i]:
@@ -233,7 +247,7 @@ class InspectionSpec(_Strict):
 
 
 class RepeatCondition(_Strict):
-    """The same defect type seen on at least `min_count` of the last `n` parts (before this one)."""
+    """The same defect type on at least `min_count` of the last `n` parts, the current part included."""
 
     n: int = Field(ge=1, le=100_000, description="Window: number of most recent parts looked at.")
     min_count: int = Field(ge=1, description="Parts in the window that showed this type.")
@@ -285,6 +299,11 @@ class KnowledgeBase(_Strict):
                                          f"unknown defect type '{t}' (declared types: {self.types})", t))
         _raise_located(type(self).__name__, problems)
         return self
+
+
+def _hint(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _raise_located(title: str, problems: list[tuple[tuple[str | int, ...], str, object]]) -> None:

@@ -13,6 +13,9 @@ Conventions (all in original image pixels, x right, y down):
 - `polarity`: mean image intensity inside the region vs a ring around it (excluding other anomalous
   pixels): darker / brighter, `mixed` (large parts both darker and brighter), `none` (no contrast above
   `polarity_tol` of full scale), `unknown` (no image given, or no ring pixels).
+
+Use: `a = analyze(prediction, engine.pixel_threshold, image, spec=spec, kb=kb, trend=trend)`, then
+`to_verdict_dict(a)` into the MQTT verdict and `to_header_dict(a)` into the ZMQ header / HTML report.
 """
 from __future__ import annotations
 
@@ -314,8 +317,10 @@ def grade(
 ) -> Decision:
     """Apply the spec's grading rules to classified regions; without a spec the engine's verdict stands.
 
-    Region rules grade each matching region; `count` rules grade the image when the number of matching
-    regions is in range. The image grade is the worst of all; NG when it is one of `ng_grades`.
+    Region rules grade each matching region (the worst of its rules; a region no rule covers gets
+    `default_grade`, by default the worst grade: an anomaly nobody wrote a tolerance for rejects);
+    `count` rules grade the image when the number of matching regions is in range. The image grade is
+    the worst of all; NG when it is one of `ng_grades`.
     An engine-NG frame with no region to measure stays NG (basis `engine_ng_unlocalized`): the spec
     cannot tolerate what it cannot measure.
     """
@@ -331,7 +336,7 @@ def grade(
             mildest_ng = min(spec.ng_grades, key=spec.rank)
             return Decision("NG", mildest_ng, "engine_ng_unlocalized", [], [], [])
         return Decision("OK", best, "no_regions", [], [], [])
-    base = spec.default_grade or best
+    base = spec.default_grade or spec.grades[-1]
     graded: list[list[str]] = [[] for _ in range(n)]  # grades of region rules that fired on each region
     region_rules: list[list[str]] = [[] for _ in range(n)]
     fired: list[tuple[str, str]] = []  # (rule name, grade) in rule order
@@ -408,7 +413,8 @@ def advise(
 ) -> list[Advice]:
     """Likely causes and actions for the regions that made this image non-perfect, most specific first.
 
-    Regions considered: those a grading rule fired on; without a spec, all regions of an NG image.
+    Regions considered: every graded region (tolerated ones too: their trend matters); without a spec,
+    all regions of an NG image; none on an OK-scored frame the spec's gate did not grade.
     `trend` (optional) holds `ng_rate` (recent NG fraction, 0..1) and `history` (defect types of the
     previous parts, oldest first, one list per part, [] for a clean part); the current part counts as
     one of the last n for `repeats_in_last_n`. Entries with a trend condition that cannot be checked
@@ -419,7 +425,7 @@ def advise(
     if decision.grade is None:
         targets = list(range(len(regions))) if decision.verdict == "NG" else []
     else:
-        targets = [i for i, rules in enumerate(decision.region_rules) if rules]
+        targets = [i for i, g in enumerate(decision.region_grades) if g is not None]
     groups: dict[tuple[str, str, str], list[int]] = {}
     for i in targets:
         r = regions[i]
@@ -505,14 +511,18 @@ class Analysis:
 def analyze(
     prediction: Prediction, pixel_threshold: float, image: np.ndarray | None = None, *,
     spec: InspectionSpec | None = None, kb: KnowledgeBase | None = None, trend: dict[str, Any] | None = None,
-    evidence: NearestNormal | None = None,
+    evidence: NearestNormal | None = None, max_regions: int | None = None,
 ) -> Analysis:
-    """The whole chain for one engine prediction (measure -> classify -> grade -> advise)."""
+    """The whole chain for one engine prediction (measure -> classify -> grade -> advise).
+
+    `max_regions` bounds the work on noisy maps (see measure_regions); `count` rules then count only
+    the measured regions.
+    """
     regions = measure_regions(
         prediction.anomaly_map, pixel_threshold, image,
         px_per_mm=None if spec is None else spec.px_per_mm,
         zones=() if spec is None else spec.zones,
-        min_area_px=1 if spec is None else spec.min_area_px,
+        min_area_px=1 if spec is None else spec.min_area_px, max_regions=max_regions,
     )
     regions = classify_regions(regions, spec)
     verdict: Literal["OK", "NG"] = "NG" if prediction.verdict == "NG" else "OK"
@@ -521,16 +531,19 @@ def analyze(
                     advise(decision, regions, kb, trend), evidence)
 
 
-def _relevant(a: Analysis) -> list[int]:
-    """Regions that explain the verdict: rule-triggering ones, else (no spec / none fired) all of them."""
-    fired = [i for i, rules in enumerate(a.decision.region_rules) if rules]
-    return fired or list(range(len(a.regions)))
+def _decisive(a: Analysis) -> list[int]:
+    """Regions behind the image grade: graded at it or hit by the deciding rule; else all regions."""
+    d = a.decision
+    hits = [i for i in range(len(a.regions))
+            if i < len(d.region_grades) and d.region_grades[i] is not None
+            and (d.region_grades[i] == d.grade or d.basis in d.region_rules[i])]
+    return hits or list(range(len(a.regions)))
 
 
 def explain(a: Analysis, *, max_regions: int = 5) -> dict[str, Any]:
     """Compact JSON-able basis: score vs threshold, rule that decided, the regions behind it, evidence."""
     d = a.decision
-    idx = _relevant(a)[:max_regions]
+    idx = _decisive(a)[:max_regions]
     regions = []
     for i in idx:
         r = a.regions[i]
@@ -550,14 +563,20 @@ def explain(a: Analysis, *, max_regions: int = 5) -> dict[str, Any]:
 
 
 def to_verdict_dict(a: Analysis) -> dict[str, Any]:
-    """Compact form for the MQTT verdict: grade, basis rule and per defect type/confidence/size."""
+    """Compact form for the MQTT verdict: grade, basis rule and per defect type/confidence/size.
+
+    Each defect keeps the keys of the current `defects` items (bbox, area_px, max_score, mean_score), so
+    it can replace them; at most MAX_COMPACT_DEFECTS, decisive ones first, `defects_total` counts all.
+    """
     defects = []
-    for i in _relevant(a)[:MAX_COMPACT_DEFECTS]:
+    decisive = _decisive(a)
+    order = decisive + [i for i in range(len(a.regions)) if i not in set(decisive)]
+    for i in order[:MAX_COMPACT_DEFECTS]:
         r = a.regions[i]
         item: dict[str, Any] = {"type": r.type, "confidence": round(r.type_confidence, 2), "zone": r.zone,
                                 "grade": a.decision.region_grades[i] if i < len(a.decision.region_grades) else None,
                                 "bbox": list(r.bbox), "area_px": r.area_px, "length_px": round(r.length_px, 1),
-                                "max_score": round(r.max_score, 4)}
+                                "max_score": round(r.max_score, 4), "mean_score": round(r.mean_score, 4)}
         if r.area_mm2 is not None and r.length_mm is not None:
             item.update(area_mm2=round(r.area_mm2, 3), length_mm=round(r.length_mm, 3))
         defects.append(item)

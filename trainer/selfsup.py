@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +73,8 @@ class SelfSupResult:
     steps: int
     seconds: float
     stopped: str  # "early stop" | "time budget" | "max steps"
+    head: SegHead | None = None  # at the best step; not exported (see the fusion note in the report)
     detail: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _unit_images(images: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
@@ -170,7 +170,7 @@ def train_selfsup(backbone: ResNet, channels: tuple[int, int], train_images: lis
     t0 = time.monotonic()
     prog = Progress("self-supervised training", cfg.selfsup_steps)
     loss_curve, val_curve, run = [], [], []
-    best = (-1.0, 0, copy.deepcopy(backbone.state_dict()))
+    best = (-1.0, 0, copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
     bad_evals, stopped, step = 0, "max steps", 0
     for step in range(1, cfg.selfsup_steps + 1):
         x, m = batches.sample(cfg.selfsup_batch)
@@ -192,7 +192,8 @@ def train_selfsup(backbone: ResNet, channels: tuple[int, int], train_images: lis
             log.info("selfsup step %d: loss %.4f, held-out synthetic AUROC %.4f (best %.4f @ %d)", step,
                      loss_curve[-1], v, max(v, best[0]), step if v > best[0] else best[1])
             if v > best[0]:
-                best, bad_evals = (v, step, copy.deepcopy(backbone.state_dict())), 0
+                best = (v, step, copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
+                bad_evals = 0
             else:
                 bad_evals += 1
                 if bad_evals >= cfg.selfsup_patience:
@@ -202,11 +203,12 @@ def train_selfsup(backbone: ResNet, channels: tuple[int, int], train_images: lis
             stopped = "time budget"
             break
     backbone.load_state_dict(best[2])
-    backbone.eval()
+    head.load_state_dict(best[3])
+    backbone.eval(), head.eval()
     seconds = time.monotonic() - t0
     log.info("self-supervised training: %d steps in %.0f s (%s); best held-out synthetic AUROC %.4f at step %d",
              step, seconds, stopped, best[0], best[1])
-    return SelfSupResult(backbone, loss_curve, val_curve, best[1], best[0], step, seconds, stopped)
+    return SelfSupResult(backbone, loss_curve, val_curve, best[1], best[0], step, seconds, stopped, head)
 
 
 def self_supervised_model(cfg: FitConfig, dataset: str | Path, init: str = "none") -> tuple[PatchFeatures, WeightsInfo,
