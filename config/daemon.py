@@ -50,11 +50,23 @@ class PipelineConfig(BaseModel):
     max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (tests, demos)")
 
 
+class AnalysisConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Measure, type and grade the regions of every NG frame")
+    spec: Path | None = Field(None, description="Inspection spec YAML (types, zones, limits -> grade and OK/NG); "
+                                                "without one the score threshold decides")
+    knowledge: Path | None = Field(None, description="Knowledge base YAML (type x zone x trend -> causes, actions)")
+    max_regions: int = Field(32, ge=1, description="Regions measured per frame (bounds work on noisy maps)")
+    trend_window: int = Field(50, ge=1, description="Recent parts kept for trend conditions (NG rate, repeats)")
+
+
 class DaemonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: ModelConfig = Field(description="The bundle to run")
     source: SourceConfig = Field(description="Where frames come from")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Deadlines, queues, fail-safe")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="Defect analysis of NG frames")
     outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="MQTT, ZeroMQ, metrics, archive")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level")

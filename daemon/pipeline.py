@@ -25,7 +25,8 @@ from linesight.daemon.sources.base import EndOfStream, Frame, Source
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[dict, np.ndarray | None, np.ndarray | None, float | None], None]
+# (verdict, image, anomaly map, pixel threshold, full analysis for the ZMQ header or None)
+Publish = Callable[[dict, np.ndarray | None, np.ndarray | None, float | None, dict | None], None]
 Alarm = Callable[..., None]
 
 
@@ -50,18 +51,47 @@ class Pipeline:
         self._alarm_times: dict[str, float] = {}
         self._pending_reload: tuple[str | None, bool] | None = None
         self.frames_in = 0
+        self._load_analysis()
         self.part_ids: deque[str] = deque(maxlen=1000)  # external "part arrived" ids, oldest first
         self.last_tick = time.monotonic()
 
+    # ---------------------------------------------------------------- analysis
+    def _load_analysis(self) -> None:
+        """Spec and knowledge base are read at start: a broken file stops the daemon with file:line."""
+        from linesight.config.inspection import load_inspection_spec, load_knowledge_base
+
+        a = self.cfg.analysis
+        self.spec = load_inspection_spec(a.spec) if a.spec else None
+        self.kb = load_knowledge_base(a.knowledge, self.spec) if a.knowledge else None
+        self.history: deque[list[str]] = deque(maxlen=a.trend_window)  # defect types of recent parts
+        self.recent_ng: deque[bool] = deque(maxlen=a.trend_window)
+
+    def _analyse(self, frame: Frame, pred, pixel_threshold: float) -> tuple[dict | None, dict | None]:
+        """NG frames only: measure, type, grade (spec), advise (knowledge base). -> (compact, full)."""
+        from linesight.export import analysis as A
+
+        if not self.cfg.analysis.enabled or pred.verdict != "NG":
+            self.history.append([])
+            self.recent_ng.append(False)
+            return None, None
+        trend = {"ng_rate": sum(self.recent_ng) / len(self.recent_ng) if self.recent_ng else 0.0,
+                 "history": list(self.history)}
+        a = A.analyze(pred, pixel_threshold, frame.image, spec=self.spec, kb=self.kb, trend=trend,
+                      max_regions=self.cfg.analysis.max_regions)
+        self.history.append([r.type for r in a.regions])
+        self.recent_ng.append(a.decision.verdict == "NG")
+        return {**A.to_verdict_dict(a), "verdict": a.decision.verdict}, A.to_header_dict(a)
+
     # ---------------------------------------------------------------- verdicts
     def _emit(self, frame: Frame, *, prediction=None, fail_safe: str | None = None, detail: str | None = None,
-              inference_ms: float | None = None) -> dict:
+              inference_ms: float | None = None, analysis: tuple[dict | None, dict | None] = (None, None)) -> dict:
         with self._seq_lock:
             seq = next(self._seq)
         engine = self.holder.engine
         v = V.build(frame, seq=seq, part_id=self._part_id(frame, seq), station=self.station, model=self.holder.info,
                     deadline_ms=self.cfg.pipeline.deadline_ms, prediction=prediction, fail_safe=fail_safe,
-                    fail_safe_verdict=self.cfg.pipeline.fail_safe_verdict, detail=detail, inference_ms=inference_ms)
+                    fail_safe_verdict=self.cfg.pipeline.fail_safe_verdict, detail=detail, inference_ms=inference_ms,
+                    analysis=analysis[0])
         self.counts["verdicts"] += 1
         self.counts[f"verdict_{v['verdict']}"] += 1
         if fail_safe:
@@ -70,7 +100,7 @@ class Pipeline:
         amap = prediction.anomaly_map if prediction is not None else None
         thr = engine.pixel_threshold if engine is not None else None
         self.on_verdict(v)
-        self._publish(v, frame.image, amap, thr)
+        self._publish(v, frame.image, amap, thr, analysis[1])
         return v
 
     def _part_id(self, frame: Frame, seq: int) -> str:
@@ -170,11 +200,17 @@ class Pipeline:
             return
         ms = (time.perf_counter() - t0) * 1e3
         for frame, pred in zip(ready, preds):
+            try:
+                found = self._analyse(frame, pred, engine.pixel_threshold)
+            except Exception as exc:  # analysis must not cost the verdict: the score verdict stands
+                log.exception("defect analysis failed", extra={"camera": frame.source, "frame_id": frame.frame_id})
+                self.alarm_limited("analysis_error", f"defect analysis failed: {type(exc).__name__}: {exc}")
+                found = (None, None)
             if time.time_ns() > frame.host_ts_ns + self.deadline_ns:
                 self._emit(frame, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,
                            detail=f"decided after the {self.cfg.pipeline.deadline_ms:g} ms deadline")
             else:
-                self._emit(frame, prediction=pred, inference_ms=ms)
+                self._emit(frame, prediction=pred, inference_ms=ms, analysis=found)
 
     def request_reload(self, path: str | None = None, rollback: bool = False) -> None:
         self._pending_reload = (path, rollback)

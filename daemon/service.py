@@ -52,21 +52,22 @@ class Service:
         self._camera_up = True
 
     # ---------------------------------------------------------------- outputs
-    def _enqueue(self, verdict: dict, image: np.ndarray | None, amap: np.ndarray | None, thr: float | None) -> None:
-        self.pub_q.put((verdict, image, amap, thr))  # blocks only if the publisher is 256 behind
+    def _enqueue(self, verdict: dict, image: np.ndarray | None, amap: np.ndarray | None, thr: float | None,
+                 header: dict | None) -> None:
+        self.pub_q.put((verdict, image, amap, thr, header))  # blocks only if the publisher is 256 behind
 
     def _publish_loop(self) -> None:
         while True:
             item = self.pub_q.get()
             if item is None:
                 return
-            verdict, image, amap, _ = item
+            verdict, image, amap, _, header = item
             t0 = time.perf_counter()
             try:
                 if self.mqtt:
                     self.mqtt.publish_verdict(verdict)
                 if self.zmq:
-                    self.zmq.publish(verdict, image, amap)
+                    self.zmq.publish(verdict if header is None else {**verdict, "analysis": header}, image, amap)
             except Exception:  # an output bug must never stop verdicts for the next frames
                 log.exception("publishing verdict %s failed", verdict.get("seq"))
             self.metrics.record_verdict(verdict)
@@ -279,6 +280,11 @@ def load_config(path: str | Path) -> DaemonConfig:
     from linesight.config.loader import load_model
 
     cfg = load_model(path, DaemonConfig)
-    if not cfg.model.bundle.is_absolute():  # relative to the config file, like every other path in it
-        cfg.model.bundle = (Path(path).resolve().parent / cfg.model.bundle)
+    base = Path(path).resolve().parent  # relative paths are relative to the config file
+    if not cfg.model.bundle.is_absolute():
+        cfg.model.bundle = base / cfg.model.bundle
+    for key in ("spec", "knowledge"):
+        value = getattr(cfg.analysis, key)
+        if value is not None and not value.is_absolute():
+            setattr(cfg.analysis, key, base / value)
     return cfg

@@ -18,8 +18,12 @@ def iso(ts_ns: int) -> str:
 
 def build(frame: Frame, *, seq: int, part_id: str, station: str, model: dict | None, deadline_ms: float,
           prediction: Prediction | None = None, fail_safe: str | None = None, fail_safe_verdict: str = "NG",
-          detail: str | None = None, inference_ms: float | None = None) -> dict[str, Any]:
-    """A decided verdict (prediction, no fail_safe) or a fail-safe one (reason code + detail)."""
+          detail: str | None = None, inference_ms: float | None = None,
+          analysis: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A decided verdict (prediction, no fail_safe) or a fail-safe one (reason code + detail).
+
+    `analysis` is export.analysis.to_verdict_dict(): its decision (spec grade) replaces the bare score
+    verdict and its typed, graded defects replace the raw regions; `reason` is then the spec's basis."""
     now = time.time_ns()
     v: dict[str, Any] = {
         "schema": SCHEMA, "seq": seq, "part_id": part_id, "station": station,
@@ -41,4 +45,8 @@ def build(frame: Frame, *, seq: int, part_id: str, station: str, model: dict | N
         assert prediction is not None
         v.update(verdict=prediction.verdict, fail_safe=False,
                  reason="score_above_threshold" if prediction.verdict == "NG" else "score_below_threshold")
+        if analysis is not None:
+            v.update(analysis)
+            v["verdict"] = analysis["verdict"]
+            v["reason"] = analysis["basis"]
     return v

@@ -3,7 +3,8 @@ import subprocess
 import sys
 
 MODULES = ["linesight.export.engine", "linesight.export.bundle", "linesight.export.preprocess", "linesight.daemon",
-           "linesight.config.manifest", "linesight.config.fit"]
+           "linesight.config.manifest", "linesight.config.fit", "linesight.export.analysis",
+           "linesight.config.inspection"]
 
 
 def test_runtime_packages_do_not_import_torch():

@@ -53,3 +53,31 @@ def test_fail_safe_verdict_is_configurable(small_bundle):
     p, out, _ = make(small_bundle, fail_safe_verdict="OK")
     p.process([frame(0, None)])
     assert out[0]["verdict"] == "OK" and out[0]["fail_safe"] and out[0]["reason"] == "bad_frame"
+
+
+def test_ng_frames_carry_type_grade_and_basis_from_the_spec(small_bundle, tmp_path):
+    """Thresholds forced to 0 so every frame is NG and gets analysed with the example spec."""
+    from pathlib import Path
+
+    from linesight.export.bundle import load_bundle, write_bundle
+
+    b = load_bundle(small_bundle)
+    b.manifest.thresholds.image = 0.0
+    b.manifest.thresholds.pixel = 1e-6
+    path = write_bundle(tmp_path / "ng.zip", b)
+    examples = Path(__file__).resolve().parents[1] / "config" / "examples"
+    cfg = DaemonConfig.model_validate({
+        "model": {"bundle": str(path)}, "source": {"type": "synthetic", "name": "s"},
+        "analysis": {"spec": str(examples / "inspection_spec.yaml"),
+                     "knowledge": str(examples / "knowledge_magnetic_tile.yaml")}})
+    holder = ModelHolder(cfg.model.bundle)
+    holder.load()
+    out, headers = [], []
+    p = Pipeline(cfg, SyntheticSource(cfg.source), holder, lambda v, img, m, t, h: (out.append(v), headers.append(h)),
+                 lambda *a, **k: None, station="a/b/c")
+    img = np.full((250, 600), 128, np.uint8)
+    p.process([frame(0, img)])
+    v = out[0]
+    assert v["grade"] in ("A", "B", "C", "reject") and v["reason"] == v["basis"] and v["defects_total"] >= 1
+    assert {"type", "confidence", "zone", "grade", "bbox", "length_px"} <= set(v["defects"][0])
+    assert headers[0] is not None and "decision" in headers[0]
