@@ -1,8 +1,6 @@
 """The shipped example config validates (it documents every section users copy from)."""
 from pathlib import Path
 
-import pytest
-
 from linesight.config.daemon import DaemonConfig
 from linesight.config.loader import load_model
 from linesight.daemon.service import load_config
