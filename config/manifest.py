@@ -63,6 +63,17 @@ class Thresholds(_Strict):
     candidates: dict[str, float] = Field(default_factory=dict)
 
 
+class DomainInfo(_Strict):
+    """Where on the image defects count. Scores outside the domain are zero and cannot raise a verdict."""
+
+    mode: Literal["none", "mask", "auto"] = Field("none", description="none: whole image; mask: a fixed ROI mask "
+                                                  "(stretched to each image); auto: Otsu foreground per image")
+    mask_file: str | None = Field(None, description="Bundle file holding the ROI mask (mode mask)")
+    auto_polarity: Literal["bright", "dark"] = Field("bright", description="auto: the part is brighter (or darker) "
+                                                                          "than the background")
+    erode_px: int = Field(0, ge=0, description="Shrink the domain by this many input pixels (ignore part edges)")
+
+
 class GoldenImage(_Strict):
     file: str
     score: float
@@ -93,6 +104,7 @@ class Manifest(_Strict):
     memory: MemoryInfo
     scoring: ScoringInfo
     thresholds: Thresholds
+    domain: DomainInfo = Field(default_factory=DomainInfo)
     golden: list[GoldenImage] = Field(default_factory=list)
     onnx: OnnxInfo
     dataset: DatasetInfo

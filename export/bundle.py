@@ -33,6 +33,7 @@ class Bundle:
     onnx: bytes
     bank: np.ndarray
     golden: dict[str, bytes] = field(default_factory=dict)
+    extras: dict[str, bytes] = field(default_factory=dict)  # other hashed files, e.g. roi_mask.png
     path: Path | None = None
 
     @property
@@ -55,6 +56,7 @@ def write_bundle(path: str | Path, bundle: Bundle) -> Path:
     path = Path(path)
     files = {ONNX_FILE: bundle.onnx, BANK_FILE: bank_bytes(bundle.bank)}
     files.update({f"golden/{name}": data for name, data in bundle.golden.items()})
+    files.update(bundle.extras)
     bundle.manifest.files = {name: sha256(data) for name, data in files.items()}
     files[MANIFEST_FILE] = manifest_bytes(bundle.manifest)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +143,8 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"bundle {path}: memory bank is {bank.dtype} {bank.shape}, manifest says float32 "
                           f"({manifest.memory.n_bank}, {dim})")
     golden = {n.removeprefix("golden/"): files[n] for n in manifest.files if n.startswith("golden/")}
-    return Bundle(manifest=manifest, onnx=files[ONNX_FILE], bank=bank, golden=golden, path=path)
+    extras = {n: files[n] for n in manifest.files if n not in (ONNX_FILE, BANK_FILE) and not n.startswith("golden/")}
+    return Bundle(manifest=manifest, onnx=files[ONNX_FILE], bank=bank, golden=golden, extras=extras, path=path)
 
 
 def rewrite_manifest(path: str | Path, manifest: Manifest) -> None:

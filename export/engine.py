@@ -16,6 +16,7 @@ import numpy as np
 
 from linesight.errors import BundleError
 from linesight.export.bundle import Bundle, load_bundle
+from linesight.export.domain import Domain
 from linesight.export.features import OnnxFeatures
 from linesight.export.preprocess import PreprocessSpec, preprocess_batch
 
@@ -65,6 +66,7 @@ class Engine:
         threads = threads or int(os.environ.get("LINESIGHT_THREADS", "0")) or None
         if threads:
             faiss.omp_set_num_threads(threads)
+        self.domain = Domain(m.domain, self.bundle.extras)
         self.index = faiss.IndexFlatL2(m.features.embedding_dim)
         self.index.add(self.bundle.bank)
         log.info("engine ready", extra={"model": self.bundle.label, "provider": self.provider,
@@ -78,14 +80,19 @@ class Engine:
     def pixel_threshold(self) -> float:
         return self.manifest.thresholds.pixel
 
-    def patch_scores(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, D, h, w) -> per-patch scores (B, h, w) and the image scores (B,)."""
+    def patch_scores(self, feats: np.ndarray, inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(B, D, h, w) -> per-patch scores (B, h, w) and the image scores (B,).
+
+        `inside` (B, h, w) bool: patches outside the domain score 0, so they cannot raise a verdict.
+        """
         b, d, h, w = feats.shape
         flat = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, d), dtype=np.float32)
         sc = self.manifest.scoring
         dist, idx = self.index.search(flat, sc.k)
         dist = np.sqrt(np.maximum(dist, 0.0))
         patch = dist.mean(axis=1).reshape(b, h * w)
+        if inside is not None:
+            patch = patch * inside.reshape(b, h * w)
         top = patch.argmax(axis=1)
         image = patch[np.arange(b), top]
         if sc.reweight:
@@ -129,14 +136,22 @@ class Engine:
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         t0 = time.perf_counter()
         batch = preprocess_batch(images, self.spec)
+        masks = [self.domain.of(img) for img in images] if self.domain.active else None
         t1 = time.perf_counter()
         feats = self.features(batch)
         t2 = time.perf_counter()
-        patch, scores = self.patch_scores(feats)
+        inside = None
+        if masks is not None:
+            gh, gw = feats.shape[2:]
+            inside = np.stack([cv2.resize(m.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) >= 0.5
+                               for m in masks])
+        patch, scores = self.patch_scores(feats, inside)
         t3 = time.perf_counter()
         results = []
-        for img, p, s in zip(images, patch, scores):
+        for i, (img, p, s) in enumerate(zip(images, patch, scores)):
             amap = self.anomaly_map(p, img.shape[:2])
+            if masks is not None:
+                amap *= masks[i]
             score = float(s)
             verdict = "NG" if score >= self.threshold else "OK"
             results.append(Prediction(score, verdict, self.threshold, amap, self.regions(amap) if verdict == "NG" else []))

@@ -221,7 +221,8 @@ def self_supervised_model(cfg: FitConfig, dataset: str | Path, init: str = "none
     if init != "none":
         start = load_weights(backbone, cfg.backbone, init)
     ds = open_dataset(dataset)
-    train_paths, hold_paths = holdout_split(ds.train, cfg.holdout_fraction or 0.1, cfg.seed)
+    # the same split fit() uses: its held-out images (thresholds) are the validation set here
+    train_paths, hold_paths = holdout_split(ds.train, cfg.holdout_fraction, cfg.seed)
     train_imgs, train_paths, _ = load_images(train_paths)
     hold_imgs, hold_paths, _ = load_images(hold_paths)
     res = train_selfsup(backbone, BACKBONES[cfg.backbone].channels, train_imgs, hold_imgs, cfg)
