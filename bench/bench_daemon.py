@@ -39,14 +39,15 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_phase(bundle: str, port: int, tmp: Path, rate: float | None, seconds: float, size: int) -> dict:
+def run_phase(bundle: str, port: int, tmp: Path, rate: float | None, seconds: float, size: int,
+              queue_size: int = 4) -> dict:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     cfg = {"model": {"bundle": bundle, "watch": False},
            "source": {"type": "synthetic", "name": "bench", "width": size, "height": size, "rate_hz": rate,
                       "defect_every": 10},
-           "pipeline": {"deadline_ms": 200, "queue_size": 4, "stats_interval_s": 1},
+           "pipeline": {"deadline_ms": 200, "queue_size": queue_size, "stats_interval_s": 1},
            "outputs": {"mqtt": {"enabled": True, "port": port, "station": "bench"},
                        "zmq": {"enabled": True, "verdict_endpoint": f"tcp://127.0.0.1:{free_port()}",
                                "image_endpoint": f"tcp://127.0.0.1:{free_port()}"},
@@ -96,6 +97,7 @@ def main() -> None:
     ap.add_argument("--soak-s", type=float, default=600)
     ap.add_argument("--rate", type=float, default=30)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--queue", type=int, default=4, help="pipeline.queue_size (latency vs drops under overload)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lsdaemon-"))
     port = free_port()
@@ -105,12 +107,12 @@ def main() -> None:
     time.sleep(0.5)
     try:
         bundle = str(Path(a.bundle).resolve())
-        r1 = run_phase(bundle, port, tmp, a.max_rate, a.max_s, a.size)
+        r1 = run_phase(bundle, port, tmp, a.max_rate, a.max_s, a.size, a.queue)
         print(f"[input {a.max_rate:g} Hz] {r1['decided_per_s']:.1f} decided frames/s ({r1['verdicts_per_s']:.1f} verdicts/s, "
               f"fail-safe {r1['fail_safe']}), trigger->verdict p50 {r1['trigger_to_verdict_p50_ms']:.1f} ms "
               f"p99 {r1['trigger_to_verdict_p99_ms']:.1f} ms (includes queue wait), {a.size}x{a.size} frames",
               flush=True)
-        r2 = run_phase(bundle, port, tmp, a.rate, a.soak_s, a.size)
+        r2 = run_phase(bundle, port, tmp, a.rate, a.soak_s, a.size, a.queue)
         print(f"[paced {a.rate:g} Hz, {r2['seconds']:.0f} s] {r2['decided_per_s']:.1f} decided frames/s, fail-safe "
               f"{r2['fail_safe']}, trigger->verdict p50 {r2['trigger_to_verdict_p50_ms']:.1f} ms p99 "
               f"{r2['trigger_to_verdict_p99_ms']:.1f} ms, inference p50 {r2['inference_p50_ms']:.1f} ms, RSS start "
