@@ -33,8 +33,8 @@ class FitConfig(BaseModel):
                               description="Training crop (pixels, multiple of 16) cut from the image resized to "
                                           "input_size: same scale as inference, cheaper steps")
     selfsup_minutes: float = Field(14.0, gt=0, description="Self-supervised training: wall-clock cap in minutes")
-    selfsup_val_every: int = Field(100, ge=1, description="Steps between validations (held-out good + synthetic)")
-    selfsup_patience: int = Field(6, ge=1, description="Validations without improvement before early stopping")
+    selfsup_val_every: int = Field(200, ge=1, description="Steps between validations (held-out good + synthetic)")
+    selfsup_patience: int = Field(5, ge=1, description="Validations without improvement before early stopping")
     golden_images: int = Field(3, ge=0, le=16, description="Held-out good images stored in the bundle to verify it on load")
 
 

@@ -61,6 +61,9 @@ def calibrate(bundle_path: str | Path, dataset: str | Path, policy: str = "f1_op
     if labels.sum() == 0:
         raise DataError(f"{dataset}: calibration needs defective images too (only good ones found)")
     cands = M.image_thresholds(scores, labels)
+    if policy not in cands:
+        raise DataError(f"{dataset}: policy {policy!r} needs both good and defective test images; "
+                        f"possible here: {', '.join(cands)}")
     has_masks = any(r.label and r.mask is not None and r.mask.any() for r in records)
     pixel = M.pixel_threshold([r.anomaly_map for r in records], [r.mask for r in records]) if has_masks else cands[policy]
     fp = fingerprint([s.path for s in samples], Path(dataset))
