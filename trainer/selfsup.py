@@ -43,7 +43,8 @@ class SegHead(nn.Module):
         super().__init__()
         self.p2 = nn.Conv2d(channels[0], width, 1)
         self.p3 = nn.Conv2d(channels[1], width, 1)
-        self.fuse = nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        self.fuse = nn.Sequential(nn.Conv2d(2 * width, width, 3, padding=1), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True),
                                   nn.Conv2d(width, 1, 1))
 
     def forward(self, l2: torch.Tensor, l3: torch.Tensor) -> torch.Tensor:
@@ -151,14 +152,15 @@ def _validate(backbone: ResNet, head: SegHead, x: torch.Tensor, labels: np.ndarr
 def train_selfsup(backbone: ResNet, channels: tuple[int, int], train_images: list[np.ndarray],
                   val_images: list[np.ndarray], cfg: FitConfig) -> SelfSupResult:
     """Train `backbone` (in place, then restored to its best validation state) on synthetic defects."""
-    if cfg.selfsup_crop % 16 or cfg.selfsup_crop > cfg.input_size:
-        raise DataError(f"selfsup crop {cfg.selfsup_crop} must be a multiple of 16 and <= input size {cfg.input_size}")
+    crop = cfg.selfsup_crop or cfg.input_size
+    if crop % 16 or crop > cfg.input_size:
+        raise DataError(f"selfsup crop {crop} must be a multiple of 16 and <= input size {cfg.input_size}")
     if not train_images or not val_images:
         raise DataError("self-supervised training needs good training images and at least one held-out good image")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     spec = PreprocessSpec(cfg.input_size, cfg.input_size)
-    batches = _Batches(_unit_images(train_images, spec), cfg.selfsup_crop, spec, rng)
+    batches = _Batches(_unit_images(train_images, spec), crop, spec, rng)
     val_x, val_y = _val_set(_unit_images(val_images, spec), spec, cfg.seed)
     head = SegHead(channels)
     params = [p for n, p in backbone.named_parameters() if not n.startswith(("layer4", "fc"))] + list(head.parameters())
@@ -228,8 +230,9 @@ def self_supervised_model(cfg: FitConfig, dataset: str | Path, init: str = "none
     res = train_selfsup(backbone, BACKBONES[cfg.backbone].channels, train_imgs, hold_imgs, cfg)
     fp = fingerprint(train_paths, ds.root)[:16]
     origin = f"fine-tuned from {start.detail}" if start else "from scratch"
+    crop = cfg.selfsup_crop or cfg.input_size
     res.detail = (f"self-supervised ({origin}) on {len(train_imgs)} good images of {ds.name} (fingerprint {fp}) "
-                  f"with synthetic defects; {res.steps} steps x {cfg.selfsup_batch} crops {cfg.selfsup_crop}px, "
+                  f"with synthetic defects; {res.steps} steps x {cfg.selfsup_batch} crops {crop}px, "
                   f"lr {cfg.selfsup_lr}, seed {cfg.seed}; best step {res.best_step}, held-out synthetic AUROC "
                   f"{res.best_val_auroc:.3f} ({res.stopped}, {res.seconds:.0f} s); no real defects seen")
     module = PatchFeatures(res.backbone, BACKBONES[cfg.backbone].channels, cfg.embedding_dim).eval()

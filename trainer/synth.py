@@ -105,7 +105,8 @@ def _stroke(h: int, w: int, length: float, thick: float, jitter: float, branches
     pts = walk(y0, x0, ang, n, thick)
     for _ in range(branches):
         i = int(rng.integers(1, len(pts) - 1))
-        walk(pts[i][0], pts[i][1], ang + rng.choice([-1, 1]) * rng.uniform(0.4, 1.2), max(2, n // 3), max(1.0, thick * 0.6))
+        turn = rng.choice([-1, 1]) * rng.uniform(0.4, 1.2)
+        walk(pts[i][0], pts[i][1], ang + turn, max(2, n // 3), max(1.0, thick * 0.6))
     return np.clip(canvas, 0.0, 1.0)
 
 
@@ -228,7 +229,8 @@ class DefectSynth:
         patch = patch if patch.ndim == img.ndim else patch[..., None]
         oy, ox = y + h // 2 - side // 2, x + w // 2 - side // 2
         ys, xs = np.nonzero(rect)  # crop to the rotated rectangle's extent so the box stays within s
-        rect, patch = rect[ys.min():ys.max() + 1, xs.min():xs.max() + 1], patch[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        rect, patch = rect[box], patch[box]
         self._blend(img, mask, oy + ys.min(), ox + xs.min(), rect, patch)
 
     def _chip(self, img, mask, s, rng):
