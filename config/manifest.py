@@ -23,6 +23,8 @@ class WeightsInfo(_Strict):
     pretrained: bool = Field(description="False means random-init features: accuracy will be poor")
     detail: str = Field("", description="URL, file path or training recipe")
     sha256: str | None = Field(None, description="Hash of the weights file when one was used")
+    training: dict | None = Field(None, description="Self-supervised training record: loss_curve, val_curve "
+                                                    "[(step, held-out synthetic AUROC)], best_step, stopped, seconds")
 
 
 class BackboneInfo(_Strict):

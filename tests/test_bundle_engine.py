@@ -36,7 +36,7 @@ def test_bundle_contents_and_manifest(bundle_dir):
     raw = json.loads((bundle_dir / "manifest.json").read_text())
     assert raw["schema"] == "linesight.bundle/1"
     assert raw["backbone"]["weights"] == {"source": "none", "pretrained": False, "detail": "random init (seeded)",
-                                          "sha256": None}
+                                          "sha256": None, "training": None}
     assert "features not pretrained: accuracy will be poor" in raw["warnings"]
     assert set(raw["files"]) >= {"backbone.onnx", "memory_bank.npy"}
     assert raw["onnx"]["parity_max_abs_diff"] <= raw["onnx"]["parity_tolerance"]

@@ -79,6 +79,7 @@ def test_fit_with_self_weights_writes_a_self_bundle(dataset: Path, tmp_path: Pat
     assert w.source == "self" and w.pretrained and "no real defects seen" in w.detail
     assert NOT_PRETRAINED not in bundle.manifest.warnings
     assert "6 steps" in w.detail
+    assert len(w.training["loss_curve"]) == 2 and w.training["best_step"] in (3, 6)
 
 
 def test_adapt_self_fine_tunes_a_saved_state_dict(dataset: Path, tmp_path: Path):

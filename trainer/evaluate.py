@@ -104,7 +104,11 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path) -
                   f"{m.features.embedding_dim}", "k": m.scoring.k, "threshold": f"{m.thresholds.image:.4f} "
                   f"({m.thresholds.policy}; {m.thresholds.source})", "dataset": str(dataset),
                   "engine": engine.provider}
+    training = m.backbone.weights.training or {}
+    if m.backbone.weights.source == "self":
+        notes.append("features were learned from good images + synthetic defects only: no real defect was seen "
+                      "in training, early stopping or the default thresholds")
     write_report(outdir, metrics, records, title=f"linesight evaluation: {m.model.id} v{m.model.version}",
-                 notes=notes, provenance=provenance)
+                 notes=notes, provenance=provenance, loss_curve=training.get("loss_curve"))
     log.info("evaluation written to %s", outdir)
     return metrics

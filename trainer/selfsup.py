@@ -236,6 +236,9 @@ def self_supervised_model(cfg: FitConfig, dataset: str | Path, init: str = "none
                   f"lr {cfg.selfsup_lr}, seed {cfg.seed}; best step {res.best_step}, held-out synthetic AUROC "
                   f"{res.best_val_auroc:.3f} ({res.stopped}, {res.seconds:.0f} s); no real defects seen")
     module = PatchFeatures(res.backbone, BACKBONES[cfg.backbone].channels, cfg.embedding_dim).eval()
-    info = WeightsInfo(source="self", pretrained=True, detail=res.detail, sha256=start.sha256 if start else None)
+    info = WeightsInfo(source="self", pretrained=True, detail=res.detail, sha256=start.sha256 if start else None,
+                       training={"loss_curve": [round(v, 5) for v in res.loss_curve],
+                                 "val_curve": [[int(s), round(float(v), 5)] for s, v in res.val_curve],
+                                 "best_step": res.best_step, "stopped": res.stopped, "seconds": round(res.seconds, 1)})
     log.info("selfsup loss curve (per %d steps): %s", cfg.selfsup_val_every, [round(v, 4) for v in res.loss_curve])
     return module, info, res
