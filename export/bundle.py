@@ -65,9 +65,11 @@ def write_bundle(path: str | Path, bundle: Bundle) -> Path:
         with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED) as zf:
             for name, data in files.items():
                 zf.writestr(name, data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600: the daemon's service user must be able to read it
         os.replace(tmp, path)
     else:
         tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        os.chmod(tmp_dir, 0o755)  # mkdtemp makes 0700
         for name, data in files.items():
             (tmp_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp_dir / name).write_bytes(data)

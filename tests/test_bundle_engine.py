@@ -51,6 +51,7 @@ def test_zip_round_trip_scores_identically(bundle_dir, tmp_path, dataset):
 
     b = load_bundle(bundle_dir)
     z = write_bundle(tmp_path / "m.zip", b)
+    assert z.stat().st_mode & 0o777 == 0o644 and bundle_dir.stat().st_mode & 0o777 == 0o755  # service user reads
     img = read_image(next((dataset / "test" / "crack").iterdir()))
     a, bz = Engine(bundle_dir).predict(img), Engine(z).predict(img)
     assert a.score == pytest.approx(bz.score, rel=1e-6)
