@@ -38,6 +38,7 @@ class Pipeline:
         self.on_verdict = observe or (lambda v: None)  # extra listener (demo, tests)
         self.on_frame: Callable[[], None] = lambda: None
         self.on_drop: Callable[[str], None] = lambda reason: None
+        self.on_stage: Callable[[str, float], None] = lambda stage, seconds: None
         self.station = station
         p = cfg.pipeline
         self.deadline_ns = int(p.deadline_ms * 1e6)
@@ -199,13 +200,20 @@ class Pipeline:
             self._emit(ready[0], fail_safe="inference_error", detail=f"{type(exc).__name__}: {exc}")
             return
         ms = (time.perf_counter() - t0) * 1e3
+        t = preds[0].timings_ms  # per-frame averages of this micro-batch
+        for _ in ready:
+            self.on_stage("preprocess", t["preprocess"] / 1e3)
+            self.on_stage("inference", (t["features"] + t["knn"] + t["postprocess"]) / 1e3)
         for frame, pred in zip(ready, preds):
+            t_an = time.perf_counter()
             try:
                 found = self._analyse(frame, pred, engine.pixel_threshold)
             except Exception as exc:  # analysis must not cost the verdict: the score verdict stands
                 log.exception("defect analysis failed", extra={"camera": frame.source, "frame_id": frame.frame_id})
                 self.alarm_limited("analysis_error", f"defect analysis failed: {type(exc).__name__}: {exc}")
                 found = (None, None)
+            if found[0] is not None:
+                self.on_stage("analysis", time.perf_counter() - t_an)
             if time.time_ns() > frame.host_ts_ns + self.deadline_ns:
                 self._emit(frame, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,
                            detail=f"decided after the {self.cfg.pipeline.deadline_ms:g} ms deadline")

@@ -46,6 +46,7 @@ class Service:
                                  on_tick=self._tick)
         self.pipeline.on_frame = self.metrics.frame_received
         self.pipeline.on_drop = self.metrics.frame_dropped
+        self.pipeline.on_stage = self.metrics.observe_stage
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._next_stats = time.monotonic() + cfg.pipeline.stats_interval_s

@@ -132,6 +132,7 @@ def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle,
         assert "linesight_frames_total 8.0" in text
         assert 'linesight_failsafe_total{reason="bad_frame"} 1.0' in text
         assert 'linesight_model_info{model_id="daemon-test",version="1"} 1.0' in text
+        assert 'linesight_stage_seconds_count{stage="inference"} 7.0' in text
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
         assert health["status"] == "ok"
         # the watchdog is pinged by the processing loop while idle
