@@ -190,7 +190,7 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         try:
-            preds = engine.predict_batch([f.image for f in ready])
+            preds = engine.predict_batch([f.image for f in ready], regions=not self.cfg.analysis.enabled)
         except Exception as exc:  # bad pixels or a runtime failure: fail safe, keep running
             if len(ready) > 1:
                 for frame in ready:

@@ -133,7 +133,8 @@ class Engine:
     def predict(self, image: np.ndarray) -> Prediction:
         return self.predict_batch([image])[0]
 
-    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+    def predict_batch(self, images: list[np.ndarray], *, regions: bool = True) -> list[Prediction]:
+        """`regions=False` when the caller measures regions itself (the daemon's defect analysis)."""
         t0 = time.perf_counter()
         batch = preprocess_batch(images, self.spec)
         masks = [self.domain.of(img) for img in images] if self.domain.active else None
@@ -154,7 +155,8 @@ class Engine:
                 amap *= masks[i]
             score = float(s)
             verdict = "NG" if score >= self.threshold else "OK"
-            results.append(Prediction(score, verdict, self.threshold, amap, self.regions(amap) if verdict == "NG" else []))
+            found = self.regions(amap) if regions and verdict == "NG" else []
+            results.append(Prediction(score, verdict, self.threshold, amap, found))
         t4 = time.perf_counter()
         n = len(images)
         timings = {"preprocess": (t1 - t0) * 1e3 / n, "features": (t2 - t1) * 1e3 / n,
