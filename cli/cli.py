@@ -15,6 +15,7 @@ log = logging.getLogger("linesight")
 EPILOG = """\
 typical workflow:
   linesight fit ../shared/datasets/magnetic_tile -o tile.zip --preset fast --weights imagenet
+  linesight fit ../shared/datasets/magnetic_tile -o tile.zip --weights self     # offline: no download
   linesight calibrate tile.zip ../shared/datasets/magnetic_tile --policy f1_optimal
   linesight evaluate tile.zip ../shared/datasets/magnetic_tile -o eval/   # eval/report.html
   linesight predict tile.zip part1.png part2.png --overlay overlays/

@@ -51,5 +51,5 @@ def demo(out: Path, data: Path, weights: str, frames: int) -> int:
     print(json.dumps(summary, indent=2))
     if summary["warnings"]:
         log.warning("DEMO RAN WITHOUT PRETRAINED FEATURES: the scores above are near chance and are no result. "
-                    "Use --weights imagenet (online) or a local .pth for real accuracy.")
+                    "Use --weights self (learns features offline, ~12 min here), --weights imagenet (online) or a local .pth.")
     return 0
