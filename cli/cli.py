@@ -108,6 +108,15 @@ def _predict(a: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _roi(a: argparse.Namespace) -> int:
+    from linesight.trainer.evaluate import set_domain
+
+    mode = "mask" if a.mask else "auto" if a.auto else "none"
+    set_domain(a.bundle, mode, mask=a.mask, dark=a.dark, erode_px=a.erode)
+    print(json.dumps({"bundle": a.bundle, "domain": mode}))
+    return 0
+
+
 def _info(a: argparse.Namespace) -> int:
     from linesight.export.bundle import load_bundle
 
@@ -192,6 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--overlay", metavar="DIR", help="write heatmap overlays (PNG) into DIR")
     pr.set_defaults(func=_predict)
+
+    r = sub.add_parser("roi", help="set where defects count (ROI mask or automatic foreground)",
+                       description="Store an inspection domain in the bundle: scores outside it are zero and "
+                                   "cannot reject a part. Golden scores are re-recorded; run calibrate again.")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--mask", help="PNG, white = inspect, black = ignore (stretched to each image)")
+    g.add_argument("--auto", action="store_true", help="Otsu foreground of each image (part vs background)")
+    g.add_argument("--none", action="store_true", help="inspect the whole image (remove a domain)")
+    r.add_argument("bundle")
+    r.add_argument("--dark", action="store_true", help="--auto: the part is darker than the background")
+    r.add_argument("--erode", type=int, default=0, help="shrink the domain by N pixels (ignore part edges)")
+    r.set_defaults(func=_roi)
 
     i = sub.add_parser("info", help="verify a bundle and print its manifest")
     i.add_argument("bundle")

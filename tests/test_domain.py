@@ -46,3 +46,24 @@ def test_missing_mask_file_is_a_clear_error(small_bundle, tmp_path):
     path = _with_domain(small_bundle, tmp_path / "bad.zip", DomainInfo(mode="mask", mask_file="roi_mask.png"))
     with pytest.raises(BundleError, match="roi_mask.png"):
         Engine(path)
+
+
+def test_roi_verb_sets_domain_and_keeps_golden_consistent(small_bundle, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    b = tmp_path / "m"
+    shutil.copytree(small_bundle, b)
+    mask = np.zeros((50, 50), np.uint8)
+    mask[5:45, 5:45] = 255
+    cv2.imwrite(str(tmp_path / "roi.png"), mask)
+    r = subprocess.run([sys.executable, "-m", "linesight", "roi", str(b), "--mask", str(tmp_path / "roi.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    eng = Engine(b)
+    assert eng.manifest.domain.mode == "mask" and eng.check_golden() == []
+    cv2.imwrite(str(tmp_path / "black.png"), np.zeros((8, 8), np.uint8))
+    r = subprocess.run([sys.executable, "-m", "linesight", "roi", str(b), "--mask", str(tmp_path / "black.png")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "all black" in r.stderr and "Traceback" not in r.stderr

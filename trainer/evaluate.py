@@ -77,6 +77,36 @@ def calibrate(bundle_path: str | Path, dataset: str | Path, policy: str = "f1_op
     return th
 
 
+def set_domain(bundle_path: str | Path, mode: str, *, mask: str | Path | None = None, dark: bool = False,
+               erode_px: int = 0) -> None:
+    """Store an ROI (mask image) or automatic foreground in the bundle and re-record the golden scores,
+    which change with the domain. Thresholds stay: scores can only drop; recalibrate for the best choice."""
+    import cv2
+
+    from linesight.config.manifest import DomainInfo
+    from linesight.export.bundle import write_bundle
+
+    bundle = load_bundle(bundle_path)
+    bundle.extras.pop("roi_mask.png", None)
+    info = DomainInfo(mode=mode, auto_polarity="dark" if dark else "bright", erode_px=erode_px)
+    if mode == "mask":
+        if mask is None:
+            raise DataError("--mask PNG is needed for an ROI mask (white = inspect, black = ignore)")
+        m = read_image(mask)
+        m = m if m.ndim == 2 else m[..., 0]
+        if not (m > 0).any():
+            raise DataError(f"ROI mask {mask} is all black: nothing would be inspected")
+        bundle.extras["roi_mask.png"] = cv2.imencode(".png", ((m > 0) * 255).astype(np.uint8))[1].tobytes()
+        info.mask_file = "roi_mask.png"
+    bundle.manifest.domain = info
+    engine = Engine(bundle)
+    for g in bundle.manifest.golden:
+        img = cv2.imdecode(np.frombuffer(bundle.golden[g.file.removeprefix("golden/")], np.uint8), cv2.IMREAD_UNCHANGED)
+        g.score = engine.predict(img).score
+    write_bundle(bundle_path, bundle)
+    log.info("domain %s written to %s; golden scores re-recorded", mode, bundle_path)
+
+
 def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path) -> dict:
     """Metrics at the bundle's thresholds, metrics.json and report.html in outdir."""
     outdir = Path(outdir)
