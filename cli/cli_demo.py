@@ -31,8 +31,13 @@ def demo(out: Path, data: Path, weights: str, frames: int) -> int:
         pick = sorted((data / "test").rglob("*.jpg"))[:: max(1, len(list((data / "test").rglob("*.jpg"))) // frames)]
         for p in pick[:frames]:
             os.symlink(p.resolve(), Path(tmp) / f"{p.parent.name}__{p.name}")
+        from importlib.resources import files
+
+        examples = files("linesight.config.examples")
         cfg = DaemonConfig.model_validate({
             "model": {"bundle": str(bundle), "watch": False},
+            "analysis": {"spec": str(examples / "inspection_spec.yaml"),
+                         "knowledge": str(examples / "knowledge_magnetic_tile.yaml")},
             "source": {"type": "folder", "name": "demo-folder", "path": tmp, "mode": "once", "rate_hz": 15},
             "pipeline": {"deadline_ms": 2000, "part_id": {"mode": "filename"}},
             "outputs": {"mqtt": {"enabled": False}, "zmq": {"enabled": False}, "metrics": {"enabled": False},
