@@ -77,8 +77,9 @@ class Pipeline:
             return None, None
         trend = {"ng_rate": sum(self.recent_ng) / len(self.recent_ng) if self.recent_ng else 0.0,
                  "history": list(self.history)}
+        evidence = A.NearestNormal(**pred.nearest) if pred.nearest else None
         a = A.analyze(pred, pixel_threshold, frame.image, spec=self.spec, kb=self.kb, trend=trend,
-                      max_regions=self.cfg.analysis.max_regions)
+                      evidence=evidence, max_regions=self.cfg.analysis.max_regions)
         self.history.append([r.type for r in a.regions])
         self.recent_ng.append(a.decision.verdict == "NG")
         return {**A.to_verdict_dict(a), "verdict": a.decision.verdict}, A.to_header_dict(a)

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "backbone.onnx"
 BANK_FILE = "memory_bank.npy"
 MANIFEST_FILE = "manifest.json"
+LOCATIONS_FILE = "memory_locations.npy"  # int32 (N, 3): training image index, patch y, patch x per bank row
+TRAIN_IMAGES_FILE = "train_images.json"  # names of the training images, by index
 
 
 @dataclass
@@ -45,9 +47,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def bank_bytes(bank: np.ndarray) -> bytes:
+def bank_bytes(bank: np.ndarray, dtype: type = np.float32) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(bank, dtype=np.float32), allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(bank, dtype=dtype), allow_pickle=False)
     return buf.getvalue()
 
 

@@ -43,6 +43,7 @@ class Prediction:
     anomaly_map: np.ndarray  # float32, original image size
     regions: list[Region] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    nearest: dict | None = None  # the bank row closest to the worst patch, and where it came from
 
     def to_dict(self) -> dict:
         return {"score": round(self.score, 4), "verdict": self.verdict, "threshold": round(self.threshold, 4),
@@ -67,10 +68,41 @@ class Engine:
         if threads:
             faiss.omp_set_num_threads(threads)
         self.domain = Domain(m.domain, self.bundle.extras)
+        self.locations, self.train_images = self._provenance()
         self.index = faiss.IndexFlatL2(m.features.embedding_dim)
         self.index.add(self.bundle.bank)
         log.info("engine ready", extra={"model": self.bundle.label, "provider": self.provider,
                                          "bank": int(self.bundle.bank.shape[0])})
+
+    def _provenance(self) -> tuple[np.ndarray | None, list[str]]:
+        """Where each bank row came from (bundles written before this existed have no such files)."""
+        import io
+        import json
+
+        from linesight.export.bundle import LOCATIONS_FILE, TRAIN_IMAGES_FILE
+
+        extras = self.bundle.extras
+        if LOCATIONS_FILE not in extras:
+            return None, []
+        try:
+            loc = np.load(io.BytesIO(extras[LOCATIONS_FILE]), allow_pickle=False)
+            names = json.loads(extras.get(TRAIN_IMAGES_FILE, b"[]"))
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise BundleError(f"bundle {self.bundle.path}: bad {LOCATIONS_FILE}/{TRAIN_IMAGES_FILE}: {exc}") from exc
+        if loc.shape != (self.bundle.bank.shape[0], 3):
+            raise BundleError(f"bundle {self.bundle.path}: {LOCATIONS_FILE} has shape {loc.shape}, "
+                              f"expected ({self.bundle.bank.shape[0]}, 3)")
+        return loc, names
+
+    def nearest_normal(self, row: int, distance: float) -> dict:
+        """Evidence for an engineer: 'this looked most like that normal patch, and was still this far'."""
+        out = {"row": int(row), "distance": float(distance), "image_index": None, "image_name": None,
+               "patch_yx": None}
+        if self.locations is not None:
+            i, y, x = (int(v) for v in self.locations[row])
+            out.update(image_index=i, image_name=self.train_images[i] if i < len(self.train_images) else None,
+                       patch_yx=(y, x))
+        return out
 
     @property
     def threshold(self) -> float:
@@ -95,6 +127,9 @@ class Engine:
             patch = patch * inside.reshape(b, h * w)
         top = patch.argmax(axis=1)
         image = patch[np.arange(b), top]
+        nn, d0 = idx[:, 0].reshape(b, h * w), dist[:, 0].reshape(b, h * w)
+        # read by predict_batch for the evidence of each image (bank row, distance of the worst patch)
+        self._worst = [(int(nn[i, t]), float(d0[i, t])) for i, t in enumerate(top)]
         if sc.reweight:
             image = image * self._reweight(flat.reshape(b, h * w, d), top, idx[:, 0].reshape(b, h * w))
         return patch.reshape(b, h, w), image
@@ -156,7 +191,8 @@ class Engine:
             score = float(s)
             verdict = "NG" if score >= self.threshold else "OK"
             found = self.regions(amap) if regions and verdict == "NG" else []
-            results.append(Prediction(score, verdict, self.threshold, amap, found))
+            results.append(Prediction(score, verdict, self.threshold, amap, found,
+                                      nearest=self.nearest_normal(*self._worst[i])))
         t4 = time.perf_counter()
         n = len(images)
         timings = {"preprocess": (t1 - t0) * 1e3 / n, "features": (t2 - t1) * 1e3 / n,

@@ -216,3 +216,19 @@ def test_imagenet_offline_fails_fast_with_instructions(monkeypatch, tmp_path):
     monkeypatch.setenv("no_proxy", "")
     with pytest.raises(LinesightError, match="--weights /path/to/resnet18-f37072fd.pth"):
         load_weights(build_backbone("resnet18"), "resnet18", "imagenet")
+
+
+def test_bank_rows_know_their_training_patch(bundle_dir, dataset):
+    """Evidence: each bank row points at (training image, patch y, x) whose feature it is."""
+    from linesight.export.preprocess import preprocess_batch
+
+    eng = Engine(bundle_dir)
+    assert eng.locations is not None and len(eng.train_images) == eng.manifest.dataset.n_train
+    for row in (0, len(eng.bundle.bank) // 2, len(eng.bundle.bank) - 1):
+        i, y, x = eng.locations[row]
+        img = read_image(dataset / "train" / "good" / eng.train_images[i])
+        feat = eng.features(preprocess_batch([img], eng.spec))[0, :, y, x]
+        assert np.allclose(feat, eng.bundle.bank[row], atol=1e-4)
+    pred = eng.predict(read_image(next((dataset / "test" / "crack").iterdir())))
+    ev = pred.nearest
+    assert ev["image_name"] in eng.train_images and ev["distance"] == pytest.approx(pred.score, rel=1e-5)

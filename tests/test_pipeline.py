@@ -81,3 +81,5 @@ def test_ng_frames_carry_type_grade_and_basis_from_the_spec(small_bundle, tmp_pa
     assert v["grade"] in ("A", "B", "C", "reject") and v["reason"] == v["basis"] and v["defects_total"] >= 1
     assert {"type", "confidence", "zone", "grade", "bbox", "length_px"} <= set(v["defects"][0])
     assert headers[0] is not None and "decision" in headers[0]
+    evidence = headers[0]["basis"]["evidence"]  # the nearest normal patch of the training set
+    assert evidence["image_name"] and len(evidence["patch_yx"]) == 2 and evidence["distance"] > 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import platform
 import time
@@ -18,7 +19,7 @@ from linesight.config.fit import FitConfig
 from linesight.config.manifest import (BUNDLE_SCHEMA, BackboneInfo, DatasetInfo, FeatureInfo, GoldenImage, Manifest,
                                        MemoryInfo, ModelInfo, OnnxInfo, ScoringInfo, Thresholds, WeightsInfo)
 from linesight.errors import DataError
-from linesight.export.bundle import Bundle, load_bundle, write_bundle
+from linesight.export.bundle import LOCATIONS_FILE, TRAIN_IMAGES_FILE, Bundle, bank_bytes, load_bundle, write_bundle
 from linesight.export.engine import Engine
 from linesight.export.features import OnnxFeatures
 from linesight.export.preprocess import PreprocessSpec, preprocess_batch
@@ -122,6 +123,8 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     coreset_s = time.monotonic() - t0
     bank = np.ascontiguousarray(patches[picks])
     del patches
+    per_image = grid_h * grid_w  # rows of `patches` are image-major, then patch-grid row-major
+    locations = np.stack([picks // per_image, (picks % per_image) // grid_w, picks % grid_w], 1).astype(np.int32)
 
     out = Path(out)
     manifest = Manifest(
@@ -144,7 +147,9 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         software=software_versions(),
         warnings=warnings,
     )
-    bundle = Bundle(manifest=manifest, onnx=onnx_bytes, bank=bank)
+    bundle = Bundle(manifest=manifest, onnx=onnx_bytes, bank=bank,
+                    extras={LOCATIONS_FILE: bank_bytes(locations, np.int32),
+                            TRAIN_IMAGES_FILE: json.dumps([p.name for p in bank_paths]).encode()})
     default_thresholds(bundle, hold_imgs, hold_paths, cfg)
     write_bundle(out, bundle)
     log.info("fit done in %.1f s: %s (%d bank rows x %d)", time.monotonic() - t_start, out, *bank.shape)
