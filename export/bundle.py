@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -93,8 +94,6 @@ def manifest_bytes(manifest: Manifest) -> bytes:
 
 
 def _rmtree(p: Path) -> None:
-    import shutil
-
     shutil.rmtree(p, ignore_errors=True)
 
 

@@ -113,7 +113,12 @@ class Engine:
         return self.manifest.thresholds.pixel
 
     def patch_scores(self, feats: np.ndarray, inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(B, D, h, w) -> per-patch scores (B, h, w) and the image scores (B,).
+        """(B, D, h, w) -> per-patch scores (B, h, w) and image scores (B,); see _score."""
+        patch, image, _ = self._score(feats, inside)
+        return patch, image
+
+    def _score(self, feats: np.ndarray, inside: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list]:
+        """Patch scores, image scores and, per image, (nearest bank row, distance) of the worst patch.
 
         `inside` (B, h, w) bool: patches outside the domain score 0, so they cannot raise a verdict.
         """
@@ -128,11 +133,10 @@ class Engine:
         top = patch.argmax(axis=1)
         image = patch[np.arange(b), top]
         nn, d0 = idx[:, 0].reshape(b, h * w), dist[:, 0].reshape(b, h * w)
-        # read by predict_batch for the evidence of each image (bank row, distance of the worst patch)
-        self._worst = [(int(nn[i, t]), float(d0[i, t])) for i, t in enumerate(top)]
+        worst = [(int(nn[i, t]), float(d0[i, t])) for i, t in enumerate(top)]  # evidence: bank row, distance
         if sc.reweight:
-            image = image * self._reweight(flat.reshape(b, h * w, d), top, idx[:, 0].reshape(b, h * w))
-        return patch.reshape(b, h, w), image
+            image = image * self._reweight(flat.reshape(b, h * w, d), top, nn)
+        return patch.reshape(b, h, w), image, worst
 
     def _reweight(self, flat: np.ndarray, top: np.ndarray, nn: np.ndarray) -> np.ndarray:
         """anomalib's weighting: a far patch whose nearest normal has close neighbours is less anomalous."""
@@ -181,7 +185,7 @@ class Engine:
             gh, gw = feats.shape[2:]
             inside = np.stack([cv2.resize(m.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) >= 0.5
                                for m in masks])
-        patch, scores = self.patch_scores(feats, inside)
+        patch, scores, worst = self._score(feats, inside)
         t3 = time.perf_counter()
         results = []
         for i, (img, p, s) in enumerate(zip(images, patch, scores)):
@@ -192,7 +196,7 @@ class Engine:
             verdict = "NG" if score >= self.threshold else "OK"
             found = self.regions(amap) if regions and verdict == "NG" else []
             results.append(Prediction(score, verdict, self.threshold, amap, found,
-                                      nearest=self.nearest_normal(*self._worst[i])))
+                                      nearest=self.nearest_normal(*worst[i])))
         t4 = time.perf_counter()
         n = len(images)
         timings = {"preprocess": (t1 - t0) * 1e3 / n, "features": (t2 - t1) * 1e3 / n,

@@ -42,6 +42,8 @@ def test_bundle_contents_and_manifest(bundle_dir):
     assert raw["onnx"]["parity_max_abs_diff"] <= raw["onnx"]["parity_tolerance"]
     assert raw["thresholds"]["policy"] == "no_false_reject" and np.isfinite(raw["thresholds"]["image"])
     assert len(raw["golden"]) == min(3, raw["dataset"]["n_holdout"]) >= 1 and len(raw["dataset"]["fingerprint"]) == 64
+    gh, gw = raw["features"]["grid"]
+    assert raw["memory"]["n_patches"] == raw["dataset"]["n_train"] * gh * gw
     bank = np.load(bundle_dir / "memory_bank.npy", allow_pickle=False)
     assert bank.shape == (raw["memory"]["n_bank"], 64) and bank.dtype == np.float32
 

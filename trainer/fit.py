@@ -122,6 +122,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
                            seed=cfg.seed, progress=Progress("coreset", n_bank))
     coreset_s = time.monotonic() - t0
     bank = np.ascontiguousarray(patches[picks])
+    n_patches = len(patches)
     del patches
     per_image = grid_h * grid_w  # rows of `patches` are image-major, then patch-grid row-major
     locations = np.stack([picks // per_image, (picks % per_image) // grid_w, picks % grid_w], 1).astype(np.int32)
@@ -134,7 +135,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         backbone=BackboneInfo(name=cfg.backbone, layers=["layer2", "layer3"], weights=weights_info),
         preprocess=spec.to_dict(),
         features=FeatureInfo(embedding_dim=cfg.embedding_dim, grid=(grid_h, grid_w), stride=spec.height // grid_h),
-        memory=MemoryInfo(n_patches=int(len(picks) / cfg.coreset_ratio) if cfg.coreset_ratio < 1 else len(picks),
+        memory=MemoryInfo(n_patches=n_patches,
                           n_bank=len(bank), coreset_ratio=cfg.coreset_ratio,
                           projection_dim=cfg.coreset_projection_dim, chunk_size=cfg.coreset_chunk, seed=cfg.seed,
                           seconds=round(coreset_s, 2)),
