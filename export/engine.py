@@ -44,6 +44,7 @@ class Prediction:
     regions: list[Region] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     nearest: dict | None = None  # the bank row closest to the worst patch, and where it came from
+    features: np.ndarray | None = None  # (D, h, w) patch features of the whole-image view, when asked for
 
     def to_dict(self) -> dict:
         return {"score": round(self.score, 4), "verdict": self.verdict, "threshold": round(self.threshold, 4),
@@ -172,8 +173,10 @@ class Engine:
     def predict(self, image: np.ndarray) -> Prediction:
         return self.predict_batch([image])[0]
 
-    def predict_batch(self, images: list[np.ndarray], *, regions: bool = True) -> list[Prediction]:
-        """`regions=False` when the caller measures regions itself (the daemon's defect analysis)."""
+    def predict_batch(self, images: list[np.ndarray], *, regions: bool = True,
+                      keep_features: bool = False) -> list[Prediction]:
+        """`regions=False` when the caller measures regions itself (the daemon's defect analysis);
+        `keep_features=True` keeps each image's patch features (region embeddings for defect typing)."""
         t0 = time.perf_counter()
         batch = preprocess_batch(images, self.spec)
         masks = [self.domain.of(img) for img in images] if self.domain.active else None
@@ -196,7 +199,8 @@ class Engine:
             verdict = "NG" if score >= self.threshold else "OK"
             found = self.regions(amap) if regions and verdict == "NG" else []
             results.append(Prediction(score, verdict, self.threshold, amap, found,
-                                      nearest=self.nearest_normal(*worst[i])))
+                                      nearest=self.nearest_normal(*worst[i]),
+                                      features=feats[i].copy() if keep_features else None))
         t4 = time.perf_counter()
         n = len(images)
         timings = {"preprocess": (t1 - t0) * 1e3 / n, "features": (t2 - t1) * 1e3 / n,
