@@ -32,13 +32,25 @@ def _fit(a: argparse.Namespace) -> int:
     if a.adapt == "self" and a.weights in ("self", "none"):
         raise LinesightError(f"--adapt self fine-tunes loaded weights; with --weights {a.weights} use "
                              "--weights self (training from scratch) instead")
-    cfg = preset(a.preset, model_id=a.model_id, weights=a.weights, input_size=a.input_size,
-                 embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
-                 reweight=True if a.reweight else None, adapt=a.adapt, selfsup_minutes=a.selfsup_minutes,
-                 selfsup_steps=a.selfsup_steps)
+    from pydantic import ValidationError
+
+    domain = "mask" if a.roi else "auto" if a.auto_foreground else None
+    try:
+        cfg = preset(a.preset, model_id=a.model_id, weights=a.weights, input_size=a.input_size,
+                     embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
+                     reweight=True if a.reweight else None, adapt=a.adapt, selfsup_minutes=a.selfsup_minutes,
+                     selfsup_steps=a.selfsup_steps, resize=a.resize,
+                     defect_size=tuple(a.defect_size) if a.defect_size else None, px_per_mm=a.px_per_mm,
+                     scales=a.scales, tile_overlap=a.tile_overlap, domain=domain, domain_mask=a.roi,
+                     domain_dark=True if a.dark else None, domain_erode=a.erode)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+        raise LinesightError(f"invalid fit options: {problems}") from None
     bundle = fit(a.dataset, a.output, cfg)
     m = bundle.manifest
     print(json.dumps({"bundle": str(a.output), "model": m.model.model_dump(), "bank": list(bundle.bank.shape),
+                      "scales": [{"name": s.name, "bank": s.n_bank} for s in m.scales],
+                      "plan": m.plan.reasoning if m.plan else [],
                       "threshold": m.thresholds.image, "warnings": m.warnings}, indent=2))
     return 0
 
@@ -157,6 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--k", type=int, default=None, help="override the number of neighbours per patch score")
     f.add_argument("--reweight", action="store_true", help="anomalib-style image-score reweighting")
     f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    v = f.add_argument_group("views: scales, tiles, aspect ratio (all stored in the bundle; the daemon applies them)")
+    v.add_argument("--resize", choices=["stretch", "letterbox"], default=None,
+                   help="whole-frame view: stretch to the square input (default) or letterbox (keep aspect, pad)")
+    v.add_argument("--defect-size", nargs=2, type=float, metavar=("MIN", "MAX"),
+                   help="smallest and largest defect that matters, in frame pixels (mm with --px-per-mm); "
+                        "linesight plans the scales/tiles and prints why")
+    v.add_argument("--px-per-mm", type=float, default=None, help="camera calibration for --defect-size in mm")
+    v.add_argument("--scales", nargs="+", type=float, metavar="R",
+                   help="explicit scales instead of a plan: 0 = whole frame, R > 0 = tiles at R frame px per "
+                        "input px (e.g. --scales 0 1)")
+    v.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 32)")
+    d = f.add_argument_group("domain: where defects count (or set later with `linesight roi`)")
+    dx = d.add_mutually_exclusive_group()
+    dx.add_argument("--roi", metavar="PNG", help="ROI mask, white = inspect (stretched to each image)")
+    dx.add_argument("--auto-foreground", action="store_true", help="Otsu foreground of each image")
+    d.add_argument("--dark", action="store_true", help="--auto-foreground: the part is darker than the background")
+    d.add_argument("--erode", type=int, default=None, help="shrink the domain by N pixels")
     f.set_defaults(func=_fit)
 
     from linesight.trainer.synth import KINDS
@@ -218,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("bundle")
     i.set_defaults(func=_info)
 
-    from linesight import cli_daemon
+    from linesight import cli_daemon, cli_types
 
     cli_daemon.add_verbs(sub)
+    cli_types.register(sub)
     return p
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class FitConfig(BaseModel):
@@ -37,6 +37,38 @@ class FitConfig(BaseModel):
     selfsup_val_every: int = Field(150, ge=1, description="Steps between validations (held-out good + synthetic)")
     selfsup_patience: int = Field(5, ge=1, description="Validations without improvement before early stopping")
     golden_images: int = Field(3, ge=0, le=16, description="Held-out good images stored in the bundle to verify it on load")
+    resize: Literal["stretch", "letterbox"] = Field("stretch", description="Whole-frame view: stretch to the "
+                                                    "square input, or letterbox (keep the aspect ratio, pad)")
+    defect_size: tuple[float, float] | None = Field(None, description="Smallest and largest defect that matters "
+                                                    "(frame pixels, or mm with px_per_mm): turned into scales/tiles")
+    px_per_mm: float | None = Field(None, gt=0, description="Camera calibration: frame pixels per millimetre; "
+                                    "when set, defect_size is in mm")
+    scales: list[float] | None = Field(None, description="Explicit scales instead of a plan: 0 = whole frame, "
+                                       "r > 0 = tiles at r frame px per input px (e.g. [0, 1.0])")
+    tile_overlap: int = Field(32, ge=0, description="Overlap of neighbouring tiles in input pixels (multiple of 16)")
+    max_patches: int = Field(2_000_000, ge=1000, description="Per scale: training patches kept (random, seeded) "
+                             "before the coreset, so fitting memory stays bounded on huge frames")
+    domain: Literal["none", "mask", "auto"] = Field("none", description="Where defects count: whole image, an ROI "
+                                                    "mask (domain_mask), or the automatic (Otsu) foreground")
+    domain_mask: str | None = Field(None, description="ROI mask PNG (white = inspect), for domain 'mask'")
+    domain_dark: bool = Field(False, description="domain 'auto': the part is darker than the background")
+    domain_erode: int = Field(0, ge=0, description="Shrink the domain by this many pixels (ignore part edges)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FitConfig":
+        if self.tile_overlap % 16 or self.tile_overlap >= self.input_size // 2:
+            raise ValueError(f"tile_overlap {self.tile_overlap}: use a multiple of 16 below half the input size")
+        if self.domain == "mask" and not self.domain_mask:
+            raise ValueError("domain 'mask' needs domain_mask (a PNG, white = inspect)")
+        if self.domain_mask and self.domain != "mask":
+            raise ValueError("domain_mask is given but domain is not 'mask'")
+        if self.scales is not None and (not self.scales or any(r < 0 for r in self.scales)):
+            raise ValueError("scales: a non-empty list of 0 (whole frame) or positive frame px per input px")
+        if self.scales is not None and self.defect_size is not None:
+            raise ValueError("give either defect_size (a plan is made) or explicit scales, not both")
+        if self.px_per_mm is not None and self.defect_size is None:
+            raise ValueError("px_per_mm only converts defect_size; give defect_size too")
+        return self
 
 
 PRESETS: dict[str, dict] = {

@@ -76,6 +76,37 @@ class DomainInfo(_Strict):
     erode_px: int = Field(0, ge=0, description="Shrink the domain by this many input pixels (ignore part edges)")
 
 
+class ScaleInfo(_Strict):
+    """One view of the frame with its own memory bank (export/views.py draws the geometry)."""
+
+    name: str = Field(description="Label in logs, timings and evidence, e.g. 'whole' or 'tiles@0.8'")
+    mode: Literal["whole", "tiles"] = Field(description="whole: the frame fitted into one model input; tiles: "
+                                                        "the frame resized to pixels_per_input and cut into tiles")
+    pixels_per_input: float | None = Field(None, gt=0, description="tiles: frame pixels per model-input pixel "
+                                                                   "(1 = native resolution, 0.5 = magnified 2x)")
+    overlap: int = Field(32, ge=0, description="tiles: overlap between neighbouring tiles in input pixels "
+                                               "(multiple of the stride)")
+    bank_file: str = Field(description="Bundle file with this scale's memory bank")
+    locations_file: str | None = Field(None, description="Bundle file: (training image, cell y, cell x) per bank row")
+    n_patches: int = Field(0, ge=0, description="Training patches seen at this scale")
+    n_bank: int = Field(ge=1)
+    good_median: float | None = Field(None, description="Median patch score of held-out good images (fusion)")
+    good_max: float | None = Field(None, description="Mean image score of held-out good images (fusion)")
+
+
+class PlanInfo(_Strict):
+    """Why these scales: the defect size range the engineer asked for, turned into views."""
+
+    defect_size_px: tuple[float, float] | None = Field(None, description="Smallest and largest defect, frame px")
+    px_per_mm: float | None = None
+    frame_hw: tuple[int, int] = Field(description="Typical (median) training frame size")
+    fusion: Literal["none", "max_normalised"] = Field("none", description="max_normalised: each scale's scores "
+                                                      "become (s - good_median) / (good_max - good_median), clipped "
+                                                      "at 0, then the max over scales; 1.0 = as abnormal as the worst "
+                                                      "patch of a typical good image")
+    reasoning: list[str] = Field(default_factory=list)
+
+
 class GoldenImage(_Strict):
     file: str
     score: float
@@ -107,6 +138,9 @@ class Manifest(_Strict):
     scoring: ScoringInfo
     thresholds: Thresholds
     domain: DomainInfo = Field(default_factory=DomainInfo)
+    scales: list[ScaleInfo] = Field(default_factory=list, description="Empty: one whole-frame scale whose bank is "
+                                                                       "memory_bank.npy (bundles before multi-scale)")
+    plan: PlanInfo | None = None
     golden: list[GoldenImage] = Field(default_factory=list)
     onnx: OnnxInfo
     dataset: DatasetInfo

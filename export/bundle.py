@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ONNX_FILE = "backbone.onnx"
 BANK_FILE = "memory_bank.npy"
+ROI_FILE = "roi_mask.png"
 MANIFEST_FILE = "manifest.json"
 LOCATIONS_FILE = "memory_locations.npy"  # int32 (N, 3): training image index, patch y, patch x per bank row
 TRAIN_IMAGES_FILE = "train_images.json"  # names of the training images, by index

@@ -4,6 +4,8 @@ Calibration, evaluation, `predict` and the daemon all call this; nothing else sc
 """
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import time
@@ -15,10 +17,13 @@ import faiss
 import numpy as np
 
 from linesight.errors import BundleError
-from linesight.export.bundle import Bundle, load_bundle
+from linesight.config.manifest import ScaleInfo
+from linesight.export.bundle import BANK_FILE, Bundle, load_bundle
 from linesight.export.domain import Domain
 from linesight.export.features import OnnxFeatures
-from linesight.export.preprocess import PreprocessSpec, preprocess_batch
+from linesight.export.images import check_image
+from linesight.export.preprocess import PreprocessSpec
+from linesight.export.views import View, iter_tiles, make_view, render
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +56,40 @@ class Prediction:
                 "regions": [r.to_dict() for r in self.regions], "timings_ms": self.timings_ms}
 
 
+@dataclass
+class _Scale:
+    info: ScaleInfo
+    bank: np.ndarray
+    index: faiss.IndexFlatL2
+    locations: np.ndarray | None
+
+
+@dataclass
+class _Seen:
+    """One image at one scale: stitched cell scores and the worst cell's evidence."""
+
+    view: View
+    cells: np.ndarray  # (gh, gw) raw scores, 0 where not inspected
+    use: np.ndarray  # (gh, gw) bool: on the frame and inside the domain
+    image: float
+    row: int
+    distance: float
+    features: np.ndarray | None
+
+
 class Engine:
     """Runs a bundle. Thread-compatible: one Engine per inference thread."""
+
+    MAX_TILES = 16  # tiles per ONNX call: working memory stays bounded whatever the frame size
 
     def __init__(self, bundle: Bundle | str | Path, *, threads: int | None = None, prefer_gpu: bool = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         m = self.bundle.manifest
         self.manifest = m
-        self.spec = PreprocessSpec.from_dict(m.preprocess)
+        try:
+            self.spec = PreprocessSpec.from_dict(m.preprocess)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BundleError(f"bundle {self.bundle.path}: bad preprocess spec: {exc}") from exc
         self.features = OnnxFeatures(self.bundle.onnx, threads=threads, prefer_gpu=prefer_gpu,
                                      where=f"bundle {self.bundle.path}")
         self.provider = self.features.provider
@@ -69,38 +100,74 @@ class Engine:
         if threads:
             faiss.omp_set_num_threads(threads)
         self.domain = Domain(m.domain, self.bundle.extras)
-        self.locations, self.train_images = self._provenance()
-        self.index = faiss.IndexFlatL2(m.features.embedding_dim)
-        self.index.add(self.bundle.bank)
+        self.stride = m.features.stride
+        self.train_images = self._train_images()
+        self.scales = [self._load_scale(s) for s in (m.scales or [self._legacy_scale()])]
+        self.fusion = m.plan.fusion if m.plan is not None else "none"
+        if self.fusion == "max_normalised" and any(s.info.good_max is None for s in self.scales):
+            raise BundleError(f"bundle {self.bundle.path}: fusion max_normalised needs good_median/good_max "
+                              "on every scale")
+        self.index, self.locations = self.scales[0].index, self.scales[0].locations  # first scale, for tools
         log.info("engine ready", extra={"model": self.bundle.label, "provider": self.provider,
-                                         "bank": int(self.bundle.bank.shape[0])})
+                                         "scales": [s.info.name for s in self.scales],
+                                         "bank": [int(s.bank.shape[0]) for s in self.scales]})
 
-    def _provenance(self) -> tuple[np.ndarray | None, list[str]]:
-        """Where each bank row came from (bundles written before this existed have no such files)."""
-        import io
-        import json
+    def _legacy_scale(self) -> ScaleInfo:
+        from linesight.export.bundle import LOCATIONS_FILE
 
-        from linesight.export.bundle import LOCATIONS_FILE, TRAIN_IMAGES_FILE
+        m = self.manifest
+        return ScaleInfo(name="whole", mode="whole", bank_file=BANK_FILE, n_patches=m.memory.n_patches,
+                         n_bank=m.memory.n_bank,
+                         locations_file=LOCATIONS_FILE if LOCATIONS_FILE in self.bundle.extras else None)
 
-        extras = self.bundle.extras
-        if LOCATIONS_FILE not in extras:
-            return None, []
+    def _array(self, name: str, dtype: type) -> np.ndarray:
+        if name == BANK_FILE:
+            return self.bundle.bank
+        data = self.bundle.extras.get(name)
+        if data is None:
+            raise BundleError(f"bundle {self.bundle.path}: {name} is named in the manifest but missing")
         try:
-            loc = np.load(io.BytesIO(extras[LOCATIONS_FILE]), allow_pickle=False)
-            names = json.loads(extras.get(TRAIN_IMAGES_FILE, b"[]"))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise BundleError(f"bundle {self.bundle.path}: bad {LOCATIONS_FILE}/{TRAIN_IMAGES_FILE}: {exc}") from exc
-        if loc.shape != (self.bundle.bank.shape[0], 3):
-            raise BundleError(f"bundle {self.bundle.path}: {LOCATIONS_FILE} has shape {loc.shape}, "
-                              f"expected ({self.bundle.bank.shape[0]}, 3)")
-        return loc, names
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as exc:
+            raise BundleError(f"bundle {self.bundle.path}: {name} is not a plain numpy array ({exc})") from exc
+        if arr.dtype != dtype:
+            raise BundleError(f"bundle {self.bundle.path}: {name} is {arr.dtype}, expected {np.dtype(dtype)}")
+        return arr
 
-    def nearest_normal(self, row: int, distance: float) -> dict:
+    def _load_scale(self, info: ScaleInfo) -> _Scale:
+        where = f"bundle {self.bundle.path}, scale {info.name}"
+        if info.mode == "tiles" and info.pixels_per_input is None:
+            raise BundleError(f"{where}: a tiles scale needs pixels_per_input")
+        bank = self._array(info.bank_file, np.float32)
+        dim = self.manifest.features.embedding_dim
+        if bank.ndim != 2 or bank.shape != (info.n_bank, dim):
+            raise BundleError(f"{where}: bank {info.bank_file} has shape {bank.shape}, manifest says "
+                              f"({info.n_bank}, {dim})")
+        loc = None
+        if info.locations_file:
+            loc = self._array(info.locations_file, np.int32)
+            if loc.shape != (bank.shape[0], 3):
+                raise BundleError(f"{where}: {info.locations_file} has shape {loc.shape}, expected "
+                                  f"({bank.shape[0]}, 3)")
+        index = faiss.IndexFlatL2(dim)
+        index.add(np.ascontiguousarray(bank))
+        return _Scale(info, bank, index, loc)
+
+    def _train_images(self) -> list[str]:
+        from linesight.export.bundle import TRAIN_IMAGES_FILE
+
+        try:
+            return json.loads(self.bundle.extras.get(TRAIN_IMAGES_FILE, b"[]"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"bundle {self.bundle.path}: bad {TRAIN_IMAGES_FILE}: {exc}") from exc
+
+    def nearest_normal(self, row: int, distance: float, scale: int = 0) -> dict:
         """Evidence for an engineer: 'this looked most like that normal patch, and was still this far'."""
         out = {"row": int(row), "distance": float(distance), "image_index": None, "image_name": None,
                "patch_yx": None}
-        if self.locations is not None:
-            i, y, x = (int(v) for v in self.locations[row])
+        loc = self.scales[scale].locations
+        if loc is not None:
+            i, y, x = (int(v) for v in loc[row])
             out.update(image_index=i, image_name=self.train_images[i] if i < len(self.train_images) else None,
                        patch_yx=(y, x))
         return out
@@ -114,51 +181,96 @@ class Engine:
         return self.manifest.thresholds.pixel
 
     def patch_scores(self, feats: np.ndarray, inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(B, D, h, w) -> per-patch scores (B, h, w) and image scores (B,); see _score."""
-        patch, image, _ = self._score(feats, inside)
-        return patch, image
+        """(B, D, h, w) features of whole-frame inputs -> patch scores (B, h, w) and image scores (B,) against
+        the first scale's bank (a tool for tests and notebooks; predict_batch is the inference path)."""
+        b, d, h, w = feats.shape
+        cells, rows, _ = self._knn(feats, self.scales[0])
+        if inside is not None:
+            cells = cells * inside
+        flat = cells.reshape(b, -1)
+        top = flat.argmax(axis=1)
+        image = flat[np.arange(b), top]
+        if self.manifest.scoring.reweight:
+            fv = feats.transpose(0, 2, 3, 1).reshape(b, h * w, d)[np.arange(b), top]
+            image = image * self._reweight(self.scales[0], fv, rows.reshape(b, -1)[np.arange(b), top])
+        return cells, image
 
-    def _score(self, feats: np.ndarray, inside: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list]:
-        """Patch scores, image scores and, per image, (nearest bank row, distance) of the worst patch.
-
-        `inside` (B, h, w) bool: patches outside the domain score 0, so they cannot raise a verdict.
-        """
+    def _knn(self, feats: np.ndarray, scale: _Scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(B, D, h, w) -> cell scores, nearest bank row, distance to it; each (B, h, w)."""
         b, d, h, w = feats.shape
         flat = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, d), dtype=np.float32)
-        sc = self.manifest.scoring
-        dist, idx = self.index.search(flat, sc.k)
+        dist, idx = scale.index.search(flat, self.manifest.scoring.k)
         dist = np.sqrt(np.maximum(dist, 0.0))
-        patch = dist.mean(axis=1).reshape(b, h * w)
-        if inside is not None:
-            patch = patch * inside.reshape(b, h * w)
-        top = patch.argmax(axis=1)
-        image = patch[np.arange(b), top]
-        nn, d0 = idx[:, 0].reshape(b, h * w), dist[:, 0].reshape(b, h * w)
-        worst = [(int(nn[i, t]), float(d0[i, t])) for i, t in enumerate(top)]  # evidence: bank row, distance
-        if sc.reweight:
-            image = image * self._reweight(flat.reshape(b, h * w, d), top, nn)
-        return patch.reshape(b, h, w), image, worst
+        return dist.mean(axis=1).reshape(b, h, w), idx[:, 0].reshape(b, h, w), dist[:, 0].reshape(b, h, w)
 
-    def _reweight(self, flat: np.ndarray, top: np.ndarray, nn: np.ndarray) -> np.ndarray:
+    def _reweight(self, scale: _Scale, feats: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """anomalib's weighting: a far patch whose nearest normal has close neighbours is less anomalous."""
-        bank = self.bundle.bank
+        bank = scale.bank
         k = min(self.manifest.scoring.reweight_neighbors, bank.shape[0])
-        rows = np.arange(len(top))
-        nearest = bank[nn[rows, top]]
-        _, support = self.index.search(nearest, k)
-        feats = flat[rows, top]
+        _, support = scale.index.search(np.ascontiguousarray(bank[rows]), k)
         d = np.linalg.norm(bank[support] - feats[:, None, :], axis=2)
         e = np.exp(d - d.max(axis=1, keepdims=True))
         return 1.0 - e[:, 0] / e.sum(axis=1)
 
-    def anomaly_map(self, patch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Patch grid -> input size (bilinear) -> Gaussian sigma -> original (h, w)."""
-        up = cv2.resize(patch.astype(np.float32), (self.spec.width, self.spec.height), interpolation=cv2.INTER_LINEAR)
+    def _see(self, frames: list[np.ndarray], masks: list[np.ndarray | None], scale: _Scale,
+             keep_features: bool, timing: dict[str, float]) -> list[_Seen]:
+        """All frames at one scale: tiles -> ONNX (bounded batches) -> kNN -> stitched cell scores."""
+        t0 = time.perf_counter()
+        views = [make_view(f.shape[:2], scale.info, self.spec, self.stride) for f in frames]
+        planes = [render(f, v) for f, v in zip(frames, views)]
+        use = [v.valid_cells() & (v.cells_of(m) if m is not None else True) for v, m in zip(views, masks)]
+        owned = [v.keep() for v in views]
+        n = len(frames)
+        cells = [np.zeros(v.grid_hw, np.float32) for v in views]
+        best = [(-1.0, 0, 0.0, None)] * n  # score, row, distance, feature vector
+        kept = [np.zeros((self.manifest.features.embedding_dim, *v.grid_hw), np.float32) for v in views] \
+            if keep_features else None
+        t_feat = t_knn = 0.0
+        for batch, chunk in iter_tiles(planes, views, self.spec, self.MAX_TILES):
+            ta = time.perf_counter()
+            f = self.features(batch)
+            tb = time.perf_counter()
+            sc, rows, d0 = self._knn(f, scale)
+            t_feat, t_knn = t_feat + tb - ta, t_knn + time.perf_counter() - tb
+            for j, (i, t) in enumerate(chunk):
+                gy, gx, ty, tx = owned[i][t]
+                part = sc[j][ty, tx] * use[i][gy, gx]
+                cells[i][gy, gx] = part
+                if kept is not None:
+                    kept[i][:, gy, gx] = f[j][:, ty, tx]
+                y, x = np.unravel_index(int(part.argmax()), part.shape)
+                if part[y, x] > best[i][0]:
+                    yy, xx = ty.start + y, tx.start + x
+                    best[i] = (float(part[y, x]), int(rows[j][yy, xx]), float(d0[j][yy, xx]), f[j][:, yy, xx].copy())
+        out = []
+        for i in range(n):
+            image, row, dist, fv = best[i]
+            if self.manifest.scoring.reweight and fv is not None:
+                image *= float(self._reweight(scale, fv[None], np.array([row]))[0])
+            out.append(_Seen(views[i], cells[i], use[i], image, row, dist, kept[i] if kept is not None else None))
+        timing["features"] += t_feat
+        timing["knn"] += t_knn
+        timing[f"scale:{scale.info.name}"] = (time.perf_counter() - t0)
+        return out
+
+    def _normalised(self, x: np.ndarray | float, info: ScaleInfo) -> np.ndarray | float:
+        if self.fusion == "none":
+            return x
+        return np.maximum((x - info.good_median) / max(info.good_max - info.good_median, 1e-6), 0.0)
+
+    def _map(self, cells: np.ndarray, view: View) -> np.ndarray:
+        """Cell grid -> plane pixels (bilinear) -> Gaussian sigma (input pixels) -> the frame's size."""
+        gh, gw = view.grid_hw
+        up = cv2.resize(cells.astype(np.float32), (gw * self.stride, gh * self.stride), interpolation=cv2.INTER_LINEAR)
         sigma = self.manifest.scoring.sigma
         if sigma > 0:
             up = cv2.GaussianBlur(up, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
-        h, w = size
-        return cv2.resize(up, (w, h), interpolation=cv2.INTER_LINEAR) if (h, w) != up.shape else up
+        return view.to_frame(up)
+
+    def anomaly_map(self, patch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Whole-frame patch grid -> map of the given (h, w) (first scale's geometry)."""
+        view = make_view(size, self.scales[0].info, self.spec, self.stride)
+        return self._map(patch, view)
 
     def regions(self, amap: np.ndarray) -> list[Region]:
         mask = (amap >= self.pixel_threshold).astype(np.uint8)
@@ -173,38 +285,53 @@ class Engine:
     def predict(self, image: np.ndarray) -> Prediction:
         return self.predict_batch([image])[0]
 
+    def scale_scores(self, images: list[np.ndarray]) -> list[list[tuple[float, np.ndarray]]]:
+        """Raw (image score, inspected cell scores) per image per scale: the fusion statistics at fit."""
+        frames, masks = self._prepare(images)
+        timing = {"features": 0.0, "knn": 0.0}
+        per_scale = [self._see(frames, masks, s, False, timing) for s in self.scales]
+        return [[(seen[i].image, seen[i].cells[seen[i].use]) for seen in per_scale] for i in range(len(images))]
+
+    def _prepare(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        for img in images:
+            check_image(img)
+        masks = [self.domain.of(img) for img in images] if self.domain.active else [None] * len(images)
+        return list(images), masks
+
     def predict_batch(self, images: list[np.ndarray], *, regions: bool = True,
                       keep_features: bool = False) -> list[Prediction]:
         """`regions=False` when the caller measures regions itself (the daemon's defect analysis);
-        `keep_features=True` keeps each image's patch features (region embeddings for defect typing)."""
+        `keep_features=True` keeps each image's patch features of the first scale (region embeddings)."""
         t0 = time.perf_counter()
-        batch = preprocess_batch(images, self.spec)
-        masks = [self.domain.of(img) for img in images] if self.domain.active else None
+        frames, masks = self._prepare(images)
+        timing = {"features": 0.0, "knn": 0.0}
         t1 = time.perf_counter()
-        feats = self.features(batch)
-        t2 = time.perf_counter()
-        inside = None
-        if masks is not None:
-            gh, gw = feats.shape[2:]
-            inside = np.stack([cv2.resize(m.astype(np.float32), (gw, gh), interpolation=cv2.INTER_AREA) >= 0.5
-                               for m in masks])
-        patch, scores, worst = self._score(feats, inside)
+        per_scale = [self._see(frames, masks, s, keep_features and k == 0, timing) for k, s in enumerate(self.scales)]
         t3 = time.perf_counter()
         results = []
-        for i, (img, p, s) in enumerate(zip(images, patch, scores)):
-            amap = self.anomaly_map(p, img.shape[:2])
-            if masks is not None:
+        for i, img in enumerate(frames):
+            amap, score, worst = None, -1.0, (0, 0, 0.0)
+            for k, (scale, seen) in enumerate(zip(self.scales, per_scale)):
+                s = seen[i]
+                m = self._map(self._normalised(s.cells, scale.info) * s.use, s.view)
+                amap = m if amap is None else np.maximum(amap, m, out=amap)
+                image = float(self._normalised(s.image, scale.info))
+                if image > score:
+                    score, worst = image, (k, s.row, s.distance)
+            if masks[i] is not None:
                 amap *= masks[i]
-            score = float(s)
             verdict = "NG" if score >= self.threshold else "OK"
             found = self.regions(amap) if regions and verdict == "NG" else []
             results.append(Prediction(score, verdict, self.threshold, amap, found,
-                                      nearest=self.nearest_normal(*worst[i]),
-                                      features=feats[i].copy() if keep_features else None))
+                                      nearest=self.nearest_normal(worst[1], worst[2], worst[0]),
+                                      features=per_scale[0][i].features))
         t4 = time.perf_counter()
         n = len(images)
-        timings = {"preprocess": (t1 - t0) * 1e3 / n, "features": (t2 - t1) * 1e3 / n,
-                   "knn": (t3 - t2) * 1e3 / n, "postprocess": (t4 - t3) * 1e3 / n, "total": (t4 - t0) * 1e3 / n}
+        views_ms = t3 - t1 - timing["features"] - timing["knn"]  # resize, pad, cut, normalise, stitch
+        timings = {"preprocess": (t1 - t0 + views_ms) * 1e3 / n, "features": timing["features"] * 1e3 / n,
+                   "knn": timing["knn"] * 1e3 / n, "postprocess": (t4 - t3) * 1e3 / n, "total": (t4 - t0) * 1e3 / n}
+        if len(self.scales) > 1:
+            timings.update({k: v * 1e3 / n for k, v in timing.items() if k.startswith("scale:")})
         for r in results:
             r.timings_ms = {k: round(v, 3) for k, v in timings.items()}
         return results

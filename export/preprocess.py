@@ -20,15 +20,20 @@ class PreprocessSpec:
     width: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "stretch"  # whole-frame scales: "stretch" to the input, or "letterbox" (keep aspect, pad)
 
     def to_dict(self) -> dict:
-        return {"input_size": [self.height, self.width], "resize": "stretch", "interpolation": "area-down/linear-up",
-                "color": "rgb", "scale": "dtype-max", "mean": list(self.mean), "std": list(self.std)}
+        return {"input_size": [self.height, self.width], "resize": self.resize,
+                "interpolation": "area-down/linear-up", "color": "rgb", "scale": "dtype-max",
+                "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
         h, w = d["input_size"]
-        return cls(height=int(h), width=int(w), mean=tuple(d["mean"]), std=tuple(d["std"]))
+        resize = d.get("resize", "stretch")
+        if resize not in ("stretch", "letterbox"):
+            raise ValueError(f"preprocess.resize {resize!r} is not one of stretch, letterbox")
+        return cls(height=int(h), width=int(w), mean=tuple(d["mean"]), std=tuple(d["std"]), resize=resize)
 
 
 def to_unit_rgb(image: np.ndarray) -> np.ndarray:
@@ -47,24 +52,32 @@ def to_unit_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
 
 
-def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Image -> normalised CHW float32 tensor of the model's input size.
-
-    Resizing happens first, in the image's own dtype and channel count, so a 25 MP frame costs about as
-    much as a small one (the float RGB copy is made at input size only).
-    """
+def resize_native(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize in the image's own dtype and channel count (area when shrinking, linear when growing), so a
+    25 MP frame costs about as much as a small one: the float RGB copy is made at the small size only."""
     check_image(image)
     h, w = image.shape[:2]
-    if (h, w) != (spec.height, spec.width):
-        shrinking = h * w > spec.height * spec.width
-        small = image if image.dtype != np.float32 else np.clip(image, 0.0, 1.0)
-        if small.ndim == 3 and small.shape[2] == 4:
-            small = small[:, :, :3]
-        image = cv2.resize(np.ascontiguousarray(small), (spec.width, spec.height),
-                           interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if (h, w) == tuple(size_hw):
+        return image
+    shrinking = h * w > size_hw[0] * size_hw[1]
+    small = image if image.dtype != np.float32 else np.clip(image, 0.0, 1.0)
+    if small.ndim == 3 and small.shape[2] == 4:
+        small = small[:, :, :3]
+    out = cv2.resize(np.ascontiguousarray(small), (size_hw[1], size_hw[0]),
+                     interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return out
+
+
+def normalise(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """An image already at input size -> normalised CHW float32."""
     rgb = to_unit_rgb(image)
     rgb = (rgb - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Image -> normalised CHW float32 tensor of the model's input size (stretched: the whole-frame view)."""
+    return normalise(resize_native(image, (spec.height, spec.width)), spec)
 
 
 def preprocess_batch(images: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:

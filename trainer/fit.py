@@ -16,18 +16,23 @@ import torch
 
 from linesight import __version__
 from linesight.config.fit import FitConfig
-from linesight.config.manifest import (BUNDLE_SCHEMA, BackboneInfo, DatasetInfo, FeatureInfo, GoldenImage, Manifest,
-                                       MemoryInfo, ModelInfo, OnnxInfo, ScoringInfo, Thresholds, WeightsInfo)
+from linesight.config.manifest import (BUNDLE_SCHEMA, BackboneInfo, DatasetInfo, DomainInfo, FeatureInfo, GoldenImage,
+                                       Manifest, MemoryInfo, ModelInfo, OnnxInfo, PlanInfo, ScaleInfo, ScoringInfo,
+                                       Thresholds, WeightsInfo)
 from linesight.errors import DataError
-from linesight.export.bundle import LOCATIONS_FILE, TRAIN_IMAGES_FILE, Bundle, bank_bytes, load_bundle, write_bundle
+from linesight.export.bundle import (BANK_FILE, LOCATIONS_FILE, ROI_FILE, TRAIN_IMAGES_FILE, Bundle, bank_bytes,
+                                     load_bundle, write_bundle)
+from linesight.export.domain import Domain
 from linesight.export.engine import Engine
 from linesight.export.features import OnnxFeatures
 from linesight.export.preprocess import PreprocessSpec, preprocess_batch
+from linesight.export.views import iter_tiles, make_view, render
 from linesight.trainer import onnx_export
 from linesight.trainer.backbones import BACKBONES, NOT_PRETRAINED, build_backbone, load_weights
 from linesight.trainer.coreset import greedy_coreset
 from linesight.trainer.data import fingerprint, holdout_split, load_images, open_dataset
 from linesight.trainer.features import PatchFeatures
+from linesight.trainer.plan import make_plan
 from linesight.trainer.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -43,15 +48,72 @@ def software_versions() -> dict[str, str]:
             "faiss": faiss.__version__, "opencv": cv2.__version__}
 
 
-def extract(features: OnnxFeatures, images: list[np.ndarray], spec: PreprocessSpec, batch: int, what: str) -> np.ndarray:
-    """All patch embeddings of the images as one (N, D) array, through the exported graph."""
-    prog = Progress(what, len(images))
-    out = []
-    for s in range(0, len(images), batch):
-        f = features(preprocess_batch(images[s:s + batch], spec))
-        out.append(f.transpose(0, 2, 3, 1).reshape(-1, f.shape[1]))
-        prog(min(s + batch, len(images)))
-    return np.concatenate(out).astype(np.float32, copy=False)
+def extract(features: OnnxFeatures, frames: list[np.ndarray], masks: list[np.ndarray | None], scale: ScaleInfo,
+            spec: PreprocessSpec, stride: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Patch embeddings of the frames at one scale, through the exported graph and the engine's view geometry:
+    (N, D) features of the cells on the frame and inside the domain, and (N, 3) (image, cell y, cell x)."""
+    views = [make_view(f.shape[:2], scale, spec, stride) for f in frames]
+    use = [v.valid_cells() & (v.cells_of(m) if m is not None else True) for v, m in zip(views, masks)]
+    owned = [v.keep() for v in views]
+    prog = Progress(f"features {scale.name}", sum(len(v.tiles) for v in views))
+    feats, locs, done = [], [], 0
+    for s in range(0, len(frames), batch):  # render a few frames at a time: bounded memory
+        planes = [render(f, v) for f, v in zip(frames[s:s + batch], views[s:s + batch])]
+        for tiles, chunk in iter_tiles(planes, views[s:s + batch], spec, batch):
+            f = features(tiles)
+            for j, (i, t) in enumerate(chunk):
+                i += s
+                gy, gx, ty, tx = owned[i][t]
+                ok = use[i][gy, gx]
+                ys, xs = np.nonzero(ok)
+                feats.append(f[j][:, ty, tx][:, ys, xs].T)
+                locs.append(np.stack([np.full(len(ys), i), ys + gy.start, xs + gx.start], 1))
+            done += len(chunk)
+            prog(done)
+    if not feats:
+        raise DataError(f"scale {scale.name}: no training patch inside the domain")
+    return (np.concatenate(feats).astype(np.float32, copy=False), np.concatenate(locs).astype(np.int32))
+
+
+def plan_scales(cfg: FitConfig, frames: list[np.ndarray]) -> tuple[list[ScaleInfo], PlanInfo]:
+    """The views to build banks for, coarsest first: a plan from the defect size range, explicit scales,
+    or the single whole-frame view."""
+    hw = tuple(int(np.median([f.shape[k] for f in frames])) for k in (0, 1))
+    defect_px = None
+    if cfg.defect_size is not None:
+        defect_px = tuple(v * (cfg.px_per_mm or 1.0) for v in cfg.defect_size)
+        scales, why = make_plan(hw, defect_px, cfg.input_size, letterbox=cfg.resize == "letterbox",
+                                overlap=cfg.tile_overlap)
+    elif cfg.scales is not None:
+        scales, why = [], ["explicit scales from the configuration"]
+        for r in cfg.scales:
+            scales.append(ScaleInfo(name="whole", mode="whole", bank_file="", n_bank=1) if r == 0 else
+                          ScaleInfo(name=f"tiles@{r:g}", mode="tiles", pixels_per_input=r,
+                                    overlap=cfg.tile_overlap, bank_file="", n_bank=1))
+    else:
+        scales, why = [ScaleInfo(name="whole", mode="whole", bank_file="", n_bank=1)], ["single whole-frame view"]
+    names = [s.name for s in scales]
+    if len(set(names)) != len(names):
+        raise DataError(f"scales {names}: each scale must be different")
+    scales.sort(key=lambda s: -(s.pixels_per_input or float("inf")))  # coarsest (whole) first
+    for line in why:
+        log.info("plan: %s", line)
+    return scales, PlanInfo(defect_size_px=defect_px, px_per_mm=cfg.px_per_mm, frame_hw=hw, reasoning=why)
+
+
+def domain_of(cfg: FitConfig) -> tuple[DomainInfo, dict[str, bytes]]:
+    info = DomainInfo(mode=cfg.domain, auto_polarity="dark" if cfg.domain_dark else "bright",
+                      erode_px=cfg.domain_erode)
+    if cfg.domain != "mask":
+        return info, {}
+    from linesight.export.images import read_image
+
+    m = read_image(cfg.domain_mask)
+    m = m if m.ndim == 2 else m[..., 0]
+    if not (m > 0).any():
+        raise DataError(f"ROI mask {cfg.domain_mask} is all black: nothing would be inspected")
+    info.mask_file = ROI_FILE
+    return info, {ROI_FILE: cv2.imencode(".png", ((m > 0) * 255).astype(np.uint8))[1].tobytes()}
 
 
 def next_version(out: Path, model_id: str) -> int:
@@ -105,7 +167,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         raise DataError(f"{ds.root}: none of the training images could be read")
 
     warnings = [] if weights_info.pretrained else [NOT_PRETRAINED]
-    spec = PreprocessSpec(cfg.input_size, cfg.input_size)
+    spec = PreprocessSpec(cfg.input_size, cfg.input_size, resize=cfg.resize)
     log.info("exporting %s to ONNX", cfg.backbone)
     with contextlib.redirect_stdout(io.StringIO()):
         onnx_bytes = onnx_export.export_onnx(module, spec.height, spec.width)
@@ -114,18 +176,39 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
 
     features = OnnxFeatures(onnx_bytes, where="exported graph")
     grid_h, grid_w = features(probe[:1]).shape[2:]
-    patches = extract(features, bank_imgs, spec, cfg.batch_size, "features")
-    n_bank = max(1, int(round(len(patches) * cfg.coreset_ratio)))
-    log.info("coreset: %d of %d patches (%.1f%%)", n_bank, len(patches), 100 * cfg.coreset_ratio)
-    t0 = time.monotonic()
-    picks = greedy_coreset(patches, n_bank, projection_dim=cfg.coreset_projection_dim, chunk_size=cfg.coreset_chunk,
-                           seed=cfg.seed, progress=Progress("coreset", n_bank))
-    coreset_s = time.monotonic() - t0
-    bank = np.ascontiguousarray(patches[picks])
-    n_patches = len(patches)
-    del patches
-    per_image = grid_h * grid_w  # rows of `patches` are image-major, then patch-grid row-major
-    locations = np.stack([picks // per_image, (picks % per_image) // grid_w, picks % grid_w], 1).astype(np.int32)
+    stride = spec.height // grid_h
+    domain, extras = domain_of(cfg)
+    masks = [Domain(domain, extras).of(f) for f in bank_imgs] if domain.mode != "none" else [None] * len(bank_imgs)
+    scales, plan = plan_scales(cfg, bank_imgs)
+    banks: dict[str, np.ndarray] = {}
+    coreset_s = 0.0
+    rng = np.random.default_rng(cfg.seed)
+    for k, sc in enumerate(scales):
+        patches, locations = extract(features, bank_imgs, masks, sc, spec, stride, cfg.batch_size)
+        n_patches = len(patches)
+        if n_patches > cfg.max_patches:
+            keep = np.sort(rng.choice(n_patches, cfg.max_patches, replace=False))
+            log.info("scale %s: %d patches, keeping a random %d before the coreset", sc.name, n_patches, len(keep))
+            patches, locations = patches[keep], locations[keep]
+        n_bank = max(1, int(round(n_patches * cfg.coreset_ratio)))
+        n_bank = min(n_bank, len(patches))
+        log.info("coreset %s: %d of %d patches (%.1f%%)", sc.name, n_bank, n_patches, 100 * cfg.coreset_ratio)
+        t0 = time.monotonic()
+        picks = greedy_coreset(patches, n_bank, projection_dim=cfg.coreset_projection_dim,
+                               chunk_size=cfg.coreset_chunk, seed=cfg.seed, progress=Progress(f"coreset {sc.name}",
+                                                                                               n_bank))
+        coreset_s += time.monotonic() - t0
+        bank_file, loc_file = (BANK_FILE, LOCATIONS_FILE) if k == 0 else (f"banks/scale{k}.npy",
+                                                                          f"banks/scale{k}_locations.npy")
+        banks[bank_file] = np.ascontiguousarray(patches[picks])
+        extras[loc_file] = bank_bytes(locations[picks], np.int32)
+        if k:
+            extras[bank_file] = bank_bytes(banks[bank_file])
+        scales[k] = sc.model_copy(update={"bank_file": bank_file, "locations_file": loc_file,
+                                          "n_patches": n_patches, "n_bank": n_bank})
+        del patches
+    bank = banks[BANK_FILE]
+    extras[TRAIN_IMAGES_FILE] = json.dumps([p.name for p in bank_paths]).encode()
 
     out = Path(out)
     manifest = Manifest(
@@ -134,13 +217,16 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds")),
         backbone=BackboneInfo(name=cfg.backbone, layers=["layer2", "layer3"], weights=weights_info),
         preprocess=spec.to_dict(),
-        features=FeatureInfo(embedding_dim=cfg.embedding_dim, grid=(grid_h, grid_w), stride=spec.height // grid_h),
-        memory=MemoryInfo(n_patches=n_patches,
+        features=FeatureInfo(embedding_dim=cfg.embedding_dim, grid=(grid_h, grid_w), stride=stride),
+        memory=MemoryInfo(n_patches=scales[0].n_patches,
                           n_bank=len(bank), coreset_ratio=cfg.coreset_ratio,
                           projection_dim=cfg.coreset_projection_dim, chunk_size=cfg.coreset_chunk, seed=cfg.seed,
                           seconds=round(coreset_s, 2)),
         scoring=ScoringInfo(k=cfg.k, reweight=cfg.reweight, sigma=cfg.sigma),
         thresholds=Thresholds(image=float("inf"), pixel=float("inf"), policy="unset", source="none"),
+        domain=domain,
+        scales=scales,
+        plan=plan,
         onnx=OnnxInfo(input=onnx_export.INPUT, output=onnx_export.OUTPUT, opset=onnx_export.OPSET,
                       parity_max_abs_diff=diff, parity_tolerance=tol),
         dataset=DatasetInfo(name=ds.name, fingerprint=fingerprint(bank_paths + hold_paths, ds.root),
@@ -148,15 +234,31 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         software=software_versions(),
         warnings=warnings,
     )
-    bundle = Bundle(manifest=manifest, onnx=onnx_bytes, bank=bank,
-                    extras={LOCATIONS_FILE: bank_bytes(locations, np.int32),
-                            TRAIN_IMAGES_FILE: json.dumps([p.name for p in bank_paths]).encode()})
+    bundle = Bundle(manifest=manifest, onnx=onnx_bytes, bank=bank, extras=extras)
+    fusion_statistics(bundle, hold_imgs)
     default_thresholds(bundle, hold_imgs, hold_paths, cfg)
     write_bundle(out, bundle)
     log.info("fit done in %.1f s: %s (%d bank rows x %d)", time.monotonic() - t_start, out, *bank.shape)
     for w in warnings:
         log.warning("%s", w.upper())
     return bundle
+
+
+def fusion_statistics(bundle: Bundle, hold_imgs: list[np.ndarray]) -> None:
+    """Per scale: median patch score and mean image score of held-out good images; with several scales the
+    engine fuses (score - median) / (good max - median), so no scale dominates by its distance units."""
+    m = bundle.manifest
+    if not hold_imgs:
+        raise DataError("no held-out good image could be read to normalise the scales; add good images or raise "
+                        "--holdout")
+    per_image = Engine(bundle).scale_scores(hold_imgs)
+    for k, sc in enumerate(m.scales):
+        cells = np.concatenate([img[k][1] for img in per_image])
+        med = float(np.median(cells)) if cells.size else 0.0
+        top = float(np.mean([img[k][0] for img in per_image]))
+        m.scales[k] = sc.model_copy(update={"good_median": med, "good_max": max(top, med + 1e-6)})
+    if len(m.scales) > 1:
+        m.plan.fusion = "max_normalised"
 
 
 def default_thresholds(bundle: Bundle, hold_imgs: list[np.ndarray], hold_paths: list[Path], cfg: FitConfig) -> None:
