@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--scales", nargs="+", type=float, metavar="R",
                    help="explicit scales instead of a plan: 0 = whole frame, R > 0 = tiles at R frame px per "
                         "input px (e.g. --scales 0 1)")
-    v.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 32)")
+    v.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 2/7 of the input: 64 at 224)")
     d = f.add_argument_group("domain: where defects count (or set later with `linesight roi`)")
     dx = d.add_mutually_exclusive_group()
     dx.add_argument("--roi", metavar="PNG", help="ROI mask, white = inspect (stretched to each image)")

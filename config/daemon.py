@@ -19,6 +19,9 @@ class ModelConfig(BaseModel):
     golden_tolerance: float = Field(1e-3, gt=0, description="Relative score difference allowed on the golden images "
                                                             "before a new bundle is refused")
     threads: int | None = Field(None, ge=1, description="Inference threads (default: onnxruntime's choice)")
+    min_defect_px: float | None = Field(None, gt=0, description="Smallest defect (frame pixels) this station must "
+                                        "catch: a bundle whose finest scale cannot see it is refused (fit it with "
+                                        "--defect-size)")
 
 
 class PartIdConfig(BaseModel):

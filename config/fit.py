@@ -45,7 +45,9 @@ class FitConfig(BaseModel):
                                     "when set, defect_size is in mm")
     scales: list[float] | None = Field(None, description="Explicit scales instead of a plan: 0 = whole frame, "
                                        "r > 0 = tiles at r frame px per input px (e.g. [0, 1.0])")
-    tile_overlap: int = Field(32, ge=0, description="Overlap of neighbouring tiles in input pixels (multiple of 16)")
+    tile_overlap: int | None = Field(None, ge=0, description="Overlap of neighbouring tiles in input pixels (multiple "
+                                     "of 16); None = about 2/7 of the input (64 at 224: measured seam-free, 32 "
+                                     "left a 5 % score ridge at the cuts)")
     max_patches: int = Field(2_000_000, ge=1000, description="Per scale: training patches kept (random, seeded) "
                              "before the coreset, so fitting memory stays bounded on huge frames")
     domain: Literal["none", "mask", "auto"] = Field("none", description="Where defects count: whole image, an ROI "
@@ -56,6 +58,8 @@ class FitConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "FitConfig":
+        if self.tile_overlap is None:
+            self.tile_overlap = max(16, (self.input_size * 2 // 7) // 16 * 16)
         if self.tile_overlap % 16 or self.tile_overlap >= self.input_size // 2:
             raise ValueError(f"tile_overlap {self.tile_overlap}: use a multiple of 16 below half the input size")
         if self.domain == "mask" and not self.domain_mask:

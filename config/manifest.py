@@ -84,7 +84,7 @@ class ScaleInfo(_Strict):
                                                         "the frame resized to pixels_per_input and cut into tiles")
     pixels_per_input: float | None = Field(None, gt=0, description="tiles: frame pixels per model-input pixel "
                                                                    "(1 = native resolution, 0.5 = magnified 2x)")
-    overlap: int = Field(32, ge=0, description="tiles: overlap between neighbouring tiles in input pixels "
+    overlap: int = Field(64, ge=0, description="tiles: overlap between neighbouring tiles in input pixels "
                                                "(multiple of the stride)")
     bank_file: str = Field(description="Bundle file with this scale's memory bank")
     locations_file: str | None = Field(None, description="Bundle file: (training image, cell y, cell x) per bank row")

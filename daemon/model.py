@@ -28,8 +28,10 @@ def _stamp(path: Path) -> tuple[float, int] | None:
 class ModelHolder:
     """`engine` is read by the processing loop once per frame; a swap is a single reference assignment."""
 
-    def __init__(self, path: Path, *, threads: int | None = None, golden_tolerance: float = 1e-3):
+    def __init__(self, path: Path, *, threads: int | None = None, golden_tolerance: float = 1e-3,
+                 min_defect_px: float | None = None):
         self.path = Path(path)
+        self.min_defect_px = min_defect_px
         self.threads = threads
         self.golden_tolerance = golden_tolerance
         self.engine: Engine | None = None
@@ -46,6 +48,10 @@ class ModelHolder:
                 engine = Engine(path, threads=self.threads)
             except LinesightError as exc:
                 raise ModelRefused(f"bundle {path} refused: {exc}") from exc
+            if self.min_defect_px is not None and engine.smallest_defect_px() > self.min_defect_px * 1.001:
+                raise ModelRefused(f"bundle {path} refused: its finest scale sees defects from "
+                                   f"{engine.smallest_defect_px():.0f} px, the station needs "
+                                   f"{self.min_defect_px:g} px (model.min_defect_px); fit with --defect-size")
             problems = engine.check_golden(self.golden_tolerance)
             if problems:
                 raise ModelRefused(f"bundle {path} refused: golden images do not reproduce: {'; '.join(problems)}")

@@ -37,7 +37,8 @@ class Service:
         self.station = f"{out.mqtt.site}/{out.mqtt.line}/{out.mqtt.station}"
         self.metrics = Metrics(deadline_s=cfg.pipeline.deadline_ms / 1000.0)
         self.holder = ModelHolder(cfg.model.bundle, threads=cfg.model.threads,
-                                  golden_tolerance=cfg.model.golden_tolerance)
+                                  golden_tolerance=cfg.model.golden_tolerance,
+                                  min_defect_px=cfg.model.min_defect_px)
         self.source = build_source(cfg.source)
         self.mqtt = self.zmq = self.archive = None
         self.pub_q: queue.Queue = queue.Queue(maxsize=256)

@@ -23,7 +23,7 @@ from linesight.export.domain import Domain
 from linesight.export.features import OnnxFeatures
 from linesight.export.images import check_image
 from linesight.export.preprocess import PreprocessSpec
-from linesight.export.views import View, iter_tiles, make_view, render
+from linesight.export.views import View, iter_tiles, make_view, render, sees
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,12 @@ class Engine:
             out.update(image_index=i, image_name=self.train_images[i] if i < len(self.train_images) else None,
                        patch_yx=(y, x))
         return out
+
+    def smallest_defect_px(self, frame_hw: tuple[int, int] | None = None) -> float:
+        """The smallest defect (frame pixels) the finest scale sees well, for frames of frame_hw (default: the
+        typical training frame recorded in the plan)."""
+        hw = frame_hw or (self.manifest.plan.frame_hw if self.manifest.plan else (self.spec.height, self.spec.width))
+        return min(sees(s.info, hw, self.spec)[0] for s in self.scales)
 
     @property
     def threshold(self) -> float:

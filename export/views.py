@@ -21,6 +21,28 @@ from linesight.config.manifest import ScaleInfo
 from linesight.export.preprocess import PreprocessSpec, normalise, resize_native
 
 
+# A defect is seen well when it spans MIN_INPUT_PX..MAX_INPUT_PX model-input pixels: below, it blurs into one
+# patch with normal texture (1.5 cells of the stride-8 grid); above half the input, it changes the whole view.
+MIN_INPUT_PX = 12.0
+MAX_INPUT_PX = 112.0
+
+
+def frame_px_per_input(scale: ScaleInfo, frame_hw: tuple[int, int], spec: PreprocessSpec) -> float:
+    """Frame pixels per model-input pixel of a scale (whole-frame views: depends on the frame size)."""
+    if scale.mode == "tiles":
+        return float(scale.pixels_per_input)
+    h, w = frame_hw
+    if spec.resize == "letterbox":
+        return max(h / spec.height, w / spec.width)
+    return math.sqrt(h * w / (spec.height * spec.width))
+
+
+def sees(scale: ScaleInfo, frame_hw: tuple[int, int], spec: PreprocessSpec) -> tuple[float, float]:
+    """Defect sizes (frame pixels) this scale sees well."""
+    r = frame_px_per_input(scale, frame_hw, spec)
+    return MIN_INPUT_PX * r, MAX_INPUT_PX * r
+
+
 @dataclass(frozen=True)
 class View:
     frame_hw: tuple[int, int]

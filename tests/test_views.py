@@ -112,3 +112,15 @@ def test_fit_plan_from_cli(small_dataset, tmp_path, capsys):
     rc = main(["fit", str(small_dataset), "-o", str(tmp_path / "q"), "--weights", "none", "--scales", "0",
                "--defect-size", "4", "40"])
     assert rc == 2 and "either defect_size" in capsys.readouterr().err
+
+
+def test_daemon_refuses_a_bundle_too_coarse_for_the_station(small_bundle):
+    """model.min_defect_px: a whole-frame bundle cannot promise 2-px defects; the station refuses it."""
+    from linesight.daemon.model import ModelHolder, ModelRefused
+    from linesight.export.engine import Engine
+
+    finest = Engine(small_bundle).smallest_defect_px()
+    assert finest > 2
+    with pytest.raises(ModelRefused, match="min_defect_px"):
+        ModelHolder(small_bundle, min_defect_px=2).load()
+    assert ModelHolder(small_bundle, min_defect_px=finest * 1.5).load() is not None

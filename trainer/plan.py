@@ -1,8 +1,6 @@
 """Defect size range -> scales (whole-frame view and/or tiles), with the reasoning written down.
 
-The backbone sees a defect well when it spans at least about MIN_INPUT_PX input pixels (1.5 cells of the
-layer2 grid; smaller ones blur into one patch with normal texture) and at most about MAX_INPUT_PX (half the
-input; larger ones change the whole view and look like a different part). A scale with `r` frame pixels per
+The backbone sees a defect well when it spans MIN_INPUT_PX..MAX_INPUT_PX input pixels (export/views.py). A scale with `r` frame pixels per
 input pixel therefore covers defects of MIN_INPUT_PX*r .. MAX_INPUT_PX*r frame pixels (a factor of ~9).
 The plan starts from the finest scale the smallest defect needs and steps coarser by SCALE_STEP until the
 largest defect is covered, replacing any scale at least as coarse as the whole-frame view by that view.
@@ -13,16 +11,17 @@ import math
 
 from linesight.config.manifest import ScaleInfo
 from linesight.errors import DataError
+from linesight.export.preprocess import PreprocessSpec
+from linesight.export.views import MAX_INPUT_PX, MIN_INPUT_PX, frame_px_per_input
 
-MIN_INPUT_PX = 12.0
-MAX_INPUT_PX = 112.0
 SCALE_STEP = 4.0
 MAX_SCALES = 4
+WHOLE = ScaleInfo(name="whole", mode="whole", bank_file="", n_bank=1)
 
 
 def whole_ratio(frame_hw: tuple[int, int], input_size: int, letterbox: bool) -> float:
-    h, w = frame_hw
-    return max(h, w) / input_size if letterbox else math.sqrt(h * w) / input_size
+    spec = PreprocessSpec(input_size, input_size, resize="letterbox" if letterbox else "stretch")
+    return frame_px_per_input(WHOLE, frame_hw, spec)
 
 
 def make_plan(frame_hw: tuple[int, int], defect_px: tuple[float, float], input_size: int, *,
@@ -48,7 +47,7 @@ def make_plan(frame_hw: tuple[int, int], defect_px: tuple[float, float], input_s
     scales = []
     for r in ratios:
         if r >= r_whole * 0.9:
-            scales.append(ScaleInfo(name="whole", mode="whole", bank_file="", n_bank=1))
+            scales.append(WHOLE.model_copy())
             why.append("scale 'whole': the frame fitted into one input " + ("(letterboxed)" if letterbox else
                                                                              "(stretched)"))
         else:
