@@ -35,14 +35,28 @@ def _fit(a: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     domain = "mask" if a.roi else "auto" if a.auto_foreground else None
+    flags = dict(model_id=a.model_id, weights=a.weights, input_size=a.input_size,
+                 embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
+                 reweight=True if a.reweight else None, adapt=a.adapt if a.adapt != "none" else None,
+                 selfsup_minutes=a.selfsup_minutes, selfsup_steps=a.selfsup_steps, resize=a.resize,
+                 defect_size=tuple(a.defect_size) if a.defect_size else None, px_per_mm=a.px_per_mm,
+                 scales=a.scales, tile_overlap=a.tile_overlap, domain=domain, domain_mask=a.roi,
+                 domain_dark=True if a.dark else None, domain_erode=a.erode)
+    from_file: dict = {}
+    if a.config:
+        from linesight.config.fit import FitConfig
+        from linesight.config.loader import load_model
+
+        from_file = load_model(a.config, FitConfig).model_dump(exclude_unset=True)  # file:line errors
+    if a.photometric or a.align:
+        frame = dict(from_file.get("frame", {}))
+        if a.photometric:
+            frame["photometric"] = {**frame.get("photometric", {}), "mode": a.photometric}
+        if a.align:
+            frame["align"] = {**frame.get("align", {}), "mode": a.align}
+        from_file["frame"] = frame
     try:
-        cfg = preset(a.preset, model_id=a.model_id, weights=a.weights, input_size=a.input_size,
-                     embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
-                     reweight=True if a.reweight else None, adapt=a.adapt, selfsup_minutes=a.selfsup_minutes,
-                     selfsup_steps=a.selfsup_steps, resize=a.resize,
-                     defect_size=tuple(a.defect_size) if a.defect_size else None, px_per_mm=a.px_per_mm,
-                     scales=a.scales, tile_overlap=a.tile_overlap, domain=domain, domain_mask=a.roi,
-                     domain_dark=True if a.dark else None, domain_erode=a.erode)
+        cfg = preset(a.preset, **{**from_file, **{k: v for k, v in flags.items() if v is not None}})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
         raise LinesightError(f"invalid fit options: {problems}") from None
@@ -169,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--k", type=int, default=None, help="override the number of neighbours per patch score")
     f.add_argument("--reweight", action="store_true", help="anomalib-style image-score reweighting")
     f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    f.add_argument("--config", metavar="FIT.yaml", help="all fit options in a YAML file (config/examples/fit.yaml); "
+                   "the preset fills what the file leaves out, flags given here override the file")
+    fr = f.add_argument_group("frame preparation (stored in the bundle; every frame gets it before inspection)")
+    fr.add_argument("--photometric", choices=["none", "gain_offset", "clahe"], default=None,
+                    help="lighting compensation: gain_offset maps each frame's brightness/contrast to the training "
+                         "images'; clahe equalises local contrast")
+    fr.add_argument("--align", choices=["none", "translation", "rigid"], default=None,
+                    help="register each frame to the training reference (shift, or shift + rotation) before "
+                         "inspection; frames that do not register get the fail-safe verdict (see --config for "
+                         "bounds and on_failure)")
     v = f.add_argument_group("views: scales, tiles, aspect ratio (all stored in the bundle; the daemon applies them)")
     v.add_argument("--resize", choices=["stretch", "letterbox"], default=None,
                    help="whole-frame view: stretch to the square input (default) or letterbox (keep aspect, pad)")

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from linesight.config.frame import AugmentConfig, FrameInfo
+
 
 class FitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,13 +57,22 @@ class FitConfig(BaseModel):
     domain_mask: str | None = Field(None, description="ROI mask PNG (white = inspect), for domain 'mask'")
     domain_dark: bool = Field(False, description="domain 'auto': the part is darker than the background")
     domain_erode: int = Field(0, ge=0, description="Shrink the domain by this many pixels (ignore part edges)")
+    frame: FrameInfo = Field(default_factory=FrameInfo, description="Lighting compensation and alignment (stored "
+                                                                      "in the bundle, applied to every frame)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmented copies of the good "
+                                                                               "images before the bank is built")
+
+    @property
+    def overlap(self) -> int:
+        """tile_overlap, or its default for this input size."""
+        if self.tile_overlap is not None:
+            return self.tile_overlap
+        return max(16, (self.input_size * 2 // 7) // 16 * 16)
 
     @model_validator(mode="after")
     def _consistent(self) -> "FitConfig":
-        if self.tile_overlap is None:
-            self.tile_overlap = max(16, (self.input_size * 2 // 7) // 16 * 16)
-        if self.tile_overlap % 16 or self.tile_overlap >= self.input_size // 2:
-            raise ValueError(f"tile_overlap {self.tile_overlap}: use a multiple of 16 below half the input size")
+        if self.overlap % 16 or self.overlap >= self.input_size // 2:
+            raise ValueError(f"tile_overlap {self.overlap}: use a multiple of 16 below half the input size")
         if self.domain == "mask" and not self.domain_mask:
             raise ValueError("domain 'mask' needs domain_mask (a PNG, white = inspect)")
         if self.domain_mask and self.domain != "mask":

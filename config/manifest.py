@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from linesight.config.frame import FrameInfo
+
 BUNDLE_SCHEMA = "linesight.bundle/1"
 
 
@@ -126,6 +128,8 @@ class DatasetInfo(_Strict):
     n_train: int
     n_holdout: int
     skipped: list[str] = Field(default_factory=list)
+    augment: dict | None = Field(None, description="Fit-time augmentation of the good images (None = off)")
+    n_bank_images: int | None = Field(None, description="Images the bank was built from (originals + copies)")
 
 
 class Manifest(_Strict):
@@ -141,6 +145,8 @@ class Manifest(_Strict):
     scales: list[ScaleInfo] = Field(default_factory=list, description="Empty: one whole-frame scale whose bank is "
                                                                        "memory_bank.npy (bundles before multi-scale)")
     plan: PlanInfo | None = None
+    frame: FrameInfo = Field(default_factory=FrameInfo, description="Photometric normalisation and alignment, "
+                                                                      "applied to every frame before the views")
     golden: list[GoldenImage] = Field(default_factory=list)
     onnx: OnnxInfo
     dataset: DatasetInfo

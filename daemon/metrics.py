@@ -28,7 +28,8 @@ from linesight.errors import ConfigError
 log = logging.getLogger(__name__)
 
 VERDICTS = ("OK", "NG")
-FAILSAFE_REASONS = ("deadline_missed", "frame_dropped", "inference_error", "no_model", "camera_error", "bad_frame")
+FAILSAFE_REASONS = ("deadline_missed", "frame_dropped", "inference_error", "no_model", "camera_error", "bad_frame",
+                    "alignment_failed")
 FRAME_DROP_REASONS = ("queue_full", "incomplete", "timeout", "bad_frame", "camera_error", "other")
 STAGES = ("acquire", "preprocess", "inference", "analysis", "publish")
 DEFAULT_QUEUES = ("acquire", "inference", "publish", "archive")

@@ -9,7 +9,8 @@ from linesight.daemon.sources.base import Frame
 from linesight.export.engine import Prediction
 
 SCHEMA = "linesight.verdict/1"
-FAIL_SAFE_REASONS = ("deadline_missed", "frame_dropped", "inference_error", "no_model", "camera_error", "bad_frame")
+FAIL_SAFE_REASONS = ("deadline_missed", "frame_dropped", "inference_error", "no_model", "camera_error", "bad_frame",
+                     "alignment_failed")
 
 
 def iso(ts_ns: int) -> str:
@@ -37,6 +38,8 @@ def build(frame: Frame, *, seq: int, part_id: str, station: str, model: dict | N
     if prediction is not None:
         v.update(score=round(prediction.score, 5), threshold=round(prediction.threshold, 5),
                  defects=[r.to_dict() for r in prediction.regions])
+        if prediction.frame is not None:
+            v["frame"] = prediction.frame  # alignment shift/angle/quality: jitter shows up here first
     if fail_safe is not None:
         if fail_safe not in FAIL_SAFE_REASONS:
             raise ValueError(f"unknown fail-safe reason {fail_safe}")

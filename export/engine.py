@@ -21,6 +21,7 @@ from linesight.config.manifest import ScaleInfo
 from linesight.export.bundle import BANK_FILE, Bundle, load_bundle
 from linesight.export.domain import Domain
 from linesight.export.features import OnnxFeatures
+from linesight.export.frame_prep import FramePrep
 from linesight.export.images import check_image
 from linesight.export.preprocess import PreprocessSpec
 from linesight.export.views import View, iter_tiles, make_view, render, sees
@@ -50,10 +51,17 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
     nearest: dict | None = None  # the bank row closest to the worst patch, and where it came from
     features: np.ndarray | None = None  # (D, h, w) patch features of the whole-image view, when asked for
+    frame: dict | None = None  # what frame preparation did (alignment shift/angle/quality), when it is on
+    failure: str | None = None  # set when the frame could not be inspected as trained (e.g. alignment_failed)
 
     def to_dict(self) -> dict:
-        return {"score": round(self.score, 4), "verdict": self.verdict, "threshold": round(self.threshold, 4),
-                "regions": [r.to_dict() for r in self.regions], "timings_ms": self.timings_ms}
+        out = {"score": round(self.score, 4), "verdict": self.verdict, "threshold": round(self.threshold, 4),
+               "regions": [r.to_dict() for r in self.regions], "timings_ms": self.timings_ms}
+        if self.frame is not None:
+            out["frame"] = self.frame
+        if self.failure is not None:
+            out["failure"] = self.failure
+        return out
 
 
 @dataclass
@@ -100,6 +108,7 @@ class Engine:
         if threads:
             faiss.omp_set_num_threads(threads)
         self.domain = Domain(m.domain, self.bundle.extras)
+        self.frame_prep = FramePrep(m.frame, self.bundle.extras)
         self.stride = m.features.stride
         self.train_images = self._train_images()
         self.scales = [self._load_scale(s) for s in (m.scales or [self._legacy_scale()])]
@@ -293,23 +302,28 @@ class Engine:
 
     def scale_scores(self, images: list[np.ndarray]) -> list[list[tuple[float, np.ndarray]]]:
         """Raw (image score, inspected cell scores) per image per scale: the fusion statistics at fit."""
-        frames, masks = self._prepare(images)
+        frames, masks, _ = self._prepare(images)
         timing = {"features": 0.0, "knn": 0.0}
         per_scale = [self._see(frames, masks, s, False, timing) for s in self.scales]
         return [[(seen[i].image, seen[i].cells[seen[i].use]) for seen in per_scale] for i in range(len(images))]
 
-    def _prepare(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    def _prepare(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray | None], list]:
+        """Photometric normalisation and alignment (as at fit), then the domain of each prepared frame."""
+        frames, reports = [], []
         for img in images:
             check_image(img)
-        masks = [self.domain.of(img) for img in images] if self.domain.active else [None] * len(images)
-        return list(images), masks
+            frame, report = self.frame_prep(img)
+            frames.append(frame)
+            reports.append(report)
+        masks = [self.domain.of(f) for f in frames] if self.domain.active else [None] * len(frames)
+        return frames, masks, reports
 
     def predict_batch(self, images: list[np.ndarray], *, regions: bool = True,
                       keep_features: bool = False) -> list[Prediction]:
         """`regions=False` when the caller measures regions itself (the daemon's defect analysis);
         `keep_features=True` keeps each image's patch features of the first scale (region embeddings)."""
         t0 = time.perf_counter()
-        frames, masks = self._prepare(images)
+        frames, masks, reports = self._prepare(images)
         timing = {"features": 0.0, "knn": 0.0}
         t1 = time.perf_counter()
         per_scale = [self._see(frames, masks, s, keep_features and k == 0, timing) for k, s in enumerate(self.scales)]
@@ -330,7 +344,9 @@ class Engine:
             found = self.regions(amap) if regions and verdict == "NG" else []
             results.append(Prediction(score, verdict, self.threshold, amap, found,
                                       nearest=self.nearest_normal(worst[1], worst[2], worst[0]),
-                                      features=per_scale[0][i].features))
+                                      features=per_scale[0][i].features,
+                                      frame=reports[i].to_dict() if self.frame_prep.active else None,
+                                      failure=reports[i].failure))
         t4 = time.perf_counter()
         n = len(images)
         views_ms = t3 - t1 - timing["features"] - timing["knn"]  # resize, pad, cut, normalise, stitch

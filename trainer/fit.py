@@ -23,12 +23,14 @@ from linesight.errors import DataError
 from linesight.export.bundle import (BANK_FILE, LOCATIONS_FILE, ROI_FILE, TRAIN_IMAGES_FILE, Bundle, bank_bytes,
                                      load_bundle, write_bundle)
 from linesight.export.domain import Domain
+from linesight.export.frame_prep import FramePrep, prepare_frame_info
 from linesight.export.engine import Engine
 from linesight.export.features import OnnxFeatures
 from linesight.export.preprocess import PreprocessSpec, preprocess_batch
 from linesight.export.views import iter_tiles, make_view, render
 from linesight.trainer import onnx_export
 from linesight.trainer.backbones import BACKBONES, NOT_PRETRAINED, build_backbone, load_weights
+from linesight.trainer.augment import augment, augment_sources
 from linesight.trainer.coreset import greedy_coreset
 from linesight.trainer.data import fingerprint, holdout_split, load_images, open_dataset
 from linesight.trainer.features import PatchFeatures
@@ -83,13 +85,13 @@ def plan_scales(cfg: FitConfig, frames: list[np.ndarray]) -> tuple[list[ScaleInf
     if cfg.defect_size is not None:
         defect_px = tuple(v * (cfg.px_per_mm or 1.0) for v in cfg.defect_size)
         scales, why = make_plan(hw, defect_px, cfg.input_size, letterbox=cfg.resize == "letterbox",
-                                overlap=cfg.tile_overlap)
+                                overlap=cfg.overlap)
     elif cfg.scales is not None:
         scales, why = [], ["explicit scales from the configuration"]
         for r in cfg.scales:
             scales.append(ScaleInfo(name="whole", mode="whole", bank_file="", n_bank=1) if r == 0 else
                           ScaleInfo(name=f"tiles@{r:g}", mode="tiles", pixels_per_input=r,
-                                    overlap=cfg.tile_overlap, bank_file="", n_bank=1))
+                                    overlap=cfg.overlap, bank_file="", n_bank=1))
     else:
         scales, why = [ScaleInfo(name="whole", mode="whole", bank_file="", n_bank=1)], ["single whole-frame view"]
     names = [s.name for s in scales]
@@ -99,6 +101,25 @@ def plan_scales(cfg: FitConfig, frames: list[np.ndarray]) -> tuple[list[ScaleInf
     for line in why:
         log.info("plan: %s", line)
     return scales, PlanInfo(defect_size_px=defect_px, px_per_mm=cfg.px_per_mm, frame_hw=hw, reasoning=why)
+
+
+def prepare_frames(prep: FramePrep, images: list[np.ndarray], paths: list[Path],
+                   skipped: list[str]) -> tuple[list[np.ndarray], list[Path]]:
+    """Training images through the engine's frame preparation; ones that do not register stay out of the bank."""
+    if not prep.active:
+        return images, paths
+    out, kept = [], []
+    for img, path in zip(images, paths):
+        frame, report = prep(img)
+        if report.failure or report.unaligned:
+            log.warning("%s does not register to the alignment reference: left out of the bank", path.name)
+            skipped.append(f"{path.name}: does not register to the alignment reference")
+            continue
+        out.append(frame)
+        kept.append(path)
+    if not out:
+        raise DataError("no training image registers to the alignment reference; set frame.align.mode none")
+    return out, kept
 
 
 def domain_of(cfg: FitConfig) -> tuple[DomainInfo, dict[str, bytes]]:
@@ -167,6 +188,10 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         raise DataError(f"{ds.root}: none of the training images could be read")
 
     warnings = [] if weights_info.pretrained else [NOT_PRETRAINED]
+    frame_info, frame_extras = prepare_frame_info(bank_imgs, cfg.frame)
+    bank_imgs, bank_paths = prepare_frames(FramePrep(frame_info, frame_extras), bank_imgs, bank_paths, skipped)
+    sources = augment_sources(len(bank_imgs), cfg.augment)
+    bank_imgs = augment(bank_imgs, cfg.augment)
     spec = PreprocessSpec(cfg.input_size, cfg.input_size, resize=cfg.resize)
     log.info("exporting %s to ONNX", cfg.backbone)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -178,6 +203,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     grid_h, grid_w = features(probe[:1]).shape[2:]
     stride = spec.height // grid_h
     domain, extras = domain_of(cfg)
+    extras.update(frame_extras)
     masks = [Domain(domain, extras).of(f) for f in bank_imgs] if domain.mode != "none" else [None] * len(bank_imgs)
     scales, plan = plan_scales(cfg, bank_imgs)
     banks: dict[str, np.ndarray] = {}
@@ -208,7 +234,8 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
                                           "n_patches": n_patches, "n_bank": n_bank})
         del patches
     bank = banks[BANK_FILE]
-    extras[TRAIN_IMAGES_FILE] = json.dumps([p.name for p in bank_paths]).encode()
+    names = [bank_paths[src].name + ("" if k < len(bank_paths) else " (augmented copy)") for k, src in enumerate(sources)]
+    extras[TRAIN_IMAGES_FILE] = json.dumps(names).encode()
 
     out = Path(out)
     manifest = Manifest(
@@ -225,12 +252,15 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         scoring=ScoringInfo(k=cfg.k, reweight=cfg.reweight, sigma=cfg.sigma),
         thresholds=Thresholds(image=float("inf"), pixel=float("inf"), policy="unset", source="none"),
         domain=domain,
+        frame=frame_info,
         scales=scales,
         plan=plan,
         onnx=OnnxInfo(input=onnx_export.INPUT, output=onnx_export.OUTPUT, opset=onnx_export.OPSET,
                       parity_max_abs_diff=diff, parity_tolerance=tol),
         dataset=DatasetInfo(name=ds.name, fingerprint=fingerprint(bank_paths + hold_paths, ds.root),
-                            n_train=len(bank_paths), n_holdout=len(hold_paths), skipped=skipped),
+                            n_train=len(bank_paths), n_holdout=len(hold_paths), skipped=skipped,
+                            augment=cfg.augment.model_dump() if cfg.augment.active else None,
+                            n_bank_images=len(bank_imgs)),
         software=software_versions(),
         warnings=warnings,
     )
