@@ -38,7 +38,8 @@ def _fit(a: argparse.Namespace) -> int:
     flags = dict(model_id=a.model_id, weights=a.weights, input_size=a.input_size,
                  embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
                  reweight=True if a.reweight else None, adapt=a.adapt if a.adapt != "none" else None,
-                 selfsup_minutes=a.selfsup_minutes, selfsup_steps=a.selfsup_steps, resize=a.resize,
+                 selfsup_minutes=a.selfsup_minutes, selfsup_steps=a.selfsup_steps, selfsup_save=a.save_weights,
+                 resize=a.resize,
                  defect_size=tuple(a.defect_size) if a.defect_size else None, px_per_mm=a.px_per_mm,
                  scales=a.scales, tile_overlap=a.tile_overlap, domain=domain, domain_mask=a.roi,
                  domain_dark=True if a.dark else None, domain_erode=a.erode)
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--selfsup-minutes", type=float, default=None,
                    help="wall-clock cap for self-supervised training (default 13; early stopping may end sooner)")
     f.add_argument("--selfsup-steps", type=int, default=None, help="max self-supervised training steps (default 4000)")
+    f.add_argument("--save-weights", metavar="PATH.pth", default=None,
+                   help="--weights self / --adapt self: also save the trained backbone, so later fits (other "
+                        "scales, ROI, augmentation) reuse it with --weights PATH.pth instead of retraining")
     f.add_argument("--model-id", default=None, help="name recorded in the bundle and every verdict")
     f.add_argument("--input-size", type=int, default=None, help="override the preset's square input size")
     f.add_argument("--embedding-dim", type=int, default=None, help="override the preset's patch embedding size")

@@ -35,6 +35,10 @@ class FitConfig(BaseModel):
                                      description="Training crop (pixels, multiple of 16) cut from the image resized "
                                                  "to input_size; None = the whole image (more context, measured "
                                                  "better than 128 px crops on magnetic_tile)")
+    selfsup_schedule: Literal["constant", "cosine"] = Field("cosine", description="Self-supervised learning rate: "
+                                                            "cosine decay over the step/time budget, or constant")
+    selfsup_save: str | None = Field(None, description="Also save the trained backbone as a torchvision-style .pth "
+                                                       "(refit banks later with --weights PATH, no retraining)")
     selfsup_minutes: float = Field(13.0, gt=0, description="Self-supervised training: wall-clock cap in minutes")
     selfsup_val_every: int = Field(150, ge=1, description="Steps between validations (held-out good + synthetic)")
     selfsup_patience: int = Field(5, ge=1, description="Validations without improvement before early stopping")
@@ -81,6 +85,9 @@ class FitConfig(BaseModel):
             raise ValueError("scales: a non-empty list of 0 (whole frame) or positive frame px per input px")
         if self.scales is not None and self.defect_size is not None:
             raise ValueError("give either defect_size (a plan is made) or explicit scales, not both")
+        if self.selfsup_save and self.weights != "self" and self.adapt != "self":
+            raise ValueError("selfsup_save (--save-weights) saves a self-supervised backbone: use it with "
+                             "--weights self or --adapt self")
         if self.px_per_mm is not None and self.defect_size is None:
             raise ValueError("px_per_mm only converts defect_size; give defect_size too")
         return self

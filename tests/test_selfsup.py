@@ -74,12 +74,22 @@ def test_time_budget_stops_training(dataset: Path):
 
 
 def test_fit_with_self_weights_writes_a_self_bundle(dataset: Path, tmp_path: Path):
-    bundle = fit(dataset, tmp_path / "b", tiny_cfg(weights="self", selfsup_steps=6, selfsup_val_every=3))
+    saved = tmp_path / "self.pth"
+    bundle = fit(dataset, tmp_path / "b", tiny_cfg(weights="self", selfsup_steps=6, selfsup_val_every=3,
+                                                    selfsup_save=str(saved)))
     w = load_bundle(tmp_path / "b").manifest.backbone.weights
     assert w.source == "self" and w.pretrained and "no real defects seen" in w.detail
     assert NOT_PRETRAINED not in bundle.manifest.warnings
     assert "6 steps" in w.detail
     assert len(w.training["loss_curve"]) == 2 and w.training["best_step"] in (3, 6)
+    # the saved backbone refits the same features without retraining
+    again = fit(dataset, tmp_path / "c", tiny_cfg(weights=str(saved)))
+    assert np.allclose(again.bank, bundle.bank, atol=1e-4)
+
+
+def test_save_weights_needs_self_supervision():
+    with pytest.raises(ValueError, match="--weights self"):
+        tiny_cfg(weights="none", selfsup_save="x.pth")
 
 
 def test_adapt_self_fine_tunes_a_saved_state_dict(dataset: Path, tmp_path: Path):

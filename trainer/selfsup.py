@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,10 +167,19 @@ def train_selfsup(backbone: ResNet, channels: tuple[int, int], train_images: lis
     params = [p for n, p in backbone.named_parameters() if not n.startswith(("layer4", "fc"))] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.selfsup_lr, weight_decay=1e-4)
     warmup = min(100, max(1, cfg.selfsup_steps // 10))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    backbone.train(), head.train()
     budget = cfg.selfsup_minutes * 60
     t0 = time.monotonic()
+
+    def lr_factor(s: int) -> float:
+        """Linear warm-up, then (cosine) decay over whichever ends first: the step count or the time budget."""
+        ramp = min(1.0, (s + 1) / warmup)
+        if cfg.selfsup_schedule == "constant":
+            return ramp
+        done = max(s / cfg.selfsup_steps, (time.monotonic() - t0) / budget)
+        return ramp * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    backbone.train(), head.train()
     prog = Progress("self-supervised training", cfg.selfsup_steps)
     loss_curve, val_curve, run = [], [], []
     best = (-1.0, 0, copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
@@ -235,6 +245,10 @@ def self_supervised_model(cfg: FitConfig, dataset: str | Path, init: str = "none
                   f"with synthetic defects; {res.steps} steps x {cfg.selfsup_batch} crops {crop}px, "
                   f"lr {cfg.selfsup_lr}, seed {cfg.seed}; best step {res.best_step}, held-out synthetic AUROC "
                   f"{res.best_val_auroc:.3f} ({res.stopped}, {res.seconds:.0f} s); no real defects seen")
+    if cfg.selfsup_save:
+        torch.save(res.backbone.state_dict(), cfg.selfsup_save)  # plain tensors (torch.load weights_only=True)
+        log.info("self-supervised backbone saved to %s (refit banks with --weights %s)", cfg.selfsup_save,
+                 cfg.selfsup_save)
     module = PatchFeatures(res.backbone, BACKBONES[cfg.backbone].channels, cfg.embedding_dim).eval()
     info = WeightsInfo(source="self", pretrained=True, detail=res.detail, sha256=start.sha256 if start else None,
                        training={"loss_curve": [round(v, 5) for v in res.loss_curve],
