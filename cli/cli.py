@@ -101,9 +101,12 @@ def _calibrate(a: argparse.Namespace) -> int:
 def _evaluate(a: argparse.Namespace) -> int:
     from linesight.trainer.evaluate import evaluate
 
-    m = evaluate(a.bundle, a.dataset, a.output)
+    m = evaluate(a.bundle, a.dataset, a.output, spec=a.spec, knowledge=a.knowledge, baseline=a.baseline)
     keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "precision", "recall")
-    print(json.dumps({k: m.get(k) for k in keys} | {"report": str(Path(a.output) / "report.html")}, indent=2))
+    out = {k: m.get(k) for k in keys}
+    if "baseline" in m:
+        out["baseline"] = {k: m["baseline"].get(k) for k in ("what", "image_auroc", "pixel_auroc", "aupro")}
+    print(json.dumps(out | {"report": str(Path(a.output) / "report.html")}, indent=2))
     return 0
 
 
@@ -250,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("bundle")
     e.add_argument("dataset")
     e.add_argument("-o", "--output", required=True, help="output folder")
+    e.add_argument("--spec", metavar="SPEC.yaml", default=None,
+                   help="inspection spec for the defect analysis (grades; may name learned types)")
+    e.add_argument("--knowledge", metavar="KB.yaml", default=None,
+                   help="knowledge base: likely causes and actions per defect type in the report "
+                        "(default: none, the report says so)")
+    e.add_argument("--baseline", metavar="random|PATH", default=None,
+                   help="also evaluate a baseline on the same images in this run and show both side by side: "
+                        "'random' fits a random-init bundle with this bundle's recipe on DATASET/train/good "
+                        "(temporary, minutes); PATH = another bundle")
     e.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="score images; one JSON line per image",

@@ -178,13 +178,18 @@ class InspectionSpec(_Strict):
         default=None, description="Ordered shape -> type rules (None = scratch / spot / stain defaults)."
     )
     rules: list[GradeRule] = Field(default=[], description="Grading rules; all that match fire.")
+    types: list[str] = Field(
+        default=[],
+        description="Learned defect types (the bundle's classifier from `linesight types`, e.g. [crack, "
+        "blowhole]) that rules and the knowledge base may name besides the shape-rule types.",
+    )
 
     def effective_shape_rules(self) -> list[ShapeRule]:
         return list(DEFAULT_SHAPE_RULES if self.shape_rules is None else self.shape_rules)
 
     def known_types(self) -> list[str]:
         names = [r.type for r in self.effective_shape_rules()]
-        return list(dict.fromkeys([*names, UNKNOWN_TYPE]))
+        return list(dict.fromkeys([*names, *self.types, UNKNOWN_TYPE]))
 
     def rank(self, grade: str) -> int:
         return self.grades.index(grade)

@@ -66,9 +66,28 @@ class Pipeline:
         self.kb = load_knowledge_base(a.knowledge, self.spec) if a.knowledge else None
         self.history: deque[list[str]] = deque(maxlen=a.trend_window)  # defect types of recent parts
         self.recent_ng: deque[bool] = deque(maxlen=a.trend_window)
+        self._types: tuple[Any, Any] | None = None  # (engine, its learned type classifier or None)
 
-    def _analyse(self, frame: Frame, pred, pixel_threshold: float) -> tuple[dict | None, dict | None]:
-        """NG frames only: measure, type, grade (spec), advise (knowledge base). -> (compact, full)."""
+    def _type_classifier(self, engine):
+        """The engine's learned type classifier (bundle types/*), loaded once per engine; a broken or stale
+        one is alarmed once and the shape rules type the regions instead."""
+        from linesight.errors import LinesightError
+        from linesight.export.type_classifier import TypeClassifier
+
+        if engine is None or not self.cfg.analysis.enabled:
+            return None
+        if self._types is None or self._types[0] is not engine:
+            try:
+                clf = TypeClassifier.from_bundle(engine.bundle)
+            except LinesightError as exc:
+                self.alarm_limited("analysis_error", f"learned defect types disabled: {exc}")
+                clf = None
+            self._types = (engine, clf)
+        return self._types[1]
+
+    def _analyse(self, frame: Frame, pred, pixel_threshold: float, classifier=None) -> tuple[dict | None, dict | None]:
+        """NG frames only: measure, type (learned with `classifier`, else rules), grade (spec), advise
+        (knowledge base). -> (compact, full)."""
         from linesight.export import analysis as A
 
         if not self.cfg.analysis.enabled or pred.verdict != "NG":
@@ -79,7 +98,7 @@ class Pipeline:
                  "history": list(self.history)}
         evidence = A.NearestNormal(**pred.nearest) if pred.nearest else None
         a = A.analyze(pred, pixel_threshold, frame.image, spec=self.spec, kb=self.kb, trend=trend,
-                      evidence=evidence, max_regions=self.cfg.analysis.max_regions)
+                      evidence=evidence, max_regions=self.cfg.analysis.max_regions, classifier=classifier)
         self.history.append([r.type for r in a.regions])
         self.recent_ng.append(a.decision.verdict == "NG")
         return {**A.to_verdict_dict(a), "verdict": a.decision.verdict}, A.to_header_dict(a)
@@ -190,8 +209,10 @@ class Pipeline:
         if not ready:
             return
         t0 = time.perf_counter()
+        classifier = self._type_classifier(engine)
         try:
-            preds = engine.predict_batch([f.image for f in ready], regions=not self.cfg.analysis.enabled)
+            preds = engine.predict_batch([f.image for f in ready], regions=not self.cfg.analysis.enabled,
+                                         keep_features=classifier is not None)
         except Exception as exc:  # bad pixels or a runtime failure: fail safe, keep running
             if len(ready) > 1:
                 for frame in ready:
@@ -208,14 +229,17 @@ class Pipeline:
         for frame, pred in zip(ready, preds):
             t_an = time.perf_counter()
             try:
-                found = self._analyse(frame, pred, engine.pixel_threshold)
+                found = self._analyse(frame, pred, engine.pixel_threshold, classifier)
             except Exception as exc:  # analysis must not cost the verdict: the score verdict stands
                 log.exception("defect analysis failed", extra={"camera": frame.source, "frame_id": frame.frame_id})
                 self.alarm_limited("analysis_error", f"defect analysis failed: {type(exc).__name__}: {exc}")
                 found = (None, None)
             if found[0] is not None:
                 self.on_stage("analysis", time.perf_counter() - t_an)
-            if time.time_ns() > frame.host_ts_ns + self.deadline_ns:
+            if pred.failure:  # e.g. the frame did not register to the reference: not inspected as trained
+                self._emit(frame, prediction=pred, fail_safe=pred.failure.split(":")[0], inference_ms=ms,
+                           detail=pred.failure)
+            elif time.time_ns() > frame.host_ts_ns + self.deadline_ns:
                 self._emit(frame, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,
                            detail=f"decided after the {self.cfg.pipeline.deadline_ms:g} ms deadline")
             else:

@@ -42,6 +42,7 @@ class AlignResult:
     quality: float
     ok: bool
     reason: str | None
+    matrix: np.ndarray | None = None  # 2x3: aligned pixel p shows frame pixel matrix @ (p, 1); None = unaligned
 
 
 def to_gray_unit(image: np.ndarray) -> np.ndarray:
@@ -70,12 +71,17 @@ def _work_gray(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return to_gray_unit(image)
 
 
+def _fft_size(n: int) -> int:
+    """n rounded up to a size with only small prime factors: an awkward size (e.g. 213 = 3 x 71) costs ~2x."""
+    return int(cv2.getOptimalDFTSize(max(16, n)))
+
+
 def work_shape(images: list[np.ndarray], work_size: int) -> tuple[int, int]:
-    """(h, w) of the work grid: the median aspect ratio of the images with the long side = work_size."""
+    """(h, w) of the work grid: the images' median aspect ratio, long side work_size, FFT-friendly sizes."""
     aspect = float(np.median([im.shape[0] / im.shape[1] for im in images]))
     if aspect >= 1:
-        return work_size, max(16, round(work_size / aspect))
-    return max(16, round(work_size * aspect)), work_size
+        return _fft_size(work_size), _fft_size(round(work_size / aspect))
+    return _fft_size(round(work_size * aspect)), _fft_size(work_size)
 
 
 def make_reference(images: list[np.ndarray], info: AlignInfo) -> np.ndarray:
@@ -186,7 +192,7 @@ class Aligner:
         if info.mode == "rigid" and info.max_angle_deg > 0:
             n = int(np.ceil(info.max_angle_deg / _ANGLE_STEP_DEG)) + 1  # one step beyond: interpolable
             self.angles = [float(a) for a in np.linspace(-n * _ANGLE_STEP_DEG, n * _ANGLE_STEP_DEG, 2 * n + 1)]
-            half = (max(16, h // 2), max(16, w // 2)) if min(h, w) >= 128 else (h, w)
+            half = (_fft_size(h // 2), _fft_size(w // 2)) if min(h, w) >= 128 else (h, w)
             small = cv2.resize(self.ref, (half[1], half[0]), interpolation=cv2.INTER_AREA) if half != (h, w) \
                 else self.ref
             self.coarse = _Correlator(small, info.max_shift_frac)
@@ -232,7 +238,8 @@ class Aligner:
             den = m - 2 * c + p
             off = float(np.clip(0.5 * (m - p) / den, -1.0, 1.0)) if den < -1e-12 else 0.0
             angle += off * _REFINE_DEG
-            value, dy, dx, outside = trio[1] if off == 0.0 else self.full.peak(spec, self.full.ref_spectrum(angle))
+            # the shift barely depends on an angle error this small (rotation is about the centre): reuse it
+            value, dy, dx, outside = trio[1]
             if abs(angle) > self.info.max_angle_deg + _ANGLE_TOLERANCE_DEG:
                 return np.eye(2, 3), dx, dy, angle, f"rotation {angle:+.1f} deg beyond max_angle_deg " \
                                                     f"{self.info.max_angle_deg}"
@@ -287,4 +294,4 @@ class Aligner:
         full[:, 2] = s @ matrix[:, 2] + c_work - full[:, :2] @ c_work
         out = cv2.warpAffine(image, full, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REFLECT).reshape(image.shape)
-        return AlignResult(out, dx * sx, dy * sy, angle, quality, True, None)
+        return AlignResult(out, dx * sx, dy * sy, angle, quality, True, None, full)

@@ -14,8 +14,15 @@ Conventions (all in original image pixels, x right, y down):
   pixels): darker / brighter, `mixed` (large parts both darker and brighter), `none` (no contrast above
   `polarity_tol` of full scale), `unknown` (no image given, or no ring pixels).
 
-Use: `a = analyze(prediction, engine.pixel_threshold, image, spec=spec, kb=kb, trend=trend)`, then
-`to_verdict_dict(a)` into the MQTT verdict and `to_header_dict(a)` into the ZMQ header / HTML report.
+Types: the spec's shape rules always run (`shape_type`). With a learned classifier
+(`export.type_classifier`, stored in the bundle by `linesight types`) and the prediction's patch
+features (`Engine.predict_batch(..., keep_features=True)`), a region the classifier recognises gets the
+learned type (`type_source` "learned"); one it calls "unknown" keeps the rule type (`type_source`
+"rules", `learned_type` "unknown" flags it). Grading and the knowledge base key off the final `type`.
+
+Use: `a = analyze(prediction, engine.pixel_threshold, image, spec=spec, kb=kb, trend=trend,
+classifier=TypeClassifier.from_bundle(engine.bundle))`, then `to_verdict_dict(a)` into the MQTT verdict
+and `to_header_dict(a)` into the ZMQ header / HTML report.
 """
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ from linesight.config.inspection import (
 
 if TYPE_CHECKING:
     from linesight.export.engine import Prediction
+    from linesight.export.type_classifier import TypeClassifier
 
 __all__ = [
     "Advice",
@@ -52,6 +60,7 @@ __all__ = [
     "NearestNormal",
     "advise",
     "analyze",
+    "apply_learned_types",
     "classify_regions",
     "classify_shape",
     "explain",
@@ -91,6 +100,10 @@ class DefectRegion:
     width_mm: float | None = None
     type: str = UNKNOWN_TYPE
     type_confidence: float = 0.0
+    type_source: Literal["rules", "learned"] = "rules"
+    shape_type: str = UNKNOWN_TYPE  # what the shape rules say, kept when a learned type replaces it
+    learned_type: str | None = None  # the classifier's answer ("unknown" = nothing close); None = no classifier
+    learned_confidence: float | None = None
 
     @property
     def peak_ratio(self) -> float:
@@ -104,8 +117,9 @@ class DefectRegion:
         for key in ("length_px", "width_px", "elongation", "orientation_deg", "area_mm2", "length_mm", "width_mm"):
             if d[key] is not None:
                 d[key] = round(d[key], 2)
-        for key in ("max_score", "mean_score", "type_confidence"):
-            d[key] = round(d[key], 4)
+        for key in ("max_score", "mean_score", "type_confidence", "learned_confidence"):
+            if d[key] is not None:
+                d[key] = round(d[key], 4)
         return d
 
 
@@ -282,7 +296,30 @@ def classify_regions(
     out = []
     for r in regions:
         kind, conf = classify_shape(r, rules)
-        out.append(replace(r, type=kind, type_confidence=conf))
+        out.append(replace(r, type=kind, type_confidence=conf, type_source="rules", shape_type=kind))
+    return out
+
+
+def region_masks(anomaly_map: np.ndarray, pixel_threshold: float, regions: Sequence[DefectRegion]) -> list[np.ndarray]:
+    """Full-size boolean mask of each measured region (found again by the component under its peak)."""
+    anomalous = (np.asarray(anomaly_map, dtype=np.float32) >= pixel_threshold).astype(np.uint8)
+    _, labels = cv2.connectedComponents(anomalous, connectivity=8)
+    return [labels == labels[r.peak_xy[1], r.peak_xy[0]] for r in regions]
+
+
+def apply_learned_types(regions: Sequence[DefectRegion], answers: Sequence[Any]) -> list[DefectRegion]:
+    """Rule-classified regions + the classifier's answers (type_classifier.TypeAnswer) -> final types.
+
+    A recognised region takes the learned type and confidence; an "unknown" one keeps its rule type and
+    says so (`learned_type` "unknown"), so a spec written for rule types still grades it.
+    """
+    out = []
+    for r, a in zip(regions, answers, strict=True):
+        if a.type != UNKNOWN_TYPE:
+            out.append(replace(r, type=a.type, type_confidence=float(a.confidence), type_source="learned",
+                               learned_type=a.type, learned_confidence=float(a.confidence)))
+        else:
+            out.append(replace(r, learned_type=UNKNOWN_TYPE, learned_confidence=float(a.confidence)))
     return out
 
 
@@ -512,11 +549,13 @@ def analyze(
     prediction: Prediction, pixel_threshold: float, image: np.ndarray | None = None, *,
     spec: InspectionSpec | None = None, kb: KnowledgeBase | None = None, trend: dict[str, Any] | None = None,
     evidence: NearestNormal | None = None, max_regions: int | None = None,
+    classifier: TypeClassifier | None = None,
 ) -> Analysis:
     """The whole chain for one engine prediction (measure -> classify -> grade -> advise).
 
     `max_regions` bounds the work on noisy maps (see measure_regions); `count` rules then count only
-    the measured regions.
+    the measured regions. `classifier` (learned types) needs `prediction.features`; without them the
+    shape rules alone type the regions (logged).
     """
     regions = measure_regions(
         prediction.anomaly_map, pixel_threshold, image,
@@ -525,6 +564,15 @@ def analyze(
         min_area_px=1 if spec is None else spec.min_area_px, max_regions=max_regions,
     )
     regions = classify_regions(regions, spec)
+    if classifier is not None and regions:
+        if prediction.features is None:
+            log.warning("learned types skipped: the prediction carries no patch features "
+                        "(call Engine.predict_batch(..., keep_features=True))")
+        else:
+            masks = region_masks(prediction.anomaly_map, pixel_threshold, regions)
+            answers = classifier.classify(prediction.features, masks, [r.peak_xy for r in regions],
+                                          view=getattr(prediction, "view", None))
+            regions = apply_learned_types(regions, answers)
     verdict: Literal["OK", "NG"] = "NG" if prediction.verdict == "NG" else "OK"
     decision = grade(regions, spec, engine_verdict=verdict)
     return Analysis(prediction.score, prediction.threshold, pixel_threshold, regions, decision,
@@ -548,6 +596,7 @@ def explain(a: Analysis, *, max_regions: int = 5) -> dict[str, Any]:
     for i in idx:
         r = a.regions[i]
         regions.append({"index": r.index, "type": r.type, "confidence": round(r.type_confidence, 3),
+                        "type_source": r.type_source, "shape_type": r.shape_type, "learned_type": r.learned_type,
                         "zone": r.zone, "grade": d.region_grades[i] if i < len(d.region_grades) else None,
                         "rules": d.region_rules[i] if i < len(d.region_rules) else [],
                         "bbox": list(r.bbox), "max_score": round(r.max_score, 4),
@@ -573,10 +622,13 @@ def to_verdict_dict(a: Analysis) -> dict[str, Any]:
     order = decisive + [i for i in range(len(a.regions)) if i not in set(decisive)]
     for i in order[:MAX_COMPACT_DEFECTS]:
         r = a.regions[i]
-        item: dict[str, Any] = {"type": r.type, "confidence": round(r.type_confidence, 2), "zone": r.zone,
+        item: dict[str, Any] = {"type": r.type, "confidence": round(r.type_confidence, 2),
+                                "type_source": r.type_source, "zone": r.zone,
                                 "grade": a.decision.region_grades[i] if i < len(a.decision.region_grades) else None,
                                 "bbox": list(r.bbox), "area_px": r.area_px, "length_px": round(r.length_px, 1),
                                 "max_score": round(r.max_score, 4), "mean_score": round(r.mean_score, 4)}
+        if r.learned_type == UNKNOWN_TYPE:
+            item["learned_type"] = UNKNOWN_TYPE  # flag: no labeled example was close, the rule type stands
         if r.area_mm2 is not None and r.length_mm is not None:
             item.update(area_mm2=round(r.area_mm2, 3), length_mm=round(r.length_mm, 3))
         defects.append(item)

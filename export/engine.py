@@ -18,6 +18,7 @@ import numpy as np
 
 from linesight.errors import BundleError
 from linesight.config.manifest import ScaleInfo
+from linesight.export.analysis import DefectRegion, measure_regions
 from linesight.export.bundle import BANK_FILE, Bundle, load_bundle
 from linesight.export.domain import Domain
 from linesight.export.features import OnnxFeatures
@@ -30,27 +31,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Region:
-    bbox: tuple[int, int, int, int]  # x, y, w, h in original image pixels
-    area_px: int
-    max_score: float
-    mean_score: float
-
-    def to_dict(self) -> dict:
-        return {"bbox": list(self.bbox), "area_px": self.area_px,
-                "max_score": round(self.max_score, 4), "mean_score": round(self.mean_score, 4)}
-
-
-@dataclass
 class Prediction:
     score: float
     verdict: str  # "OK" | "NG"
     threshold: float
     anomaly_map: np.ndarray  # float32, original image size
-    regions: list[Region] = field(default_factory=list)
+    regions: list[DefectRegion] = field(default_factory=list)  # NG only, worst first, at most MAX_REGIONS
     timings_ms: dict[str, float] = field(default_factory=dict)
     nearest: dict | None = None  # the bank row closest to the worst patch, and where it came from
-    features: np.ndarray | None = None  # (D, h, w) patch features of the whole-image view, when asked for
+    features: np.ndarray | None = None  # (D, h, w) patch features of the first scale's view, when asked for
+    view: View | None = None  # that view's geometry (frame <-> feature grid), with the features
     frame: dict | None = None  # what frame preparation did (alignment shift/angle/quality), when it is on
     failure: str | None = None  # set when the frame could not be inspected as trained (e.g. alignment_failed)
 
@@ -89,6 +79,7 @@ class Engine:
     """Runs a bundle. Thread-compatible: one Engine per inference thread."""
 
     MAX_TILES = 16  # tiles per ONNX call: working memory stays bounded whatever the frame size
+    MAX_REGIONS = 32  # regions measured per NG frame (a noisy map must not cost unbounded time)
 
     def __init__(self, bundle: Bundle | str | Path, *, threads: int | None = None, prefer_gpu: bool = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -287,15 +278,9 @@ class Engine:
         view = make_view(size, self.scales[0].info, self.spec, self.stride)
         return self._map(patch, view)
 
-    def regions(self, amap: np.ndarray) -> list[Region]:
-        mask = (amap >= self.pixel_threshold).astype(np.uint8)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        out = []
-        for i in range(1, n):
-            x, y, w, h, area = (int(v) for v in stats[i])
-            vals = amap[y:y + h, x:x + w][labels[y:y + h, x:x + w] == i]
-            out.append(Region((x, y, w, h), area, float(vals.max()), float(vals.mean())))
-        return sorted(out, key=lambda r: -r.max_score)
+    def regions(self, amap: np.ndarray, image: np.ndarray | None = None) -> list[DefectRegion]:
+        """Defect regions of a map: the one region definition (export.analysis.measure_regions)."""
+        return measure_regions(amap, self.pixel_threshold, image, max_regions=self.MAX_REGIONS)
 
     def predict(self, image: np.ndarray) -> Prediction:
         return self.predict_batch([image])[0]
@@ -340,11 +325,16 @@ class Engine:
                     score, worst = image, (k, s.row, s.distance)
             if masks[i] is not None:
                 amap *= masks[i]
+            if reports[i].matrix is not None:  # the map was made on the aligned frame: back onto the original
+                h, w = images[i].shape[:2]
+                amap = cv2.warpAffine(amap, reports[i].matrix, (w, h), flags=cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
             verdict = "NG" if score >= self.threshold else "OK"
-            found = self.regions(amap) if regions and verdict == "NG" else []
+            found = self.regions(amap, images[i]) if regions and verdict == "NG" else []
             results.append(Prediction(score, verdict, self.threshold, amap, found,
                                       nearest=self.nearest_normal(worst[1], worst[2], worst[0]),
                                       features=per_scale[0][i].features,
+                                      view=per_scale[0][i].view if keep_features else None,
                                       frame=reports[i].to_dict() if self.frame_prep.active else None,
                                       failure=reports[i].failure))
         t4 = time.perf_counter()

@@ -36,6 +36,7 @@ class FrameReport:
     quality: float | None = None
     failure: str | None = None
     unaligned: bool = False
+    matrix: np.ndarray | None = None  # aligned -> frame pixels (2x3), to put maps back on the original frame
 
     def to_dict(self) -> dict:
         return {"aligned": self.aligned, "dx": round(self.dx, 2), "dy": round(self.dy, 2),
@@ -80,7 +81,7 @@ class FramePrep:
             return image, FrameReport()
         res: AlignResult = self.aligner(image)
         if res.ok:
-            return res.image, FrameReport(True, res.dx, res.dy, res.angle_deg, res.quality)
+            return res.image, FrameReport(True, res.dx, res.dy, res.angle_deg, res.quality, matrix=res.matrix)
         if self.info.align.on_failure == "failsafe":
             return res.image, FrameReport(False, res.dx, res.dy, res.angle_deg, res.quality,
                                           failure=f"alignment_failed: {res.reason}")

@@ -90,15 +90,19 @@ class View:
         h, w = self.frame_hw
         return crop if crop.shape == (h, w) else cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
 
-    def cells_of(self, frame_mask: np.ndarray) -> np.ndarray:
-        """A {0,1} frame-size mask -> bool per grid cell (cell mostly inside)."""
+    def coverage(self, frame_mask: np.ndarray) -> np.ndarray:
+        """A {0,1} frame-size mask -> the fraction of each grid cell it covers (float32, grid shape)."""
         ch, cw = self.canvas_hw
-        canvas = cv2.resize(frame_mask.astype(np.float32), (cw, ch), interpolation=cv2.INTER_AREA)
+        canvas = cv2.resize(np.asarray(frame_mask, np.float32), (cw, ch), interpolation=cv2.INTER_AREA)
         plane = np.zeros(self.plane_hw, np.float32)
         oy, ox = self.offset_yx
         plane[oy:oy + ch, ox:ox + cw] = canvas
         gh, gw = self.grid_hw
-        return cv2.resize(plane, (gw, gh), interpolation=cv2.INTER_AREA) >= 0.5
+        return cv2.resize(plane, (gw, gh), interpolation=cv2.INTER_AREA)
+
+    def cells_of(self, frame_mask: np.ndarray) -> np.ndarray:
+        """A {0,1} frame-size mask -> bool per grid cell (cell mostly inside)."""
+        return self.coverage(frame_mask) >= 0.5
 
 
 def _owned(starts: tuple[int, ...], tile: int, stride: int) -> list[tuple[slice, slice]]:

@@ -83,9 +83,17 @@ def test_alignment_failure_is_a_fail_safe_verdict_in_the_daemon(tmp_path):
     fit(tmp_path / "data", out, preset("fast", weights="none", input_size=96, embedding_dim=32, holdout_fraction=0.2,
                                         frame={"align": {"mode": "translation", "on_failure": "failsafe"}}))
     eng = Engine(out)
-    shifted = eng.predict(_part(rng, 6, -5))
+    part = _part(rng, 6, -5)
+    shifted = eng.predict(part)
     assert shifted.failure is None and shifted.frame["aligned"]
     assert abs(shifted.frame["dx"] - -5) <= 1.5 and abs(shifted.frame["dy"] - 6) <= 1.5
+    # maps are made on the aligned frame; the engine warps them back with the report's matrix: the same warp
+    # must turn the aligned image back into the original one (random-init features at 96 px localise too
+    # poorly for an end-to-end check of a drawn defect's position)
+    aligned, report = eng.frame_prep(part)
+    back = cv2.warpAffine(aligned.astype(np.float32), report.matrix, part.shape[::-1], flags=cv2.INTER_LINEAR)
+    inner = (slice(12, -12), slice(12, -12))
+    assert np.abs(back[inner] - part[inner]).mean() < 4 < np.abs(aligned[inner] - part[inner].astype(float)).mean()
     p, verdicts, alarms = make(out, deadline_ms=60000)
     p.process([frame(0, (rng.normal(90, 30, (128, 160))).clip(0, 255).astype(np.uint8)), frame(1, _part(rng))])
     by_seq = {v["camera"]["source_seq"]: v for v in verdicts}

@@ -1,9 +1,20 @@
-"""Score a labeled set through the engine (the one inference path), then calibrate or report."""
+"""Score a labeled set through the engine (the one inference path), then calibrate or report.
+
+The evaluation report explains itself with the daemon's own defect analysis (`export.analysis`):
+measured regions per ground-truth type, learned-type figures, causes/actions from a knowledge base and
+each gallery image's basis. `baseline` scores a second bundle (by default a random-init one fitted in
+the same run) on the same images, so the report's numbers stand next to a reference measured alongside.
+"""
 from __future__ import annotations
 
 import json
 import logging
+import statistics
+import tempfile
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,13 +28,23 @@ from linesight.trainer.data import Sample, fingerprint, open_dataset, read_mask
 from linesight.trainer.progress import Progress
 from linesight.trainer.report import ReportRecord, advice, write_report
 
+if TYPE_CHECKING:
+    from linesight.config.inspection import InspectionSpec, KnowledgeBase
+    from linesight.export.engine import Prediction
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("no_false_reject", "no_miss", "fewest_errors", "f1_optimal")
 
 
-def score_samples(engine: Engine, samples: list[Sample], keep_images: bool = False) -> tuple[list[ReportRecord], list[str]]:
-    """Every test image through Engine.predict; unreadable images are reported and skipped."""
+def score_samples(engine: Engine, samples: list[Sample], keep_images: bool = False,
+                  analyse: Callable[[np.ndarray, Prediction], dict] | None = None,
+                  keep_features: bool = False) -> tuple[list[ReportRecord], list[str]]:
+    """Every test image through the engine; unreadable images are reported and skipped.
+
+    `analyse(image, prediction)` (optional) returns the image's defect analysis (to_header_dict form),
+    kept on the record; `keep_features` hands the patch features to it (learned types).
+    """
     records, skipped = [], []
     prog = Progress("scoring", len(samples))
     for i, s in enumerate(samples):
@@ -34,10 +55,11 @@ def score_samples(engine: Engine, samples: list[Sample], keep_images: bool = Fal
             log.warning("skipping %s: %s", s.path, exc)
             skipped.append(f"{s.path.name}: {exc}")
             continue
-        pred = engine.predict(img)
+        pred = engine.predict_batch([img], regions=False, keep_features=keep_features)[0]
         records.append(ReportRecord(path=str(s.path), label=s.label, defect_type=s.defect_type, score=pred.score,
                                     image=img if keep_images else None, anomaly_map=pred.anomaly_map,
-                                    mask=mask if s.label else np.zeros(img.shape[:2], np.uint8)))
+                                    mask=mask if s.label else np.zeros(img.shape[:2], np.uint8),
+                                    analysis=analyse(img, pred) if analyse is not None else None))
         prog(i + 1)
     return records, skipped
 
@@ -107,17 +129,133 @@ def set_domain(bundle_path: str | Path, mode: str, *, mask: str | Path | None = 
     log.info("domain %s written to %s; golden scores re-recorded", mode, bundle_path)
 
 
-def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path) -> dict:
-    """Metrics at the bundle's thresholds, metrics.json and report.html in outdir."""
+def _analyser(engine: Engine, spec: InspectionSpec | None, kb: KnowledgeBase | None,
+              classifier) -> Callable[[np.ndarray, Prediction], dict]:
+    """The daemon's chain (measure -> type -> grade -> advise) for one evaluated image, as a header dict."""
+    from linesight.export import analysis as A
+
+    def run(img: np.ndarray, pred: Prediction) -> dict:
+        evidence = A.NearestNormal(**pred.nearest) if pred.nearest else None
+        a = A.analyze(pred, engine.pixel_threshold, img, spec=spec, kb=kb, evidence=evidence,
+                      max_regions=ANALYSIS_MAX_REGIONS, classifier=classifier)
+        return A.to_header_dict(a)
+
+    return run
+
+
+#: Regions measured per evaluated image (worst first): bounds the time on a model that lights up everywhere.
+ANALYSIS_MAX_REGIONS = 50
+
+
+def _median(vals: list[float]) -> float | None:
+    return round(float(statistics.median(vals)), 2) if vals else None
+
+
+def type_summary(records: list[ReportRecord]) -> dict[str, dict]:
+    """Per ground-truth type: what the analysis measured on its images (regions, sizes, types, advice)."""
+    out: dict[str, dict] = {}
+    for t in sorted({r.defect_type for r in records}):
+        recs = [r for r in records if r.defect_type == t and r.analysis is not None]
+        regions = [g for r in recs for g in r.analysis["regions"]]
+        rule = Counter(g["shape_type"] for g in regions)
+        final = Counter(g["type"] for g in regions)
+        learned = [g for g in regions if g.get("learned_type") is not None]
+        adv: dict[str, dict] = {}
+        for r in recs:
+            for a in r.analysis["advice"]:
+                e = adv.setdefault(a["entry"], {"entry": a["entry"], "images": 0, "causes": a["causes"],
+                                                "actions": a["actions"]})
+                e["images"] += 1
+        top_rule = rule.most_common(1)[0] if rule else None
+        out[t] = {
+            "images": len(recs), "images_with_regions": sum(1 for r in recs if r.analysis["regions"]),
+            "regions": len(regions),
+            "median_area_px": _median([g["area_px"] for g in regions]),
+            "median_length_px": _median([g["length_px"] for g in regions]),
+            "median_elongation": _median([g["elongation"] for g in regions]),
+            "rule_types": dict(rule.most_common()),
+            "rule_type_agreement": None if top_rule is None else
+            {"type": top_rule[0], "share": round(top_rule[1] / len(regions), 3)},
+            "final_types": dict(final.most_common()),
+            "learned_regions": len(learned),
+            "learned_matches_folder": round(sum(g["type"] == t and g["type_source"] == "learned" for g in learned)
+                                            / len(learned), 3) if learned else None,
+            "learned_unknown": sum(g["learned_type"] == "unknown" for g in learned),
+            "advice": sorted(adv.values(), key=lambda e: -e["images"]),
+        }
+    return out
+
+
+def _pixel_metrics(records: list[ReportRecord], threshold: float) -> dict:
+    has_masks = any(r.label and r.mask is not None and r.mask.any() for r in records)
+    return M.summarize(records, threshold=threshold, with_pixels=has_masks)
+
+
+def _headline(m: dict) -> dict:
+    keys = ("image_auroc", "pixel_auroc", "aupro")
+    return {**{k: m.get(k) for k in keys},
+            "per_type": {t: {k: d.get(k) for k in keys} for t, d in m.get("per_type", {}).items()}}
+
+
+def baseline_bundle(bundle_path: str | Path, dataset: str | Path, baseline: str, workdir: Path) -> tuple[Path, str]:
+    """`random`: fit a random-init bundle with the evaluated bundle's recipe on DATASET's train/good;
+    anything else is the path of another bundle. -> (bundle path, description)."""
+    if baseline != "random":
+        p = Path(baseline)
+        if not p.exists():
+            raise DataError(f"--baseline {baseline}: neither 'random' nor an existing bundle path")
+        return p, f"bundle {p}"
+    from pydantic import ValidationError
+
+    from linesight.config.fit import FitConfig
+    from linesight.trainer.fit import fit
+
+    m = load_bundle(bundle_path).manifest
+    if not open_dataset(dataset).train:
+        raise DataError(f"--baseline random fits on {dataset}/train/good, which holds no images; pass "
+                        "--baseline PATH to compare with an existing bundle instead")
+    try:
+        cfg = FitConfig(model_id=f"{m.model.id}-random-baseline", backbone=m.backbone.name, weights="none",
+                        input_size=int(m.preprocess["input_size"][0]), embedding_dim=m.features.embedding_dim,
+                        coreset_ratio=m.memory.coreset_ratio, k=m.scoring.k, reweight=m.scoring.reweight,
+                        sigma=m.scoring.sigma, seed=m.memory.seed, resize=m.preprocess.get("resize", "stretch"),
+                        scales=[s.pixels_per_input or 0 for s in m.scales] if m.scales else None,
+                        tile_overlap=next((s.overlap for s in m.scales if s.mode == "tiles"), None),
+                        frame={"photometric": {"mode": m.frame.photometric.mode},
+                               "align": m.frame.align.model_dump(exclude={"reference_file"})})
+    except ValidationError as exc:
+        raise DataError(f"--baseline random: cannot copy the recipe of {bundle_path} ({exc.errors()[0]['msg']}); "
+                        "fit a baseline yourself and pass --baseline PATH") from exc
+    out = workdir / "random-baseline"
+    log.info("fitting the random-init baseline (%s, %d px, dim %d)", cfg.backbone, cfg.input_size, cfg.embedding_dim)
+    fit(dataset, out, cfg)
+    return out, (f"random-init {cfg.backbone} fitted in this run on {Path(dataset).name}/train/good "
+                 f"(input {cfg.input_size}, dim {cfg.embedding_dim}, coreset {cfg.coreset_ratio}, k {cfg.k}, "
+                 f"scales {cfg.scales or [0]}, {cfg.resize}; domain none)")
+
+
+def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *, spec: str | Path | None = None,
+             knowledge: str | Path | None = None, baseline: str | None = None) -> dict:
+    """Metrics at the bundle's thresholds, metrics.json and report.html in outdir.
+
+    `spec` / `knowledge`: inspection spec and knowledge base YAML for the defect analysis (grades,
+    likely causes); `baseline`: "random" or a bundle path, evaluated on the same images alongside.
+    """
+    from linesight.config.inspection import load_inspection_spec, load_knowledge_base
+    from linesight.export.type_classifier import TypeClassifier
+
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    insp = load_inspection_spec(spec) if spec else None
+    kb = load_knowledge_base(knowledge, insp) if knowledge else None
     bundle = load_bundle(bundle_path)
     engine = Engine(bundle)
+    classifier = TypeClassifier.from_bundle(bundle)
     samples = _labeled(dataset)
-    records, skipped = score_samples(engine, samples, keep_images=True)
+    records, skipped = score_samples(engine, samples, keep_images=True, keep_features=classifier is not None,
+                                     analyse=_analyser(engine, insp, kb, classifier))
     m = bundle.manifest
-    has_masks = any(r.label and r.mask is not None and r.mask.any() for r in records)
-    metrics = M.summarize(records, threshold=m.thresholds.image, with_pixels=has_masks)
+    metrics = _pixel_metrics(records, m.thresholds.image)
     metrics["thresholds"] = {**metrics.get("thresholds", {}), "bundle": m.thresholds.model_dump()}
     metrics["skipped"] = skipped
     metrics["model"] = {"id": m.model.id, "version": m.model.version, "backbone": m.backbone.name,
@@ -127,6 +265,23 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path) -
         notes.append("thresholds were calibrated on this same labeled set: precision/recall at the threshold are "
                      "optimistic; AUROC/AUPRO do not depend on the threshold")
     metrics["advice"] = advice(metrics)
+    metrics["analysis"] = {
+        "pixel_threshold": engine.pixel_threshold, "spec": None if spec is None else str(spec),
+        "knowledge": None if knowledge is None else str(knowledge),
+        "classifier": None if classifier is None else {
+            "method": classifier.method, "types": classifier.labels, "unknown_floor": classifier.floor,
+            "dataset": classifier.info.get("dataset"), "cv": classifier.info.get("cv")},
+        "per_type": type_summary(records)}
+    if baseline is not None:
+        with tempfile.TemporaryDirectory(prefix="linesight-baseline-") as tmp:
+            path, what = baseline_bundle(bundle_path, dataset, baseline, Path(tmp))
+            base_engine = Engine(path)
+            base_records, _ = score_samples(base_engine, samples)
+            bm = base_engine.manifest
+            metrics["baseline"] = {"what": what, "model": f"{bm.model.id} v{bm.model.version}",
+                                   "weights": bm.backbone.weights.source,
+                                   **_headline(_pixel_metrics(base_records, bm.thresholds.image))}
+            del base_records
     (outdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     provenance = {"model": f"{m.model.id} v{m.model.version}", "backbone": m.backbone.name,
                   "weights": f"{m.backbone.weights.source} ({m.backbone.weights.detail})",
@@ -139,6 +294,7 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path) -
         notes.append("features were learned from good images + synthetic defects only: no real defect was seen "
                       "in training, early stopping or the default thresholds")
     write_report(outdir, metrics, records, title=f"linesight evaluation: {m.model.id} v{m.model.version}",
-                 notes=notes, provenance=provenance, loss_curve=training.get("loss_curve"))
+                 notes=notes, provenance=provenance, loss_curve=training.get("loss_curve"),
+                 pixel_threshold=engine.pixel_threshold)
     log.info("evaluation written to %s", outdir)
     return metrics

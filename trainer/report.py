@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from linesight.errors import LinesightError
+from linesight.export.overlay import overlay
 from linesight.trainer.metrics import MetricError, roc_curve
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class ReportRecord:
     image: np.ndarray | None = field(default=None, repr=False)
     anomaly_map: np.ndarray | None = field(default=None, repr=False)
     mask: np.ndarray | None = field(default=None, repr=False)
+    analysis: dict | None = field(default=None, repr=False)  # export.analysis.to_header_dict() of this image
 
 
 def _e(x) -> str:
@@ -189,7 +191,9 @@ def _to_bgr8(img: np.ndarray) -> np.ndarray:
 
 
 def render_panel(rec: ReportRecord, vmin: float, vmax: float) -> np.ndarray:
-    """original | JET overlay (map scaled to [vmin, vmax]) with the mask contour in white."""
+    """original | the product's overlay (export.overlay: the same colours as `predict --overlay` and the HMI)
+    of the map on the colour scale [vmin, vmax] (mid-scale = the threshold, whose regions get a thin white
+    outline), with the ground-truth mask outlined thick white."""
     shape = (rec.image if rec.image is not None else rec.anomaly_map).shape[:2]
     img = _to_bgr8(rec.image) if rec.image is not None else np.zeros((*shape, 3), np.uint8)
     over = img.copy()
@@ -197,8 +201,7 @@ def render_panel(rec: ReportRecord, vmin: float, vmax: float) -> np.ndarray:
         m = np.asarray(rec.anomaly_map, np.float32)
         if m.shape[:2] != shape:
             m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        u8 = (np.clip((m - vmin) / max(vmax - vmin, 1e-12), 0, 1) * 255).astype(np.uint8)
-        over = cv2.addWeighted(img, 0.5, cv2.applyColorMap(u8, cv2.COLORMAP_JET), 0.5, 0)
+        over = overlay(img, m - vmin, max((vmax - vmin) / 2, 1e-12), alpha=0.5)
     if rec.mask is not None:
         k = (np.asarray(rec.mask) > 0).astype(np.uint8)
         if k.shape[:2] != shape:
@@ -212,13 +215,36 @@ def render_panel(rec: ReportRecord, vmin: float, vmax: float) -> np.ndarray:
     return np.hstack([img, np.full((img.shape[0], 4, 3), 255, np.uint8), over])
 
 
-def _gallery(outdir: Path, records: list[ReportRecord], threshold: float | None) -> str:
+def basis_text(a: dict | None) -> str:
+    """One line from an image's analysis: score vs threshold, regions, worst region's type, nearest normal."""
+    if not a:
+        return ""
+    b = a.get("basis", {})
+    parts = [f"score/threshold {b.get('score_ratio')}", f"{b.get('regions_total', 0)} region(s)"]
+    if b.get("grade") is not None:
+        parts.append(f"grade {b['grade']} ({b.get('basis')})")
+    if b.get("regions"):
+        r = b["regions"][0]
+        kind = f"{r['type']} {r['confidence']:.2f} ({r.get('type_source', 'rules')}"
+        kind += ", learned: unknown)" if r.get("learned_type") == "unknown" else ")"
+        parts.append(f"worst region: {kind}, {r['bbox'][2]}x{r['bbox'][3]} px")
+    ev = b.get("evidence")
+    if ev:
+        where = f"{ev['image_name']} patch {ev['patch_yx']}" if ev.get("image_name") else f"bank row {ev['row']}"
+        parts.append(f"nearest normal: {where}, distance {ev['distance']:.3g}")
+    return " · ".join(parts)
+
+
+def _gallery(outdir: Path, records: list[ReportRecord], threshold: float | None,
+             pixel_threshold: float | None = None) -> str:
     shown = [r for r in records if r.image is not None or r.anomaly_map is not None]
     maps = [r.anomaly_map for r in shown if r.anomaly_map is not None]
     vmin = min((float(np.min(m)) for m in maps), default=0.0)
     vmax = max((float(np.max(m)) for m in maps), default=1.0)
-    if threshold is not None and threshold > vmin:
-        vmax = 2 * threshold - vmin  # the threshold sits mid-scale (green); red = well above it
+    mid = pixel_threshold if pixel_threshold is not None and np.isfinite(pixel_threshold) else threshold
+    if mid is not None and np.isfinite(mid) and mid > vmin:
+        vmin = min(vmin, 0.0)
+        vmax = 2 * mid - vmin  # the (pixel) threshold sits mid-scale (green); red = well above it
     goods = sorted((r for r in shown if r.label == 0), key=lambda r: -r.score)[:GALLERY_N]
     bads = sorted((r for r in shown if r.label == 1), key=lambda r: r.score)[:GALLERY_N]
     (outdir / "gallery").mkdir(parents=True, exist_ok=True)
@@ -234,10 +260,90 @@ def _gallery(outdir: Path, records: list[ReportRecord], threshold: float | None)
             if not cv2.imwrite(str(outdir / rel), render_panel(r, vmin, vmax)):
                 raise LinesightError(f"report: cannot write {outdir / rel}; check disk space and permissions")
             verdict = "n/a" if threshold is None else ("NG" if r.score >= threshold else "OK")
+            basis = basis_text(r.analysis)
             parts.append(f"<figure><img src='{_e(rel)}' alt='{_e(r.path)}'><figcaption>{_e(Path(r.path).name)} "
-                         f"&middot; {_e(r.defect_type)} &middot; score {r.score:.4g} &middot; {verdict}</figcaption></figure>")
+                         f"&middot; {_e(r.defect_type)} &middot; score {r.score:.4g} &middot; {verdict}"
+                         + (f"<br><span class='basis'>{_e(basis)}</span>" if basis else "")
+                         + "</figcaption></figure>")
         parts.append("</div>")
     return "".join(parts) or "<p>No images or maps were supplied for the gallery.</p>"
+
+
+# ---------------------------------------------------------------- analysis and baseline sections
+def baseline_section(m: dict) -> str:
+    """This bundle next to the baseline scored on the same images in the same run (image/pixel AUROC, AUPRO)."""
+    b = m.get("baseline")
+    if not b:
+        return ""
+    keys = (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+    header = ["", *(f"{name} {who}" for _, name in keys for who in ("(this)", "(baseline)"))]
+    rows = [["overall", *(_fmt(d.get(k)) for k, _ in keys for d in (m, b))]]
+    for t, d in sorted(m.get("per_type", {}).items()):
+        bd = b.get("per_type", {}).get(t, {})
+        rows.append([t, *(_fmt(x.get(k)) for k, _ in keys for x in (d, bd))])
+    return (f"<h2>Baseline, measured in the same run</h2><p>Baseline: {_e(b.get('what'))} "
+            f"({_e(b.get('model'))}, weights {_e(b.get('weights'))}), scored on exactly the same test images.</p>"
+            + _table(header, rows, "baseline"))
+
+
+def _cv_section(cv: dict | None, clf: dict) -> str:
+    if not cv:
+        return "<p>The bundle's classifier carries no cross-validation figures.</p>"
+    rows, cols, mat = cv["confusion"]["rows"], cv["confusion"]["cols"], cv["confusion"]["matrix"]
+    head = (f"<p>Learned types ({_e(clf.get('method'))}; trained with `linesight types` on "
+            f"{_e(clf.get('dataset'))}): {cv['n_regions']} ground-truth regions from {cv['n_images']} images, "
+            f"{cv['folds']}-fold cross-validation grouped by image. Accuracy {_fmt(cv['accuracy'], 3)}, balanced "
+            f"{_fmt(cv['balanced_accuracy'], 3)}, unknown rate {_fmt(cv['unknown_rate'], 3)} (unknown counts as an "
+            f"error).</p>")
+    conf = _table(["true \\ predicted", *cols, "recall"],
+                  [[t, *row, _fmt(cv["per_type_recall"][t], 3)] for t, row in zip(rows, mat)], "types-cv")
+    return head + conf
+
+
+def analysis_section(a: dict | None) -> str:
+    """Per ground-truth type: what the defect analysis measured, learned-type figures, causes/actions."""
+    if not a:
+        return ""
+    per = a.get("per_type", {})
+    rows = []
+    for t, d in per.items():
+        agree = d.get("rule_type_agreement")
+        rows.append([t, d["images"], d["images_with_regions"], d["regions"], _fmt(d["median_area_px"], 1),
+                     _fmt(d["median_length_px"], 1), _fmt(d["median_elongation"], 2),
+                     "n/a" if agree is None else f"{agree['type']} {100 * agree['share']:.0f}%",
+                     ", ".join(f"{k} {v}" for k, v in d["final_types"].items()) or "-"])
+    parts = [f"<h2>Defect analysis per type</h2><p>The daemon's analysis (export.analysis) run on every test "
+             f"image at the pixel threshold {_thr(a.get('pixel_threshold'))}: regions measured per ground-truth "
+             f"folder. 'rule type' = the most common shape-rule class and its share (how consistently the "
+             f"label-free rules name this folder's regions).</p>",
+             _table(["type (folder)", "images", "with regions", "regions", "median area px", "median length px",
+                     "median elongation", "rule type (share)", "final types"], rows, "analysis")]
+    clf = a.get("classifier")
+    if clf:
+        parts.append("<h3>Learned defect types</h3>" + _cv_section(clf.get("cv"), clf))
+        learned = [[t, d["learned_regions"], _fmt(d["learned_matches_folder"], 3), d["learned_unknown"]]
+                   for t, d in per.items() if d["learned_regions"]]
+        if learned:
+            parts.append("<p>On the measured regions of this run (the classifier may have been trained on these "
+                         "very images: trust the cross-validated figures above, not these):</p>"
+                         + _table(["type (folder)", "regions typed", "learned = folder", "unknown"], learned,
+                                  "learned"))
+    else:
+        parts.append("<p>No learned type classifier in this bundle (regions are typed by the shape rules); "
+                     "`linesight types BUNDLE DATASET` adds one.</p>")
+    parts.append("<h3>Likely causes and actions</h3>")
+    if not a.get("knowledge"):
+        parts.append("<p>No knowledge base given (<code>--knowledge KB.yaml</code>): no causes or actions.</p>")
+    else:
+        items = [[t, e["entry"], e["images"], "; ".join(e["causes"]), "; ".join(e["actions"])]
+                 for t, d in per.items() for e in d["advice"]]
+        parts.append(f"<p>Knowledge base {_e(a['knowledge'])}"
+                     + (f", inspection spec {_e(a['spec'])}" if a.get("spec") else "")
+                     + ": entries that matched, by ground-truth folder (trend conditions cannot hold in an "
+                       "offline evaluation).</p>"
+                     + (_table(["type (folder)", "entry", "images", "likely causes", "actions"], items, "advice")
+                        if items else "<p>No entry matched any evaluated image.</p>"))
+    return "".join(parts)
 
 
 # ---------------------------------------------------------------- page
@@ -250,12 +356,12 @@ def _table(header: list[str], rows: list[list], cls: str = "") -> str:
 CSS = """body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.warn{background:#fdecea;border:2px solid #c0392b;
 padding:10px;margin:8px 0;font-weight:bold}.charts svg{margin-right:16px}.gal figure{display:inline-block;margin:6px}
-.gal img{max-width:560px;border:1px solid #ccc}figcaption{font-size:12px}"""
+.gal img{max-width:560px;border:1px solid #ccc}figcaption{font-size:12px;max-width:560px}.basis{color:#555}"""
 
 
 def write_report(outdir: Path, metrics: dict, records: list[ReportRecord], *, title: str, notes: list[str],
                  provenance: dict, loss_curve: list[float] | None = None,
-                 n_train_images: int | None = None) -> Path:
+                 n_train_images: int | None = None, pixel_threshold: float | None = None) -> Path:
     """Write outdir/report.html (+ outdir/gallery/*.png) and return the HTML path."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -293,8 +399,12 @@ def write_report(outdir: Path, metrics: dict, records: list[ReportRecord], *, ti
             "<h2>Per defect type</h2>",
             _table(["type", "n", "image AUROC (vs good)", "pixel AUROC", "AUPRO", "recall at threshold", "mean score"],
                    types, "per-type"),
-            "<h2>Gallery</h2><p>Left: original. Right: anomaly map (JET; threshold = mid-scale green, red = far above) "
-            "with the ground-truth outline in white.</p>", _gallery(outdir, records, thr)]
+            baseline_section(m),
+            analysis_section(m.get("analysis")),
+            "<h2>Gallery</h2><p>Left: original. Right: anomaly map (JET; pixel threshold = mid-scale green, red = "
+            "far above; thin white = regions above the pixel threshold) with the ground-truth outline in thick "
+            "white. Under each image: the basis of its verdict (the same fields as the daemon's ZMQ header).</p>",
+            _gallery(outdir, records, thr, pixel_threshold)]
     path = outdir / "report.html"
     path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
                     f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>", encoding="utf-8")
