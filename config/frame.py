@@ -55,7 +55,8 @@ class AlignInfo(_Strict):
         "failsafe", description="failsafe: a frame that cannot be aligned gets a failure (NG by the verdict "
                                 "rules); unaligned: score it as it is and flag it `unaligned`")
     work_size: int = Field(256, ge=32, le=2048, description="Long side (px) of the grayscale copy used for "
-                                                             "registration: larger = finer but slower")
+                                                             "registration (rounded up to an FFT-friendly size): "
+                                                             "larger = finer but slower")
     reference_file: str | None = Field(None, description="Filled at fit: bundle file holding the reference image "
                                                          "(16-bit grayscale PNG at the work size)")
 

@@ -49,6 +49,8 @@ def test_translation_recovered_within_a_pixel(method):
         assert r.ok, r.reason
         assert abs(r.dx - dx) < 1.0 and abs(r.dy - dy) < 1.0, (method, dx, dy, r)
         assert r.quality > 0.8
+        # matrix: aligned pixel p shows frame pixel matrix @ (p, 1) - here a pure shift by the displacement
+        assert np.allclose(r.matrix[:, :2], np.eye(2), atol=0.02) and np.allclose(r.matrix[:, 2], (dx, dy), atol=1)
         # the corrected frame matches the reference (inner region, away from reflected borders)
         inner = (slice(35, CROP - 35), slice(35, CROP - 35))
         err = np.abs(r.image[inner].astype(np.float32) - ref[inner].astype(np.float32)).mean()
@@ -88,7 +90,7 @@ def test_shift_beyond_bound_is_a_failure_and_image_is_untouched():
         r = Aligner(info, ref)(moved)
         if not r.ok:
             failures += 1
-            assert r.reason and r.image is moved
+            assert r.reason and r.image is moved and r.matrix is None
     assert failures == 4
 
 
