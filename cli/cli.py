@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--adapt", default="none", choices=["none", "self"],
                    help="self: fine-tune the --weights (imagenet or a .pth) on the good images + synthetic defects")
     f.add_argument("--selfsup-minutes", type=float, default=None,
-                   help="wall-clock cap for self-supervised training (default 13; early stopping may end sooner)")
+                   help="wall-clock cap for self-supervised training (default 17; early stopping may end sooner)")
     f.add_argument("--selfsup-steps", type=int, default=None, help="max self-supervised training steps (default 4000)")
     f.add_argument("--save-weights", metavar="PATH.pth", default=None,
                    help="--weights self / --adapt self: also save the trained backbone, so later fits (other "
