@@ -145,14 +145,12 @@ def main() -> None:
               f"engine is {r['speedup_vs_torch_eager']:.1f}x faster", flush=True)
         if name == "fast":
             from linesight.export.engine import Engine
-            from linesight.export.features import OnnxFeatures
-            from linesight.export.preprocess import preprocess_batch
-            from linesight.trainer.data import open_dataset, load_images
+            from linesight.trainer.data import load_images, open_dataset
             from linesight.trainer.fit import extract
 
             eng = Engine(out)
             imgs, _, _ = load_images(open_dataset(a.data).train)
-            feats = extract(OnnxFeatures(eng.bundle.onnx), imgs, eng.spec, 16, "features")
+            feats, _ = extract(eng.features, imgs, [None] * len(imgs), eng.scales[0].info, eng.spec, eng.stride, 16)
             n10 = int(len(feats) * 0.10)
             t = time.perf_counter()
             greedy_coreset(feats, n10, projection_dim=cfg.coreset_projection_dim, chunk_size=cfg.coreset_chunk)
@@ -164,6 +162,8 @@ def main() -> None:
             b = eng.bundle
             b.bank = np.ascontiguousarray(feats[np.random.default_rng(0).choice(len(feats), n10, replace=False)])
             b.manifest.memory.n_bank = n10
+            b.manifest.scales[0] = b.manifest.scales[0].model_copy(update={"n_bank": n10, "locations_file": None})
+            b.extras.pop("memory_locations.npy", None)  # rows no longer match the training patches
             write_bundle(big, b)
             r10 = child("engine_latency", str(big), a.data, min(a.frames, 50), 8)
             r["engine_bank10"] = r10

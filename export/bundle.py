@@ -45,6 +45,15 @@ class Bundle:
         return f"{self.manifest.model.id} v{self.manifest.model.version}"
 
 
+def json_default(obj):
+    """json.dumps(default=...) for numpy values (bundle metadata and verdict messages alike)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"value of type {type(obj).__name__} is not JSON-serialisable")
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -273,11 +273,6 @@ class Engine:
             up = cv2.GaussianBlur(up, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
         return view.to_frame(up)
 
-    def anomaly_map(self, patch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Whole-frame patch grid -> map of the given (h, w) (first scale's geometry)."""
-        view = make_view(size, self.scales[0].info, self.spec, self.stride)
-        return self._map(patch, view)
-
     def regions(self, amap: np.ndarray, image: np.ndarray | None = None) -> list[DefectRegion]:
         """Defect regions of a map: the one region definition (export.analysis.measure_regions)."""
         return measure_regions(amap, self.pixel_threshold, image, max_regions=self.MAX_REGIONS)

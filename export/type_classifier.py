@@ -334,7 +334,7 @@ class TypeClassifier:
 
     # -------------------------------------------------------------- storage
     def to_extras(self) -> dict[str, bytes]:
-        from linesight.export.bundle import bank_bytes
+        from linesight.export.bundle import bank_bytes, json_default
 
         meta = {"version": FORMAT_VERSION, "method": self.method, "labels": self.labels, "floor": self.floor,
                 "floor_quantile": self.floor_quantile, "temperature": self.temperature,
@@ -343,7 +343,7 @@ class TypeClassifier:
                 "embedding": "mean||max of L2-normalised patch features over the region's grid cells",
                 "dim": int(self.embeddings.shape[1]),
                 "n_examples": int(len(self.embeddings)), **self.info}
-        out = {CLASSIFIER_FILE: json.dumps(meta, indent=2, default=_json_default).encode() + b"\n",
+        out = {CLASSIFIER_FILE: json.dumps(meta, indent=2, default=json_default).encode() + b"\n",
                EMBEDDINGS_FILE: bank_bytes(self.embeddings),
                LABELS_FILE: bank_bytes(self.targets, np.int32)}
         if self.logreg is not None:
@@ -402,11 +402,3 @@ class TypeClassifier:
                               f"features, the bundle has {bundle.manifest.features.embedding_dim}; re-run "
                               "`linesight types`")
         return clf
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")

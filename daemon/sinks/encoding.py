@@ -16,12 +16,7 @@ import numpy as np
 from linesight.export.overlay import HEATMAP_GAIN, colorize as colorize_heatmap  # noqa: F401 (one colouring)
 
 
-def _default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"verdict field of type {type(obj).__name__} is not JSON-serialisable")
+from linesight.export.bundle import json_default as _default  # noqa: E402 (numpy values in messages)
 
 
 def _finite(obj: Any) -> Any:
