@@ -82,6 +82,10 @@ class FitConfig(BaseModel):
             raise ValueError("domain 'mask' needs domain_mask (a PNG, white = inspect)")
         if self.domain_mask and self.domain != "mask":
             raise ValueError("domain_mask is given but domain is not 'mask'")
+        if self.domain_dark and self.domain != "auto":
+            raise ValueError("domain_dark (--dark) only applies to the automatic foreground (--auto-foreground)")
+        if self.domain_erode and self.domain == "none":
+            raise ValueError("domain_erode (--erode) needs a domain (--roi or --auto-foreground)")
         if self.scales is not None and (not self.scales or any(r < 0 for r in self.scales)):
             raise ValueError("scales: a non-empty list of 0 (whole frame) or positive frame px per input px")
         if self.scales is not None and self.defect_size is not None:

@@ -99,3 +99,12 @@ def test_alignment_failure_is_a_fail_safe_verdict_in_the_daemon(tmp_path):
     by_seq = {v["camera"]["source_seq"]: v for v in verdicts}
     assert by_seq[0]["fail_safe"] and by_seq[0]["reason"] == "alignment_failed" and "alignment_failed" in alarms
     assert not by_seq[1]["fail_safe"] and by_seq[1]["frame"]["aligned"]
+
+
+@pytest.mark.parametrize("flags, message", [(["--dark"], "auto-foreground"), (["--erode", "3"], "needs a domain"),
+                                            (["--px-per-mm", "10"], "defect_size")])
+def test_fit_flags_that_would_be_ignored_are_refused(tmp_path, capsys, flags, message):
+    from linesight.cli import main
+
+    assert main(["fit", str(tmp_path), "-o", str(tmp_path / "b"), "--weights", "none", *flags]) == 2
+    assert message in capsys.readouterr().err
