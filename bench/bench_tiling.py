@@ -107,12 +107,15 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=4, help="good training frames (a quarter are held out)")
     ap.add_argument("--test", type=int, default=3, help="defective test frames (each has every size twice)")
     ap.add_argument("--per-size", type=int, default=4, help="defects of each size per test frame")
-    ap.add_argument("--plans", nargs="+", default=["whole", "tiles1", "tiles2.7", "plan"])
+    ap.add_argument("--plans", nargs="+", default=["whole", "tiles1", "tiles2.7", "plan"],
+                    help="whole, tiles1, tiles2.7, plan (--defect-size 8 200); tiles1_ivf, plan_ivf: approximate kNN")
     ap.add_argument("--json", help="write the results here too")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     plans = {"whole": {"resize": "letterbox"}, "tiles1": {"scales": [1.0]}, "tiles2.7": {"scales": [2.667]},
-             "plan": {"defect_size": (8, 200), "resize": "letterbox"}}
+             "plan": {"defect_size": (8, 200), "resize": "letterbox"},
+             "tiles1_ivf": {"scales": [1.0], "knn_index": "ivf"},
+             "plan_ivf": {"defect_size": (8, 200), "resize": "letterbox", "knn_index": "ivf"}}
     rng = np.random.default_rng(7)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -38,6 +38,7 @@ def _fit(a: argparse.Namespace) -> int:
     flags = dict(model_id=a.model_id, weights=a.weights, input_size=a.input_size,
                  embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
                  reweight=True if a.reweight else None, adapt=a.adapt if a.adapt != "none" else None,
+                 knn_index=a.knn,
                  selfsup_minutes=a.selfsup_minutes, selfsup_steps=a.selfsup_steps, selfsup_save=a.save_weights,
                  resize=a.resize,
                  defect_size=tuple(a.defect_size) if a.defect_size else None, px_per_mm=a.px_per_mm,
@@ -189,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--coreset-ratio", type=float, default=None, help="override the fraction of patches kept")
     f.add_argument("--k", type=int, default=None, help="override the number of neighbours per patch score")
     f.add_argument("--reweight", action="store_true", help="anomalib-style image-score reweighting")
+    f.add_argument("--knn", choices=["flat", "ivf"], default=None,
+                   help="flat: exact nearest neighbours (default); ivf: approximate inverted lists, much faster "
+                        "on big banks and tiled frames (see README for the measured accuracy cost)")
     f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     f.add_argument("--config", metavar="FIT.yaml", help="all fit options in a YAML file (config/examples/fit.yaml); "
                    "the preset fills what the file leaves out, flags given here override the file")

@@ -24,6 +24,10 @@ class FitConfig(BaseModel):
     coreset_chunk: int = Field(1024, ge=16, description="Greedy chunk size (>= patches gives exact greedy)")
     k: int = Field(1, ge=1, description="Neighbours averaged into a patch score")
     reweight: bool = Field(False, description="anomalib-style softmax reweighting of the image score")
+    knn_index: Literal["flat", "ivf"] = Field("flat", description="flat: exact kNN; ivf: approximate, much faster "
+                                              "on big banks and tiled frames (measure the accuracy cost)")
+    ivf_nlist: int | None = Field(None, ge=2, description="ivf: inverted lists (None = sqrt(bank rows), 16..1024)")
+    ivf_nprobe: int = Field(8, ge=1, description="ivf: lists searched per query")
     sigma: float = Field(4.0, ge=0, description="Gaussian blur of the anomaly map (input pixels)")
     holdout_fraction: float = Field(0.1, ge=0, lt=0.5, description="Good images kept out of the bank to set the default threshold")
     batch_size: int = Field(16, ge=1)

@@ -57,6 +57,9 @@ class ScoringInfo(_Strict):
     reweight: bool = Field(False, description="anomalib-style softmax reweighting of the image score")
     reweight_neighbors: int = Field(9, ge=1)
     sigma: float = Field(4.0, description="Gaussian blur of the anomaly map, in input pixels")
+    index: Literal["flat", "ivf"] = Field("flat", description="flat: exact kNN; ivf: approximate (inverted lists "
+                                                              "over the scale's stored centroids, nprobe searched)")
+    nprobe: int = Field(8, ge=1, description="ivf: inverted lists searched per query")
 
 
 class Thresholds(_Strict):
@@ -90,6 +93,7 @@ class ScaleInfo(_Strict):
                                                "(multiple of the stride)")
     bank_file: str = Field(description="Bundle file with this scale's memory bank")
     locations_file: str | None = Field(None, description="Bundle file: (training image, cell y, cell x) per bank row")
+    ivf_file: str | None = Field(None, description="Bundle file: k-means centroids of the bank (scoring.index ivf)")
     n_patches: int = Field(0, ge=0, description="Training patches seen at this scale")
     n_bank: int = Field(ge=1)
     good_median: float | None = Field(None, description="Median patch score of held-out good images (fusion)")

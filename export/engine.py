@@ -58,8 +58,10 @@ class Prediction:
 class _Scale:
     info: ScaleInfo
     bank: np.ndarray
-    index: faiss.IndexFlatL2
+    index: faiss.Index  # exact, or IVF over the stored centroids
     locations: np.ndarray | None
+    exact: faiss.IndexFlatL2 | None = None  # IVF only: for the rare query whose probed lists hold < k rows
+    quantizer: faiss.IndexFlatL2 | None = None  # IVF only: kept alive alongside its index
 
 
 @dataclass
@@ -149,9 +151,22 @@ class Engine:
             if loc.shape != (bank.shape[0], 3):
                 raise BundleError(f"{where}: {info.locations_file} has shape {loc.shape}, expected "
                                   f"({bank.shape[0]}, 3)")
-        index = faiss.IndexFlatL2(dim)
-        index.add(np.ascontiguousarray(bank))
-        return _Scale(info, bank, index, loc)
+        flat = faiss.IndexFlatL2(dim)
+        flat.add(np.ascontiguousarray(bank))
+        if self.manifest.scoring.index == "flat":
+            return _Scale(info, bank, flat, loc)
+        if not info.ivf_file:
+            raise BundleError(f"{where}: scoring.index is ivf but the scale has no ivf_file (centroids)")
+        cent = self._array(info.ivf_file, np.float32)
+        if cent.ndim != 2 or cent.shape[1] != dim:
+            raise BundleError(f"{where}: {info.ivf_file} has shape {cent.shape}, expected (nlist, {dim})")
+        quantizer = faiss.IndexFlatL2(dim)
+        quantizer.add(np.ascontiguousarray(cent))
+        ivf = faiss.IndexIVFFlat(quantizer, dim, cent.shape[0])
+        ivf.is_trained = True
+        ivf.add(np.ascontiguousarray(bank))
+        ivf.nprobe = min(self.manifest.scoring.nprobe, cent.shape[0])
+        return _Scale(info, bank, ivf, loc, exact=flat, quantizer=quantizer)
 
     def _train_images(self) -> list[str]:
         from linesight.export.bundle import TRAIN_IMAGES_FILE
@@ -206,6 +221,10 @@ class Engine:
         b, d, h, w = feats.shape
         flat = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, d), dtype=np.float32)
         dist, idx = scale.index.search(flat, self.manifest.scoring.k)
+        if scale.exact is not None:  # IVF: queries whose probed lists held fewer than k rows -> exact search
+            short = np.nonzero(idx[:, -1] < 0)[0]
+            if len(short):
+                dist[short], idx[short] = scale.exact.search(flat[short], self.manifest.scoring.k)
         dist = np.sqrt(np.maximum(dist, 0.0))
         return dist.mean(axis=1).reshape(b, h, w), idx[:, 0].reshape(b, h, w), dist[:, 0].reshape(b, h, w)
 
@@ -213,7 +232,7 @@ class Engine:
         """anomalib's weighting: a far patch whose nearest normal has close neighbours is less anomalous."""
         bank = scale.bank
         k = min(self.manifest.scoring.reweight_neighbors, bank.shape[0])
-        _, support = scale.index.search(np.ascontiguousarray(bank[rows]), k)
+        _, support = (scale.exact or scale.index).search(np.ascontiguousarray(bank[rows]), k)
         d = np.linalg.norm(bank[support] - feats[:, None, :], axis=2)
         e = np.exp(d - d.max(axis=1, keepdims=True))
         return 1.0 - e[:, 0] / e.sum(axis=1)
@@ -302,6 +321,8 @@ class Engine:
                       keep_features: bool = False) -> list[Prediction]:
         """`regions=False` when the caller measures regions itself (the daemon's defect analysis);
         `keep_features=True` keeps each image's patch features of the first scale (region embeddings)."""
+        if not images:
+            return []
         t0 = time.perf_counter()
         frames, masks, reports = self._prepare(images)
         timing = {"features": 0.0, "knn": 0.0}

@@ -77,6 +77,17 @@ def extract(features: OnnxFeatures, frames: list[np.ndarray], masks: list[np.nda
     return (np.concatenate(feats).astype(np.float32, copy=False), np.concatenate(locs).astype(np.int32))
 
 
+def ivf_centroids(bank: np.ndarray, cfg: FitConfig) -> np.ndarray:
+    """k-means centroids of a bank, stored in the bundle so every load builds the same inverted lists."""
+    import faiss
+
+    nlist = cfg.ivf_nlist or int(np.clip(np.sqrt(len(bank)), 16, 1024))
+    nlist = min(nlist, max(1, len(bank) // 4))
+    km = faiss.Kmeans(bank.shape[1], nlist, niter=20, seed=cfg.seed, verbose=False)
+    km.train(np.ascontiguousarray(bank, dtype=np.float32))
+    return km.centroids.astype(np.float32)
+
+
 def plan_scales(cfg: FitConfig, frames: list[np.ndarray]) -> tuple[list[ScaleInfo], PlanInfo]:
     """The views to build banks for, coarsest first: a plan from the defect size range, explicit scales,
     or the single whole-frame view."""
@@ -230,7 +241,11 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         extras[loc_file] = bank_bytes(locations[picks], np.int32)
         if k:
             extras[bank_file] = bank_bytes(banks[bank_file])
-        scales[k] = sc.model_copy(update={"bank_file": bank_file, "locations_file": loc_file,
+        ivf_file = None
+        if cfg.knn_index == "ivf":
+            ivf_file = f"banks/scale{k}_ivf_centroids.npy"
+            extras[ivf_file] = bank_bytes(ivf_centroids(banks[bank_file], cfg))
+        scales[k] = sc.model_copy(update={"bank_file": bank_file, "locations_file": loc_file, "ivf_file": ivf_file,
                                           "n_patches": n_patches, "n_bank": n_bank})
         del patches
     bank = banks[BANK_FILE]
@@ -249,7 +264,8 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
                           n_bank=len(bank), coreset_ratio=cfg.coreset_ratio,
                           projection_dim=cfg.coreset_projection_dim, chunk_size=cfg.coreset_chunk, seed=cfg.seed,
                           seconds=round(coreset_s, 2)),
-        scoring=ScoringInfo(k=cfg.k, reweight=cfg.reweight, sigma=cfg.sigma),
+        scoring=ScoringInfo(k=cfg.k, reweight=cfg.reweight, sigma=cfg.sigma, index=cfg.knn_index,
+                            nprobe=cfg.ivf_nprobe),
         thresholds=Thresholds(image=float("inf"), pixel=float("inf"), policy="unset", source="none"),
         domain=domain,
         frame=frame_info,
