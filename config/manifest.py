@@ -25,6 +25,7 @@ class WeightsInfo(_Strict):
     pretrained: bool = Field(description="False means random-init features: accuracy will be poor")
     detail: str = Field("", description="URL, file path or training recipe")
     sha256: str | None = Field(None, description="Hash of the weights file when one was used")
+    package: str | None = Field(None, description="Installed weight package (dist==version) the file came from")
     training: dict | None = Field(None, description="Self-supervised training record: loss_curve, val_curve "
                                                     "[(step, held-out synthetic AUROC)], best_step, stopped, seconds")
 

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linesight.trainer.backbones import ResNet
 
 
 def channel_pool_matrix(c_in: int, c_out: int) -> torch.Tensor:
@@ -18,12 +17,12 @@ def channel_pool_matrix(c_in: int, c_out: int) -> torch.Tensor:
 
 
 class PatchFeatures(nn.Module):
-    """layer2 + layer3 -> 3x3 neighbourhood mean -> layer3 upsampled to the layer2 grid -> projection.
+    """stride-8 + stride-16 maps (ResNet layer2 + layer3, or two EfficientNet-Lite blocks) -> 3x3 neighbourhood mean -> layer3 upsampled to the layer2 grid -> projection.
 
     Each layer gets half of the embedding (as in the paper, where both are pooled to the same size first).
     """
 
-    def __init__(self, backbone: ResNet, channels: tuple[int, int], embedding_dim: int):
+    def __init__(self, backbone: nn.Module, channels: tuple[int, int], embedding_dim: int):
         super().__init__()
         self.backbone = backbone
         c2, c3 = channels

@@ -29,7 +29,7 @@ from linesight.export.features import OnnxFeatures
 from linesight.export.preprocess import PreprocessSpec, preprocess_batch
 from linesight.export.views import iter_tiles, make_view, render
 from linesight.trainer import onnx_export
-from linesight.trainer.backbones import BACKBONES, NOT_PRETRAINED, build_backbone, load_weights
+from linesight.trainer.backbones import BACKBONES, NOT_PRETRAINED, build_backbone, input_spec, load_weights
 from linesight.trainer.augment import augment, augment_sources
 from linesight.trainer.coreset import greedy_coreset
 from linesight.trainer.data import fingerprint, holdout_split, load_images, open_dataset
@@ -171,7 +171,8 @@ def build_model(cfg: FitConfig, weights: str, dataset: str | Path | None = None)
     backbone = build_backbone(cfg.backbone)
     w = load_weights(backbone, cfg.backbone, weights)
     module = PatchFeatures(backbone, BACKBONES[cfg.backbone].channels, cfg.embedding_dim).eval()
-    return module, WeightsInfo(source=w.source, pretrained=w.pretrained, detail=w.detail, sha256=w.sha256)
+    return module, WeightsInfo(source=w.source, pretrained=w.pretrained, detail=w.detail, sha256=w.sha256,
+                               package=w.package)
 
 
 def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatures | None = None,
@@ -203,7 +204,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     bank_imgs, bank_paths = prepare_frames(FramePrep(frame_info, frame_extras), bank_imgs, bank_paths, skipped)
     sources = augment_sources(len(bank_imgs), cfg.augment)
     bank_imgs = augment(bank_imgs, cfg.augment)
-    spec = PreprocessSpec(cfg.input_size, cfg.input_size, resize=cfg.resize)
+    spec = input_spec(cfg.backbone, cfg.input_size, cfg.resize)
     log.info("exporting %s to ONNX", cfg.backbone)
     with contextlib.redirect_stdout(io.StringIO()):
         onnx_bytes = onnx_export.export_onnx(module, spec.height, spec.width)
@@ -257,7 +258,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         schema=BUNDLE_SCHEMA,
         model=ModelInfo(id=cfg.model_id, version=next_version(out, cfg.model_id),
                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds")),
-        backbone=BackboneInfo(name=cfg.backbone, layers=["layer2", "layer3"], weights=weights_info),
+        backbone=BackboneInfo(name=cfg.backbone, layers=list(BACKBONES[cfg.backbone].layers), weights=weights_info),
         preprocess=spec.to_dict(),
         features=FeatureInfo(embedding_dim=cfg.embedding_dim, grid=(grid_h, grid_w), stride=stride),
         memory=MemoryInfo(n_patches=scales[0].n_patches,

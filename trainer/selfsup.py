@@ -24,7 +24,7 @@ from linesight.config.fit import FitConfig
 from linesight.config.manifest import WeightsInfo
 from linesight.errors import DataError
 from linesight.export.preprocess import PreprocessSpec, preprocess
-from linesight.trainer.backbones import BACKBONES, ResNet, build_backbone, load_weights
+from linesight.trainer.backbones import BACKBONES, build_backbone, input_spec, load_weights
 from linesight.trainer.data import fingerprint, holdout_split, load_images, open_dataset
 from linesight.trainer.features import PatchFeatures
 from linesight.trainer.metrics import auroc
@@ -67,7 +67,7 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> 
 
 @dataclass
 class SelfSupResult:
-    backbone: ResNet
+    backbone: nn.Module
     loss_curve: list[float]  # mean training loss per validation interval
     val_curve: list[tuple[int, float]]  # (step, held-out synthetic image AUROC)
     best_step: int
@@ -139,7 +139,7 @@ def _val_set(unit: np.ndarray, spec: PreprocessSpec, seed: int) -> tuple[torch.T
 
 
 @torch.no_grad()
-def _validate(backbone: ResNet, head: SegHead, x: torch.Tensor, labels: np.ndarray, batch: int) -> float:
+def _validate(backbone: nn.Module, head: SegHead, x: torch.Tensor, labels: np.ndarray, batch: int) -> float:
     """Image score = max of the 3x3-smoothed defect probability; AUROC over clean vs synthetic."""
     backbone.eval(), head.eval()
     scores = []
@@ -150,7 +150,7 @@ def _validate(backbone: ResNet, head: SegHead, x: torch.Tensor, labels: np.ndarr
     return auroc(np.concatenate(scores), labels)
 
 
-def train_selfsup(backbone: ResNet, channels: tuple[int, int], train_images: list[np.ndarray],
+def train_selfsup(backbone: nn.Module, channels: tuple[int, int], train_images: list[np.ndarray],
                   val_images: list[np.ndarray], cfg: FitConfig) -> SelfSupResult:
     """Train `backbone` (in place, then restored to its best validation state) on synthetic defects."""
     crop = cfg.selfsup_crop or cfg.input_size
@@ -160,11 +160,12 @@ def train_selfsup(backbone: ResNet, channels: tuple[int, int], train_images: lis
         raise DataError("self-supervised training needs good training images and at least one held-out good image")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    spec = PreprocessSpec(cfg.input_size, cfg.input_size)
+    spec = input_spec(cfg.backbone, cfg.input_size)
     batches = _Batches(_unit_images(train_images, spec), crop, spec, rng)
     val_x, val_y = _val_set(_unit_images(val_images, spec), spec, cfg.seed)
     head = SegHead(channels)
-    params = [p for n, p in backbone.named_parameters() if not n.startswith(("layer4", "fc"))] + list(head.parameters())
+    unused = BACKBONES[cfg.backbone].unused
+    params = [p for n, p in backbone.named_parameters() if not n.startswith(unused)] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.selfsup_lr, weight_decay=1e-4)
     warmup = min(100, max(1, cfg.selfsup_steps // 10))
     budget = cfg.selfsup_minutes * 60
