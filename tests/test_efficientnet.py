@@ -136,3 +136,9 @@ def test_lite_input_normalisation_is_recorded():
     assert spec.mean == pytest.approx((127 / 255,) * 3) and spec.std == pytest.approx((128 / 255,) * 3)
     assert spec.to_dict()["input_size"] == [320, 320] and spec.resize == "letterbox"
     assert input_spec("resnet18", 224).mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+def test_every_configurable_backbone_is_built():
+    from linesight.config.fit import BACKBONE_NAMES
+
+    assert set(BACKBONE_NAMES) == set(BACKBONES)

