@@ -43,14 +43,21 @@ def demo(out: Path, data: Path, weights: str, frames: int) -> int:
             "outputs": {"mqtt": {"enabled": False}, "zmq": {"enabled": False}, "metrics": {"enabled": False},
                         "archive": {"enabled": True, "dir": str(out / "archive"), "save_ok_fraction": 0.0}}})
         svc = Service(cfg)
+        truth: dict[str, int] = {"correct": 0, "false_reject": 0, "escape": 0}
+
+        def record(v: dict) -> None:
+            fh.write(json.dumps(v) + "\n")
+            good = (v["camera"]["file"] or "").startswith("good__")  # the test folder is the label
+            truth["correct" if (v["verdict"] == "OK") == good else "false_reject" if good else "escape"] += 1
+
         with (out / "verdicts.jsonl").open("w") as fh:
-            svc.pipeline.on_verdict = lambda v: fh.write(json.dumps(v) + "\n")
+            svc.pipeline.on_verdict = record
             svc.run()
     counts = svc.pipeline.counts
     summary = {"bundle": str(bundle), "report": str(out / "eval" / "report.html"),
                "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"], "aupro": metrics["aupro"],
                "daemon": {"frames": svc.pipeline.frames_in, "verdicts": counts["verdicts"], "OK": counts["verdict_OK"],
-                          "NG": counts["verdict_NG"], "verdicts_file": str(out / "verdicts.jsonl"),
+                          "NG": counts["verdict_NG"], "against_labels": truth, "verdicts_file": str(out / "verdicts.jsonl"),
                           "archive": str(out / "archive")},
                "warnings": metrics["model"]["warnings"]}
     print(json.dumps(summary, indent=2))
