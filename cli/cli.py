@@ -62,7 +62,7 @@ def _fit(a: argparse.Namespace) -> int:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
         raise LinesightError(f"invalid fit options: {problems}") from None
-    bundle = fit(a.dataset, a.output, cfg)
+    bundle = fit(a.dataset, a.output, cfg, force=a.force)
     m = bundle.manifest
     print(json.dumps({"bundle": str(a.output), "model": m.model.model_dump(), "bank": list(bundle.bank.shape),
                       "scales": [{"name": s.name, "bank": s.n_bank} for s in m.scales],
@@ -116,6 +116,10 @@ def _predict(a: argparse.Namespace) -> int:
     from linesight.export.images import read_image
     from linesight.export.overlay import overlay
 
+    from linesight.outputs import output_folder
+
+    if a.overlay:
+        output_folder(a.overlay, "predict --overlay")
     engine = Engine(a.bundle)
     failed = 0
     for path in a.images:
@@ -132,7 +136,6 @@ def _predict(a: argparse.Namespace) -> int:
             import cv2
 
             out = Path(a.overlay) / f"{Path(path).stem}_overlay.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(out), overlay(img, pred.anomaly_map, engine.pixel_threshold))
             row["overlay"] = str(out)
         print(json.dumps(row))
@@ -169,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train PatchCore on the good images of DATASET (MVTec layout: train/good; or a "
                                    "plain folder of good images) and write a deployable bundle (folder, or .zip).")
     f.add_argument("dataset", help="MVTec-layout folder or a folder of good images")
-    f.add_argument("-o", "--output", required=True, help="bundle path (a folder, or a file ending in .zip)")
+    f.add_argument("-o", "--output", required=True, help="bundle path (a folder, or a file ending in .zip); an "
+                   "existing bundle there is replaced (new version), anything else is refused")
+    f.add_argument("--force", action="store_true", help="replace a .zip at --output that is not a linesight bundle "
+                   "(a folder that is not a bundle is never replaced)")
     f.add_argument("--preset", default="fast", choices=["fast", "balanced", "accurate"],
                    help="speed/accuracy trade-off (see README for measured figures); default fast")
     from linesight.config.fit import BACKBONE_NAMES

@@ -48,6 +48,9 @@ class ModelHolder:
                 engine = Engine(path, threads=self.threads)
             except LinesightError as exc:
                 raise ModelRefused(f"bundle {path} refused: {exc}") from exc
+            except Exception as exc:  # never let a load failure end the reload thread or the start-up
+                log.exception("unexpected error loading bundle %s", path)
+                raise ModelRefused(f"bundle {path} refused: {type(exc).__name__}: {exc}") from exc
             if self.min_defect_px is not None and engine.smallest_defect_px() > self.min_defect_px * 1.001:
                 raise ModelRefused(f"bundle {path} refused: its finest scale sees defects from "
                                    f"{engine.smallest_defect_px():.0f} px, the station needs "

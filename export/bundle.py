@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ ROI_FILE = "roi_mask.png"
 MANIFEST_FILE = "manifest.json"
 LOCATIONS_FILE = "memory_locations.npy"  # int32 (N, 3): training image index, patch y, patch x per bank row
 TRAIN_IMAGES_FILE = "train_images.json"  # names of the training images, by index
+MAX_BUNDLE_BYTES = 4 << 30  # refused unread above this: no line model is that large, /dev/zero is endless
 
 
 @dataclass
@@ -64,9 +66,42 @@ def bank_bytes(bank: np.ndarray, dtype: type = np.float32) -> bytes:
     return buf.getvalue()
 
 
-def write_bundle(path: str | Path, bundle: Bundle) -> Path:
-    """Write atomically (temp then rename) so a daemon watching the path never sees half a bundle."""
+def check_target(path: str | Path, force: bool = False) -> None:
+    """Refuse to replace anything at `path` but a linesight bundle: a folder that is not one is never
+    deleted; a file that is not one is replaced only with `force`."""
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir():
+        if path.suffix == ".zip":
+            raise BundleError(f"{path} is a folder, but a path ending in .zip is written as a zip file; choose "
+                              "another output path (nothing was changed)")
+        if (path / MANIFEST_FILE).is_file() or not any(path.iterdir()):
+            return
+        raise BundleError(f"{path} is a folder that is not a linesight bundle (no {MANIFEST_FILE}); linesight "
+                          "never deletes folders it did not write: choose another output path (nothing was changed)")
+    if not path.is_file():
+        raise BundleError(f"{path} is not a regular file or folder; choose another output path")
+    if path.suffix != ".zip":
+        raise BundleError(f"{path} is a file; a bundle is written as a folder or a .zip: choose another output path")
+    if force or _is_bundle_zip(path):
+        return
+    raise BundleError(f"{path} exists and is not a linesight bundle; pass --force to replace it (nothing was changed)")
+
+
+def _is_bundle_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return MANIFEST_FILE in zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError):
+        return False
+
+
+def write_bundle(path: str | Path, bundle: Bundle, force: bool = False) -> Path:
+    """Write atomically (temp then rename) so a daemon watching the path never sees half a bundle. Only a
+    bundle (or, with `force`, a non-bundle .zip file) is ever replaced (check_target)."""
+    path = Path(path)
+    check_target(path, force)
     files = {ONNX_FILE: bundle.onnx, BANK_FILE: bank_bytes(bundle.bank)}
     files.update({f"golden/{name}": data for name, data in bundle.golden.items()})
     files.update(bundle.extras)
@@ -107,22 +142,54 @@ def _rmtree(p: Path) -> None:
     shutil.rmtree(p, ignore_errors=True)
 
 
-def _read_files(path: Path) -> dict[str, bytes]:
-    if not path.exists():
-        raise BundleError(f"bundle {path} does not exist")
-    if path.is_dir():
-        return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+def _read_files(path: Path, limit: int) -> dict[str, bytes]:
+    """Every file of a bundle folder or .zip, read only from regular files and never more than `limit` bytes
+    in all (a FIFO would block, /dev/zero or a zip bomb would fill memory)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise BundleError(f"bundle {path} does not exist") from None
+    except OSError as exc:
+        raise BundleError(f"bundle {path} cannot be read: {exc.strerror}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        entries = [p for p in path.rglob("*") if not p.is_dir()]
+        odd = [p for p in entries if not stat.S_ISREG(p.lstat().st_mode)]
+        if odd:
+            raise BundleError(f"bundle {path}: {odd[0].relative_to(path)} is not a regular file")
+        if sum(p.stat().st_size for p in entries) > limit:
+            raise BundleError(f"bundle {path} is larger than {limit >> 20} MiB: refused unread")
+        return {str(p.relative_to(path)): p.read_bytes() for p in entries}
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"bundle {path} is not a regular file nor a folder: refused unread")
+    if st.st_size > limit:
+        raise BundleError(f"bundle {path} is larger than {limit >> 20} MiB: refused unread")
     try:
         with zipfile.ZipFile(path) as zf:
-            return {name: zf.read(name) for name in zf.namelist() if not name.endswith("/")}
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise BundleError(f"bundle {path} is not a bundle folder nor a readable .zip ({exc})") from exc
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            if sum(i.file_size for i in infos) > limit:
+                raise BundleError(f"bundle {path} unpacks to more than {limit >> 20} MiB: refused")
+            return {i.filename: zf.read(i) for i in infos}
+    except BundleError:
+        raise
+    except Exception as exc:  # zipfile raises BadZipFile, zlib.error, NotImplementedError, EOFError, ...
+        raise BundleError(f"bundle {path} is not a bundle folder nor a readable .zip "
+                          f"({type(exc).__name__}: {exc})") from exc
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Read and verify: schema, every hash, bank shape and dtype. Any mismatch -> BundleError."""
+def load_bundle(path: str | Path, max_bytes: int = MAX_BUNDLE_BYTES) -> Bundle:
+    """Read and verify: schema, every hash, bank shape and dtype. Any failure -> BundleError, never another
+    exception: a daemon's reload thread relies on that to keep the old model."""
     path = Path(path)
-    files = _read_files(path)
+    try:
+        return _load(path, max_bytes)
+    except BundleError:
+        raise
+    except Exception as exc:  # a corruption no check above anticipated
+        raise BundleError(f"bundle {path} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+
+
+def _load(path: Path, max_bytes: int) -> Bundle:
+    files = _read_files(path, max_bytes)
     if MANIFEST_FILE not in files:
         raise BundleError(f"bundle {path} has no {MANIFEST_FILE}: not a linesight bundle or truncated")
     try:

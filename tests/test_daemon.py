@@ -236,3 +236,39 @@ def test_bad_config_is_one_clear_line(tmp_path):
         assert "Traceback" not in r.stderr
         assert "bad.yaml:6" in r.stderr and "mdoe" in r.stderr and "did you mean 'mode'" in r.stderr
         assert "bad.yaml:8" in r.stderr and "deadline_ms" in r.stderr
+
+
+def test_reload_thread_survives_corrupt_and_special_bundles(tmp_path, bundle, mosquitto, mqtt_probe):
+    """zlib-corrupt and unknown-method zips and /dev/zero are refused with an alarm, and the same reload
+    thread then takes a good bundle: a load failure never ends it (it used to die on zlib.error)."""
+    from helpers import corrupt_zip
+    from linesight.export.bundle import load_bundle, write_bundle
+
+    cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
+                                                    "height": 96, "rate_hz": 10})
+    probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
+    proc = start(cfg_path)
+    try:
+        probe.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=60)
+        bad = [corrupt_zip(bundle, tmp_path / "deflate.zip", "deflate"),
+               corrupt_zip(bundle, tmp_path / "method.zip", "method"), Path("/dev/zero")]
+        for i, path in enumerate(bad):
+            t0 = time.monotonic()
+            probe.publish("linesight/s1/l1/cam1/cmd/reload", json.dumps({"id": f"r{i}", "bundle": str(path)}))
+            alarm = probe.wait_for(lambda m, p=path: m.topic.endswith("/alarm") and b"model_refused" in m.payload
+                                   and str(p).encode() in m.payload, timeout=20)
+            assert "refused" in json.loads(alarm.payload)["message"] and time.monotonic() - t0 < 15
+        v2 = load_bundle(bundle)
+        v2.manifest.model.version = 2
+        good = write_bundle(tmp_path / "v2.zip", v2)
+        probe.publish("linesight/s1/l1/cam1/cmd/reload", json.dumps({"id": "ok", "bundle": str(good)}))
+        probe.wait_for(lambda m: m.topic.endswith("/alarm") and b"model_changed" in m.payload, timeout=20)
+        probe.wait_for(lambda m: m.topic.endswith("/verdict") and json.loads(m.payload)["model"]["version"] == 2,
+                       timeout=20)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -244,8 +244,9 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *
     from linesight.config.inspection import load_inspection_spec, load_knowledge_base
     from linesight.export.type_classifier import TypeClassifier
 
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    from linesight.outputs import output_folder
+
+    outdir = output_folder(outdir, "evaluate")
     insp = load_inspection_spec(spec) if spec else None
     kb = load_knowledge_base(knowledge, insp) if knowledge else None
     bundle = load_bundle(bundle_path)

@@ -21,7 +21,7 @@ from linesight.config.manifest import (BUNDLE_SCHEMA, BackboneInfo, DatasetInfo,
                                        Thresholds, WeightsInfo)
 from linesight.errors import DataError
 from linesight.export.bundle import (BANK_FILE, LOCATIONS_FILE, ROI_FILE, TRAIN_IMAGES_FILE, Bundle, bank_bytes,
-                                     load_bundle, write_bundle)
+                                     check_target, load_bundle, write_bundle)
 from linesight.export.domain import Domain
 from linesight.export.frame_prep import FramePrep, prepare_frame_info
 from linesight.export.engine import Engine
@@ -176,12 +176,14 @@ def build_model(cfg: FitConfig, weights: str, dataset: str | Path | None = None)
 
 
 def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatures | None = None,
-        weights_info: WeightsInfo | None = None) -> Bundle:
+        weights_info: WeightsInfo | None = None, force: bool = False) -> Bundle:
     """Train a bundle from the good images of `dataset` and write it to `out` (folder or .zip).
 
     `module`/`weights_info` let a caller (self-supervised training) hand in its own trained backbone.
+    `out` may only hold a bundle already (or, with `force`, a non-bundle .zip): checked before any work.
     """
     t_start = time.monotonic()
+    check_target(out, force)
     if cfg.input_size % 16:
         raise DataError(f"input size {cfg.input_size} must be a multiple of 16 (the layer3 stride)")
     if module is None:  # first: a missing weights file or an offline download fails before any work
@@ -284,7 +286,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     bundle = Bundle(manifest=manifest, onnx=onnx_bytes, bank=bank, extras=extras)
     fusion_statistics(bundle, hold_imgs)
     default_thresholds(bundle, hold_imgs, hold_paths, cfg)
-    write_bundle(out, bundle)
+    write_bundle(out, bundle, force)
     log.info("fit done in %.1f s: %s (%d bank rows x %d)", time.monotonic() - t_start, out, *bank.shape)
     for w in warnings:
         log.warning("%s", w.upper())

@@ -19,6 +19,7 @@ from linesight.errors import DataError
 
 log = logging.getLogger(__name__)
 
+SYNTH_MARKER = ".linesight-synth"  # marks a folder synth wrote, so a rerun may add to it
 KINDS = ("texture", "scratch", "crack", "spot", "cutpaste", "chip", "uneven")
 
 
@@ -333,7 +334,9 @@ def write_dataset(good_paths: Sequence[Path], out: str | Path, n: int, rng: np.r
     good_paths = [Path(p) for p in good_paths]
     if not good_paths:
         raise DataError("synth: no good images to paint defects on")
-    out = Path(out)
+    from linesight.outputs import output_folder
+
+    out = output_folder(out, "synth", marker=SYNTH_MARKER)
     (out / "train" / "good").mkdir(parents=True, exist_ok=True)
     for p in good_paths:
         link = out / "train" / "good" / p.name

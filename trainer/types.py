@@ -173,6 +173,10 @@ def train_types(bundle_path: str | Path, dataset: str | Path, *, folds: int = 5,
 
     Only the types/* files of the bundle change (write_bundle re-hashes them); nothing else is re-recorded.
     """
+    from linesight.outputs import output_folder
+
+    if report_dir is not None:  # before any work: a bad report path must not cost a whole run
+        output_folder(report_dir, "types")
     bundle = load_bundle(bundle_path)
     engine = Engine(bundle)
     data = collect_regions(engine, dataset, min_region_px=min_region_px)
@@ -189,7 +193,6 @@ def train_types(bundle_path: str | Path, dataset: str | Path, *, folds: int = 5,
     result = {"bundle": str(bundle_path), "floor": clf.floor, "types": clf.labels, "cv": cv, "skipped": data.skipped}
     if report_dir is not None:
         out = Path(report_dir)
-        out.mkdir(parents=True, exist_ok=True)
         (out / "types_cv.json").write_text(json.dumps(result, indent=2))
         (out / "types_cv.txt").write_text(format_cv_table(cv) + "\n")
     log.info("type classifier stored", extra={"bundle": str(bundle_path), "method": method,
