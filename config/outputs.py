@@ -98,6 +98,11 @@ class MqttConfig(BaseModel):
     )
     reconnect_min_s: int = Field(default=1, ge=1, description="First reconnect delay (doubles per failure).")
     reconnect_max_s: int = Field(default=30, ge=1, description="Upper bound of the reconnect delay.")
+    commands: list[Literal[MQTT_COMMANDS]] = Field(
+        default_factory=lambda: list(MQTT_COMMANDS),
+        description="Commands this station executes; others are answered 'not enabled' (e.g. [pause, resume, "
+        "feedback] where model changes must come from the engineering PC). Pair with a broker ACL.",
+    )
     max_queued_messages: int = Field(
         default=32,
         ge=4,

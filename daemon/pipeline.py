@@ -24,6 +24,7 @@ from linesight.daemon.model import ModelHolder, ModelRefused
 from linesight.daemon.sources.base import EndOfStream, Frame, Source
 
 log = logging.getLogger(__name__)
+RELOAD_QUEUE = 8  # reload requests waiting at most; more are refused with a reason
 
 # (verdict, image, anomaly map, pixel threshold, full analysis for the ZMQ header or None)
 Publish = Callable[[dict, np.ndarray | None, np.ndarray | None, float | None, dict | None], None]
@@ -50,7 +51,8 @@ class Pipeline:
         self.acquisition_done = threading.Event()
         self.counts: Counter[str] = Counter()
         self._alarm_times: dict[str, float] = {}
-        self._pending_reload: tuple[str | None, bool] | None = None
+        self._reloads: queue.Queue[tuple[int | None, str | None, bool]] = queue.Queue(maxsize=RELOAD_QUEUE)
+        self._jobs = itertools.count(1)
         self.frames_in = 0
         self._load_analysis()
         self.part_ids: deque[str] = deque(maxlen=1000)  # external "part arrived" ids, oldest first
@@ -245,33 +247,40 @@ class Pipeline:
             else:
                 self._emit(frame, prediction=pred, inference_ms=ms, analysis=found)
 
-    def request_reload(self, path: str | None = None, rollback: bool = False) -> None:
-        self._pending_reload = (path, rollback)
+    def request_reload(self, path: str | None = None, rollback: bool = False) -> int:
+        """Queue a reload (or rollback); each one runs, in order. Returns its job id; the outcome is an alarm
+        (model_changed / model_refused) carrying that id. A full queue is refused, never silently dropped."""
+        job = next(self._jobs)
+        try:
+            self._reloads.put_nowait((job, path, rollback))
+        except queue.Full:
+            raise ValueError(f"{RELOAD_QUEUE} reloads are already waiting; retry after their outcomes") from None
+        return job
 
-    def _reload(self) -> None:
-        path, rollback = self._pending_reload or (None, False)
-        self._pending_reload = None
+    def _reload(self, job: int | None, path: str | None, rollback: bool) -> None:
+        ctx = {} if job is None else {"job": job}
         try:
             engine = self.holder.rollback() if rollback else self.holder.load(path)
-            self._alarm("model_changed", f"model {engine.bundle.label} active", severity="info")
+            self._alarm("model_changed", f"model {engine.bundle.label} active", severity="info", **ctx)
         except ModelRefused as exc:
             self.counts["reload_refused"] += 1
-            self._alarm("model_refused", str(exc))
+            self._alarm("model_refused", str(exc), **ctx)
 
     def reload_loop(self) -> None:
         """Loads happen here, off the processing thread; the swap itself is one assignment."""
         interval = self.cfg.model.watch_interval_s
         next_check = time.monotonic() + interval
-        while not self.stop_event.wait(0.1):
-            if self._pending_reload is not None:
-                self._reload()
-            elif self.cfg.model.watch and time.monotonic() >= next_check:
+        while not self.stop_event.is_set():
+            try:
+                self._reload(*self._reloads.get(timeout=0.1))
+                continue
+            except queue.Empty:
+                pass
+            if self.cfg.model.watch and time.monotonic() >= next_check:
                 next_check = time.monotonic() + interval
-                if not self.holder.changed():
-                    continue
-                log.info("bundle %s changed on disk: reloading", self.holder.path)
-                self._pending_reload = (None, False)
-                self._reload()
+                if self.holder.changed():
+                    log.info("bundle %s changed on disk: reloading", self.holder.path)
+                    self._reload(None, None, False)
 
     def run(self) -> None:
         """The processing loop (caller's thread). Returns when stopped or the source has ended."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from linesight.config.daemon import DaemonConfig
+from linesight.daemon.commands import Dispatcher, Feedback, Part, Pause, Reload, Resume
 from linesight.daemon.metrics import Metrics
 from linesight.daemon.model import ModelHolder, ModelRefused
 from linesight.daemon.notify import Notifier
@@ -94,41 +95,41 @@ class Service:
             self.mqtt.publish_alarm(code, message, station=self.station, **context)
 
     # ---------------------------------------------------------------- commands (paho thread: keep short)
-    def command(self, name: str, payload: dict) -> dict:
-        if name == "reload":
-            path = payload.get("bundle")
-            if path is not None and not isinstance(path, str):
-                raise ValueError("'bundle' must be a path string")
-            self.pipeline.request_reload(path, rollback=bool(payload.get("rollback", False)))
-            return {"accepted": True, "bundle": path or str(self.holder.path), "rollback": bool(payload.get("rollback"))}
-        if name == "pause":
-            self.pipeline.paused.set()
-            self._status()
-            return {"paused": True}
-        if name == "resume":
-            self.pipeline.paused.clear()
-            self._status()
-            return {"paused": False}
-        if name == "feedback":
-            for key in ("seq", "label"):
-                if key not in payload:
-                    raise ValueError(f"feedback needs '{key}' (the verdict's seq and the true label OK|NG)")
-            if payload["label"] not in ("OK", "NG"):
-                raise ValueError("feedback 'label' must be OK or NG")
-            log.info("operator feedback", extra={"feedback": payload})
-            if self.cfg.outputs.archive.enabled:  # kept for re-training (incremental learning)
-                path = Path(self.cfg.outputs.archive.dir) / "feedback.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("a") as fh:
-                    fh.write(json.dumps(payload) + "\n")
-            return {"recorded": True}
-        if name == "part":
-            pid = payload.get("part_id")
-            if not isinstance(pid, str) or not pid or len(pid) > 200:
-                raise ValueError("'part_id' must be a non-empty string of at most 200 characters")
-            self.pipeline.part_ids.append(pid)
-            return {"queued": len(self.pipeline.part_ids)}
-        raise ValueError(f"unknown command {name}")
+    def _commands(self) -> Dispatcher:
+        return Dispatcher({Reload: self._cmd_reload, Pause: self._cmd_pause, Resume: self._cmd_resume,
+                           Feedback: self._cmd_feedback, Part: self._cmd_part},
+                          allowed=tuple(self.cfg.outputs.mqtt.commands))
+
+    def _cmd_reload(self, cmd: Reload) -> dict:
+        """Queued in order, never collapsed: the reply names the job, its outcome comes as an alarm with it."""
+        job = self.pipeline.request_reload(cmd.bundle, rollback=cmd.rollback)
+        return {"job": job, "bundle": cmd.bundle or str(self.holder.path), "rollback": cmd.rollback,
+                "outcome": f"alarm model_changed or model_refused with job {job}"}
+
+    def _cmd_pause(self, _cmd: Pause) -> dict:
+        self.pipeline.paused.set()
+        self._status()
+        return {"paused": True}
+
+    def _cmd_resume(self, _cmd: Resume) -> dict:
+        self.pipeline.paused.clear()
+        self._status()
+        return {"paused": False}
+
+    def _cmd_feedback(self, cmd: Feedback) -> dict:
+        record = cmd.model_dump(exclude_none=True)
+        log.info("operator feedback", extra={"feedback": record})
+        if not self.cfg.outputs.archive.enabled:
+            return {"recorded": False, "why": "no archive configured: feedback is only logged"}
+        path = Path(self.cfg.outputs.archive.dir) / "feedback.jsonl"  # kept for re-training
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        return {"recorded": True}
+
+    def _cmd_part(self, cmd: Part) -> dict:
+        self.pipeline.part_ids.append(cmd.part_id)
+        return {"queued": len(self.pipeline.part_ids)}
 
     def _stats(self) -> dict:
         c = self.pipeline.counts
@@ -191,7 +192,7 @@ class Service:
         if out.mqtt.enabled:
             from linesight.daemon.sinks.mqtt_sink import MqttSink
 
-            self.mqtt = MqttSink(out.mqtt, on_command=self.command, stats_provider=self._stats)
+            self.mqtt = MqttSink(out.mqtt, on_command=self._commands(), stats_provider=self._stats)
             self.metrics.watch_sink("mqtt", lambda: self.mqtt.counters)
             self.mqtt.start()
         if out.zmq.enabled:

@@ -272,3 +272,42 @@ def test_reload_thread_survives_corrupt_and_special_bundles(tmp_path, bundle, mo
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_every_reload_runs_and_replies_report_jobs(tmp_path, bundle, mosquitto, mqtt_probe):
+    """5 rapid reloads: 5 job ids, 5 outcomes (once, 20 replies said 'accepted' and one ran); a string
+    'false' is refused, not read as a rollback; deeply nested JSON gets a reply, not a traceback."""
+    cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
+                                                    "height": 96, "rate_hz": 10})
+    probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
+    proc = start(cfg_path)
+    cmd = "linesight/s1/l1/cam1/cmd/reload"
+    try:
+        probe.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=60)
+        for i in range(5):
+            probe.publish(cmd, json.dumps({"id": f"q{i}", "bundle": str(bundle)}))
+        replies, outcomes = {}, set()  # replies and outcomes interleave: read the stream until both are complete
+        while len(replies) < 5 or not set(replies.values()) <= outcomes:
+            m = probe.wait_for(lambda m: m.topic.endswith("cmd/reload/reply") or
+                               (m.topic.endswith("/alarm") and b"model_changed" in m.payload), timeout=30)
+            body = json.loads(m.payload)
+            if m.topic.endswith("/reply"):
+                assert body["ok"] is True, body
+                replies[body["id"]] = body["result"]["job"]
+            else:
+                outcomes.add(body["context"]["job"])
+        assert sorted(replies) == [f"q{i}" for i in range(5)] and len(set(replies.values())) == 5
+        probe.publish(cmd, json.dumps({"id": "s", "rollback": "false"}))
+        bad = json.loads(probe.wait_for(lambda m: m.topic.endswith("cmd/reload/reply")
+                                        and json.loads(m.payload)["id"] == "s", timeout=10).payload)
+        assert bad["ok"] is False and "rollback" in bad["error"] and "valid boolean" in bad["error"]
+        probe.publish("linesight/s1/l1/cam1/cmd/pause", "[" * 5000 + "]" * 5000)
+        deep = json.loads(probe.wait_for(lambda m: m.topic.endswith("cmd/pause/reply"), timeout=10).payload)
+        assert deep["ok"] is False and "nested too deeply" in deep["error"]
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and "RecursionError" not in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()

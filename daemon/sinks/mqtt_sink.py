@@ -423,6 +423,8 @@ class MqttSink:
             payload = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LinesightError(f"command payload is not valid UTF-8 JSON ({exc}); send a JSON object, e.g. {{}}") from None
+        except RecursionError:  # thousands of nested brackets fit in the size limit
+            raise LinesightError("command payload is nested too deeply; commands are flat JSON objects") from None
         if not isinstance(payload, dict):
             raise LinesightError(f"command payload must be a JSON object, got {type(payload).__name__}")
         req_id = payload.get("id")

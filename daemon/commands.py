@@ -1,0 +1,78 @@
+"""The daemon's commands: one strict model per command and one dispatch table, whatever the transport.
+
+Transports (MQTT today, HTTP later) only turn bytes into a JSON object; what a command may carry, and what
+it does, lives here. Strict types: `{"rollback": "false"}` is refused, not read as true; unknown keys are
+refused, not ignored.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from linesight.config.outputs import MQTT_COMMANDS
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: str | int | None = Field(None, description="Echoed in the reply, so the sender can match it")
+
+
+class Reload(Command):
+    bundle: str | None = Field(None, min_length=1, max_length=4096, description="Bundle to load; none: the "
+                                                                                "configured path again")
+    rollback: bool = Field(False, description="Go back to the model that ran before the last change")
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Reload:
+        if self.rollback and self.bundle is not None:
+            raise ValueError("give either 'bundle' or 'rollback': true, not both")
+        return self
+
+
+class Pause(Command):
+    pass
+
+
+class Resume(Command):
+    pass
+
+
+class Feedback(Command):
+    seq: int = Field(ge=0, description="The verdict's seq")
+    label: Literal["OK", "NG"] = Field(description="What the part really was")
+    part_id: str | None = Field(None, max_length=200)
+    note: str | None = Field(None, max_length=1000)
+
+
+class Part(Command):
+    part_id: str = Field(min_length=1, max_length=200, description="Id of the next part to arrive")
+
+
+# the names are the config's MQTT_COMMANDS (config cannot import the daemon); a test keeps them one set
+MODELS: dict[str, type[Command]] = {"reload": Reload, "pause": Pause, "resume": Resume, "feedback": Feedback,
+                                    "part": Part}
+
+
+class Dispatcher:
+    """`dispatcher(name, payload)`: validate into the command's model, run its handler, return the result.
+    Raises ValueError with a one-line reason for anything a sender got wrong."""
+
+    def __init__(self, handlers: dict[type[Command], Callable[[Command], dict]],
+                 allowed: tuple[str, ...] = MQTT_COMMANDS):
+        self.handlers, self.allowed = handlers, allowed
+
+    def __call__(self, name: str, payload: dict) -> dict:
+        model = MODELS.get(name)
+        if model is None:
+            raise ValueError(f"unknown command {name[:64]!r}; valid: {', '.join(MODELS)}")
+        if name not in self.allowed:
+            raise ValueError(f"command {name!r} is not enabled on this station (enabled: {', '.join(self.allowed)})")
+        try:
+            cmd = model.model_validate(payload)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{name}: {problems}") from None
+        return self.handlers[model](cmd)

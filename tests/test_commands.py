@@ -1,0 +1,53 @@
+"""Command validation: one strict model per command; every gate has a case where it must say no."""
+from __future__ import annotations
+
+import pytest
+
+from linesight.config.outputs import MQTT_COMMANDS
+from linesight.daemon.commands import MODELS, Dispatcher, Feedback, Part, Pause, Reload, Resume
+
+
+def dispatcher(**kw) -> tuple[Dispatcher, list]:
+    seen: list = []
+    handlers = {m: (lambda cmd, seen=seen: seen.append(cmd) or {"ok": type(cmd).__name__})
+                for m in (Reload, Pause, Resume, Feedback, Part)}
+    return Dispatcher(handlers, **kw), seen
+
+
+def test_names_are_the_configs():
+    assert tuple(MODELS) == MQTT_COMMANDS
+
+
+@pytest.mark.parametrize("name,payload,why", [
+    ("reload", {"rollback": "false"}, "rollback: Input should be a valid boolean"),
+    ("reload", {"rollback": 1}, "rollback: Input should be a valid boolean"),
+    ("reload", {"bundle": "/m/a.zip", "rollback": True}, "not both"),
+    ("reload", {"bundle": ["/m/a.zip"]}, "bundle: Input should be a valid string"),
+    ("reload", {"bundel": "/m/a.zip"}, "bundel: Extra inputs are not permitted"),
+    ("pause", {"now": True}, "now: Extra inputs are not permitted"),
+    ("feedback", {"seq": "12", "label": "NG"}, "seq: Input should be a valid integer"),
+    ("feedback", {"seq": 12, "label": "ng"}, "label: Input should be 'OK' or 'NG'"),
+    ("feedback", {"label": "OK"}, "seq: Field required"),
+    ("part", {"part_id": ""}, "part_id: String should have at least 1 character"),
+    ("part", {"part_id": "x" * 201}, "part_id: String should have at most 200 characters"),
+    ("selfdestruct", {}, "unknown command 'selfdestruct'"),
+])
+def test_bad_payloads_are_refused_with_the_reason(name, payload, why):
+    d, seen = dispatcher()
+    with pytest.raises(ValueError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        d(name, payload)
+    assert seen == []
+
+
+def test_good_payloads_reach_their_handler_typed():
+    d, seen = dispatcher()
+    assert d("reload", {"id": "r1", "rollback": True}) == {"ok": "Reload"}
+    assert d("feedback", {"id": 7, "seq": 12, "label": "NG", "note": "burr"}) == {"ok": "Feedback"}
+    assert seen[0] == Reload(id="r1", rollback=True) and seen[1].seq == 12 and seen[1].label == "NG"
+
+
+def test_a_station_can_enable_only_some_commands():
+    d, seen = dispatcher(allowed=("pause", "resume", "feedback"))
+    with pytest.raises(ValueError, match="'reload' is not enabled on this station"):
+        d("reload", {})
+    assert d("pause", {}) == {"ok": "Pause"} and len(seen) == 1
