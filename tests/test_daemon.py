@@ -2,6 +2,7 @@
 NOTIFY_SOCKET datagram socket, real magnetic_tile images through a folder source, signals."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -70,6 +71,26 @@ def start(cfg: Path, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "linesight", "run", "--config", str(cfg)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextlib.contextmanager
+def running(cfg: Path):
+    """The daemon as a subprocess; killed if a test fails before stopping it."""
+    proc = start(cfg)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """SIGINT: the daemon must exit 0 within 20 s. Returns its output."""
+    assert proc.poll() is None, "the daemon died"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out[-3000:]
+    return out
 
 
 def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle, mosquitto, mqtt_probe):
@@ -247,8 +268,7 @@ def test_reload_thread_survives_corrupt_and_special_bundles(tmp_path, bundle, mo
     cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
                                                     "height": 96, "rate_hz": 10})
     probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
-    proc = start(cfg_path)
-    try:
+    with running(cfg_path) as proc:
         probe.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=60)
         bad = [corrupt_zip(bundle, tmp_path / "deflate.zip", "deflate"),
                corrupt_zip(bundle, tmp_path / "method.zip", "method"), Path("/dev/zero")]
@@ -265,13 +285,7 @@ def test_reload_thread_survives_corrupt_and_special_bundles(tmp_path, bundle, mo
         probe.wait_for(lambda m: m.topic.endswith("/alarm") and b"model_changed" in m.payload, timeout=20)
         probe.wait_for(lambda m: m.topic.endswith("/verdict") and json.loads(m.payload)["model"]["version"] == 2,
                        timeout=20)
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
-        assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
 
 
 def test_every_reload_runs_and_replies_report_jobs(tmp_path, bundle, mosquitto, mqtt_probe):
@@ -280,9 +294,8 @@ def test_every_reload_runs_and_replies_report_jobs(tmp_path, bundle, mosquitto, 
     cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
                                                     "height": 96, "rate_hz": 10})
     probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
-    proc = start(cfg_path)
     cmd = "linesight/s1/l1/cam1/cmd/reload"
-    try:
+    with running(cfg_path) as proc:
         probe.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=60)
         for i in range(5):
             probe.publish(cmd, json.dumps({"id": f"q{i}", "bundle": str(bundle)}))
@@ -304,10 +317,4 @@ def test_every_reload_runs_and_replies_report_jobs(tmp_path, bundle, mosquitto, 
         probe.publish("linesight/s1/l1/cam1/cmd/pause", "[" * 5000 + "]" * 5000)
         deep = json.loads(probe.wait_for(lambda m: m.topic.endswith("cmd/pause/reply"), timeout=10).payload)
         assert deep["ok"] is False and "nested too deeply" in deep["error"]
-        assert proc.poll() is None
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0 and "RecursionError" not in out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        assert "RecursionError" not in stop(proc)
