@@ -130,8 +130,7 @@ def _predict(a: argparse.Namespace) -> int:
             failed += 1
             continue
         pred = engine.predict(img)
-        row = {"image": path, **pred.to_dict(), "model": {"id": engine.manifest.model.id,
-                                                          "version": engine.manifest.model.version}}
+        row = {"image": path, **pred.to_dict(), "model": pred.model}
         if a.overlay:
             import cv2
 
@@ -157,7 +156,8 @@ def _info(a: argparse.Namespace) -> int:
     b = load_bundle(a.bundle)
     d = b.manifest.model_dump(mode="json", by_alias=True)
     print(json.dumps({k: d[k] for k in ("model", "backbone", "preprocess", "features", "memory", "scoring",
-                                        "thresholds", "dataset", "warnings")} | {"verified": True}, indent=2))
+                                        "thresholds", "dataset", "warnings")} | {"identity": b.identity, "digest": b.digest,
+                                                                                "verified": True}, indent=2))
     return 0
 
 

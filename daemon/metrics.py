@@ -100,7 +100,7 @@ class Metrics:
         self.queue_depth = Gauge("linesight_queue_depth", "Items waiting in internal queues.", ("queue",), registry=r)
         self.archive_bytes = Gauge("linesight_archive_bytes", "Bytes used by the frame archive.", registry=r)
         self.model_info = Gauge("linesight_model_info", "Active model (value is always 1).",
-                                ("model_id", "version"), registry=r)
+                                ("model_id", "version", "hash"), registry=r)
         self.up = Gauge("linesight_up", "1 while the inspection pipeline is running.", registry=r)
         self._sinks = _SinkCollector()
         r.register(self._sinks)
@@ -180,10 +180,10 @@ class Metrics:
     def set_archive_bytes(self, n: int) -> None:
         self.archive_bytes.set(n)
 
-    def set_model(self, model_id: str, version: int | str) -> None:
+    def set_model(self, identity: dict) -> None:
         """Replace the model_info series (exactly one series exists after a hot model swap)."""
         self.model_info.clear()
-        self.model_info.labels(str(model_id), str(version)).set(1)
+        self.model_info.labels(str(identity["id"]), str(identity["version"]), str(identity.get("hash", ""))).set(1)
 
     def set_up(self, up: bool) -> None:
         self._up = bool(up)

@@ -84,5 +84,4 @@ class ModelHolder:
     def info(self) -> dict | None:
         if self.engine is None:
             return None
-        m = self.engine.manifest.model
-        return {"id": m.id, "version": m.version}
+        return dict(self.engine.identity)

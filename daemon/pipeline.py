@@ -110,8 +110,9 @@ class Pipeline:
               inference_ms: float | None = None, analysis: tuple[dict | None, dict | None] = (None, None)) -> dict:
         with self._seq_lock:
             seq = next(self._seq)
-        engine = self.holder.engine
-        v = V.build(frame, seq=seq, part_id=self._part_id(frame, seq), station=self.station, model=self.holder.info,
+        # the model and thresholds that decided travel with the prediction: a swap in between cannot relabel it
+        model = prediction.model if prediction is not None else self.holder.info
+        v = V.build(frame, seq=seq, part_id=self._part_id(frame, seq), station=self.station, model=model,
                     deadline_ms=self.cfg.pipeline.deadline_ms, prediction=prediction, fail_safe=fail_safe,
                     fail_safe_verdict=self.cfg.pipeline.fail_safe_verdict, detail=detail, inference_ms=inference_ms,
                     analysis=analysis[0])
@@ -121,7 +122,7 @@ class Pipeline:
             self.counts[f"failsafe_{fail_safe}"] += 1
             self.alarm_limited(fail_safe, detail or fail_safe, seq=seq, part_id=v["part_id"])
         amap = prediction.anomaly_map if prediction is not None else None
-        thr = engine.pixel_threshold if engine is not None else None
+        thr = prediction.pixel_threshold if prediction is not None else None
         self.on_verdict(v)
         self._publish(v, frame.image, amap, thr, analysis[1])
         return v

@@ -176,7 +176,7 @@ class Service:
             if self.mqtt:
                 self.metrics.set_mqtt_connected(self.mqtt.connected)
             if self.holder.info:
-                self.metrics.set_model(self.holder.info["id"], self.holder.info["version"])
+                self.metrics.set_model(self.holder.info)
             self._status()
 
     # ---------------------------------------------------------------- lifecycle
@@ -209,7 +209,7 @@ class Service:
         self._start_thread(self._publish_loop, "publish")
         try:
             engine = self.holder.load()
-            self.metrics.set_model(engine.manifest.model.id, engine.manifest.model.version)
+            self.metrics.set_model(engine.identity)
         except ModelRefused as exc:
             self.alarm("no_model", str(exc))
         self.source.open()

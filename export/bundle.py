@@ -14,6 +14,7 @@ import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,23 @@ class Bundle:
     @property
     def label(self) -> str:
         return f"{self.manifest.model.id} v{self.manifest.model.version}"
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the manifest, which lists every file's sha256: the bundle's content identity."""
+        return sha256(manifest_bytes(self.manifest))
+
+    @property
+    def identity(self) -> dict:
+        """What verdicts, alarms and metrics carry: id, version and the first 16 hex digits of the digest."""
+        return {"id": self.manifest.model.id, "version": self.manifest.model.version, "hash": self.digest[:16]}
+
+
+def new_revision(manifest: Manifest, change: str) -> None:
+    """Any change to a bundle (calibrate, roi, types) is a new version, so no two contents share one."""
+    manifest.model.version += 1
+    manifest.model.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    log.info("bundle %s: %s -> version %d", manifest.model.id, change, manifest.model.version)
 
 
 def json_default(obj):

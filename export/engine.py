@@ -43,6 +43,8 @@ class Prediction:
     view: View | None = None  # that view's geometry (frame <-> feature grid), with the features
     frame: dict | None = None  # what frame preparation did (alignment shift/angle/quality), when it is on
     failure: str | None = None  # set when the frame could not be inspected as trained (e.g. alignment_failed)
+    model: dict | None = None  # identity (id, version, hash) of the bundle that decided: a hot swap cannot relabel it
+    pixel_threshold: float | None = None  # that bundle's map threshold
 
     def to_dict(self) -> dict:
         out = {"score": round(self.score, 4), "verdict": self.verdict, "threshold": round(self.threshold, 4),
@@ -100,6 +102,7 @@ class Engine:
         threads = threads or int(os.environ.get("LINESIGHT_THREADS", "0")) or None
         if threads:
             faiss.omp_set_num_threads(threads)
+        self.identity = self.bundle.identity
         self.domain = Domain(m.domain, self.bundle.extras)
         self.frame_prep = FramePrep(m.frame, self.bundle.extras)
         self.stride = m.features.stride
@@ -352,7 +355,8 @@ class Engine:
                                       features=per_scale[0][i].features,
                                       view=per_scale[0][i].view if keep_features else None,
                                       frame=reports[i].to_dict() if self.frame_prep.active else None,
-                                      failure=reports[i].failure))
+                                      failure=reports[i].failure, model=self.identity,
+                                      pixel_threshold=self.pixel_threshold))
         t4 = time.perf_counter()
         n = len(images)
         views_ms = t3 - t1 - timing["features"] - timing["knn"]  # resize, pad, cut, normalise, stitch

@@ -236,3 +236,58 @@ def test_bank_rows_know_their_training_patch(bundle_dir, dataset):
     pred = eng.predict(read_image(next((dataset / "test" / "crack").iterdir())))
     ev = pred.nearest
     assert ev["image_name"] in eng.train_images and ev["distance"] == pytest.approx(pred.score, rel=1e-5)
+
+
+def test_every_change_is_a_new_version_with_its_own_hash(small_bundle, small_dataset, tmp_path):
+    """calibrate, roi and types each make a new version; the content hash tells every state apart; roi after a
+    calibration marks the thresholds stale."""
+    import shutil
+
+    from linesight.export.bundle import load_bundle
+    from linesight.trainer.evaluate import STALE_THRESHOLDS, calibrate, set_domain
+    from linesight.trainer.types import train_types
+
+    b = tmp_path / "b"
+    shutil.copytree(small_bundle, b)
+    seen = [load_bundle(b).identity]
+    calibrate(b, small_dataset, "f1_optimal")
+    seen.append(load_bundle(b).identity)
+    assert STALE_THRESHOLDS not in load_bundle(b).manifest.warnings
+    set_domain(b, "auto")
+    seen.append(load_bundle(b).identity)
+    assert STALE_THRESHOLDS in load_bundle(b).manifest.warnings
+    train_types(b, small_dataset, folds=2)
+    seen.append(load_bundle(b).identity)
+    assert [s["version"] for s in seen] == [seen[0]["version"] + k for k in range(4)]
+    assert len({s["hash"] for s in seen}) == 4
+    assert Engine(b).predict(read_image(next((small_dataset / "test" / "good").iterdir()))).model == seen[-1]
+    calibrate(b, small_dataset, "f1_optimal")  # recalibrating clears the stale mark
+    assert STALE_THRESHOLDS not in load_bundle(b).manifest.warnings
+
+
+def test_verdict_keeps_the_model_that_decided_across_a_swap(small_bundle, tmp_path):
+    """The pipeline labels a verdict with the prediction's model and threshold, not whatever is loaded when it
+    is emitted (a hot swap between inference and emit once relabelled verdicts)."""
+    from linesight.config.daemon import DaemonConfig
+    from linesight.daemon.model import ModelHolder
+    from linesight.daemon.pipeline import Pipeline
+    from linesight.daemon.sources.base import Frame
+    from linesight.export.bundle import load_bundle, write_bundle
+
+    v2 = load_bundle(small_bundle)
+    v2.manifest.model.version += 1
+    v2.manifest.thresholds.pixel *= 2
+    other = write_bundle(tmp_path / "v2", v2)
+    holder = ModelHolder(small_bundle)
+    old = holder.load()
+    img = np.full((64, 64), 128, np.uint8)
+    pred = old.predict(img)
+    holder.load(other)  # the swap lands after inference, before the verdict is emitted
+    published: list = []
+    cfg = DaemonConfig.model_validate({"model": {"bundle": str(small_bundle)},
+                                       "source": {"type": "synthetic", "name": "s", "width": 64, "height": 64}})
+    pipe = Pipeline(cfg, source=None, holder=holder, publish=lambda *a: published.append(a),
+                    alarm=lambda *a, **k: None, station="s1/l1/cam1")
+    v = pipe._emit(Frame(image=img, seq=0, host_ts_ns=0, source="s"), prediction=pred)
+    assert v["model"] == old.identity != holder.info
+    assert published[0][3] == old.pixel_threshold != holder.engine.pixel_threshold

@@ -22,6 +22,7 @@ import yaml
 import zmq
 
 from conftest import free_port
+from linesight.export.bundle import load_bundle
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
                                 reason="mosquitto not installed (bash .ci/setup.sh installs it)")
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("
 @pytest.fixture(scope="module")
 def bundle(small_bundle, tmp_path_factory) -> Path:
     """The session's small bundle as a .zip, with the model id these tests expect."""
-    from linesight.export.bundle import load_bundle, write_bundle
+    from linesight.export.bundle import write_bundle
 
     b = load_bundle(small_bundle)
     b.manifest.model.id = "daemon-test"
@@ -99,6 +100,8 @@ def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle,
     cfg_path = config(tmp_path, bundle, mosquitto, {"type": "folder", "name": "cam1", "path": str(src),
                                                     "mode": "watch", "watch_existing": True, "rate_hz": 5})
     cfg = yaml.safe_load(cfg_path.read_text())
+    identity = load_bundle(bundle).identity
+    assert len(identity["hash"]) == 16 and identity["version"] == 1
     probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
@@ -138,7 +141,7 @@ def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle,
         assert len(good) == n
         for v in good:
             assert v["schema"] == "linesight.verdict/1" and v["station"] == "s1/l1/cam1"
-            assert v["verdict"] in ("OK", "NG") and v["model"] == {"id": "daemon-test", "version": 1}
+            assert v["verdict"] in ("OK", "NG") and v["model"] == identity
             assert v["score"] > 0 and v["threshold"] > 0 and v["latency_ms"]["inference"] > 0
             assert v["camera"]["name"] == "cam1" and v["camera"]["file"] == v["part_id"]
         assert all(m.qos == 1 for m in probe.all if m.topic.endswith("/verdict"))
@@ -152,7 +155,7 @@ def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle,
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "linesight_frames_total 8.0" in text
         assert 'linesight_failsafe_total{reason="bad_frame"} 1.0' in text
-        assert 'linesight_model_info{model_id="daemon-test",version="1"} 1.0' in text
+        assert f'linesight_model_info{{hash="{identity["hash"]}",model_id="daemon-test",version="1"}} 1.0' in text
         assert 'linesight_stage_seconds_count{stage="inference"} 7.0' in text
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
         assert health["status"] == "ok"
@@ -217,7 +220,7 @@ def test_broker_restart_and_bad_model_reload(tmp_path, bundle, mosquitto, mqtt_p
         assert "bad.zip" in json.loads(alarm.payload)["message"]
         after = probe2.wait_for(lambda m: m.topic.endswith("/verdict") and not json.loads(m.payload)["fail_safe"],
                                 timeout=10)
-        assert json.loads(after.payload)["model"] == {"id": "daemon-test", "version": 1}
+        assert json.loads(after.payload)["model"] == load_bundle(bundle).identity
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
         assert proc.returncode == 0
@@ -263,7 +266,7 @@ def test_reload_thread_survives_corrupt_and_special_bundles(tmp_path, bundle, mo
     """zlib-corrupt and unknown-method zips and /dev/zero are refused with an alarm, and the same reload
     thread then takes a good bundle: a load failure never ends it (it used to die on zlib.error)."""
     from helpers import corrupt_zip
-    from linesight.export.bundle import load_bundle, write_bundle
+    from linesight.export.bundle import write_bundle
 
     cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
                                                     "height": 96, "rate_hz": 10})

@@ -93,11 +93,11 @@ def test_metrics_values_change_after_updates(served) -> None:
 
 def test_model_info_has_exactly_one_series_after_swap(served) -> None:
     m, url, _ = served
-    m.set_model("mt-fast", 3)
-    m.set_model("mt-fast", 4)
+    m.set_model({"id": "mt-fast", "version": 3, "hash": "aa"})
+    m.set_model({"id": "mt-fast", "version": 4, "hash": "bb"})
     s = samples(get(url + "/metrics")[2])
     info = {k: v for k, v in s.items() if k[0] == "linesight_model_info"}
-    assert info == {("linesight_model_info", (("model_id", "mt-fast"), ("version", "4"))): 1.0}
+    assert info == {("linesight_model_info", (("hash", "bb"), ("model_id", "mt-fast"), ("version", "4"))): 1.0}
 
 
 def test_unbounded_labels_are_refused(served, caplog) -> None:
@@ -178,7 +178,7 @@ def exposed_names() -> set[str]:
     """Every sample name a fully wired daemon exposes (sink counters included)."""
     m = Metrics()
     m.watch_sink("mqtt", lambda: {"dropped_disconnected": 0})
-    m.set_model("mt-fast", 3)
+    m.set_model({"id": "mt-fast", "version": 3, "hash": "aa"})
     return {s.name for fam in text_string_to_metric_families(m.exposition().decode()) for s in fam.samples}
 
 

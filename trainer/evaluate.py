@@ -20,7 +20,7 @@ import numpy as np
 
 from linesight.config.manifest import Thresholds
 from linesight.errors import DataError
-from linesight.export.bundle import load_bundle, rewrite_manifest
+from linesight.export.bundle import load_bundle, new_revision, rewrite_manifest
 from linesight.export.engine import Engine
 from linesight.export.images import read_image
 from linesight.trainer import metrics as M
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from linesight.export.engine import Prediction
 
 log = logging.getLogger(__name__)
+STALE_THRESHOLDS = "thresholds were calibrated before the domain changed: recalibrate (linesight calibrate)"
 
 POLICIES = ("no_false_reject", "no_miss", "fewest_errors", "f1_optimal")
 
@@ -94,6 +95,8 @@ def calibrate(bundle_path: str | Path, dataset: str | Path, policy: str = "f1_op
                     candidates={k: float(v) for k, v in cands.items()})
     manifest = engine.manifest.model_copy(deep=True)
     manifest.thresholds = th
+    manifest.warnings = [w for w in manifest.warnings if w != STALE_THRESHOLDS]
+    new_revision(manifest, f"thresholds calibrated ({policy})")
     rewrite_manifest(bundle_path, manifest)
     log.info("thresholds written: image %.4f (%s), pixel %.4f", th.image, policy, th.pixel)
     return th
@@ -121,6 +124,10 @@ def set_domain(bundle_path: str | Path, mode: str, *, mask: str | Path | None = 
         bundle.extras["roi_mask.png"] = cv2.imencode(".png", ((m > 0) * 255).astype(np.uint8))[1].tobytes()
         info.mask_file = "roi_mask.png"
     bundle.manifest.domain = info
+    if bundle.manifest.thresholds.source.startswith("calibrated") and STALE_THRESHOLDS not in bundle.manifest.warnings:
+        bundle.manifest.warnings.append(STALE_THRESHOLDS)
+        log.warning("%s", STALE_THRESHOLDS.upper())
+    new_revision(bundle.manifest, f"domain {mode}")
     engine = Engine(bundle)
     for g in bundle.manifest.golden:
         img = cv2.imdecode(np.frombuffer(bundle.golden[g.file.removeprefix("golden/")], np.uint8), cv2.IMREAD_UNCHANGED)

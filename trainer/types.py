@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from linesight.errors import DataError
-from linesight.export.bundle import load_bundle, sha256, write_bundle
+from linesight.export.bundle import load_bundle, new_revision, sha256, write_bundle
 from linesight.export.engine import Engine
 from linesight.export.images import read_image
 from linesight.export.type_classifier import METHODS, UNKNOWN, TypeClassifier, embed_regions
@@ -189,6 +189,7 @@ def train_types(bundle_path: str | Path, dataset: str | Path, *, folds: int = 5,
     for name in [n for n in bundle.extras if n.startswith("types/")]:  # a previous classifier, whatever its files
         del bundle.extras[name]
     bundle.extras.update(clf.to_extras())
+    new_revision(bundle.manifest, f"defect types learned ({method})")
     write_bundle(bundle_path, bundle)
     result = {"bundle": str(bundle_path), "floor": clf.floor, "types": clf.labels, "cv": cv, "skipped": data.skipped}
     if report_dir is not None:
