@@ -21,14 +21,16 @@ def _check(a: argparse.Namespace) -> int:
     from linesight.daemon.service import load_config
 
     cfg = load_config(a.config)
-    problems = []
+    problems, warnings = [], []
     if not cfg.model.bundle.exists():
         problems.append(f"model.bundle: {cfg.model.bundle} does not exist")
     elif a.bundle:
         from linesight.export.bundle import load_bundle
 
-        load_bundle(cfg.model.bundle)
-    print(json.dumps({"config": a.config, "valid": not problems, "problems": problems,
+        warnings = load_bundle(cfg.model.bundle).manifest.warnings
+        for w in warnings:  # the daemon runs such a bundle, with a model_warning alarm: say so here first
+            log.warning("bundle %s: %s", cfg.model.bundle, w.upper())
+    print(json.dumps({"config": a.config, "valid": not problems, "problems": problems, "warnings": warnings,
                       "station": f"{cfg.outputs.mqtt.site}/{cfg.outputs.mqtt.line}/{cfg.outputs.mqtt.station}",
                       "source": cfg.source.type, "bundle": str(cfg.model.bundle)}, indent=2))
     return 0 if not problems else 2

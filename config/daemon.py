@@ -18,6 +18,8 @@ class ModelConfig(BaseModel):
     watch_interval_s: float = Field(2.0, gt=0, description="How often the bundle's modification time is checked")
     golden_tolerance: float = Field(1e-3, gt=0, description="Relative score difference allowed on the golden images "
                                                             "before a new bundle is refused")
+    reload_dirs: list[Path] | None = Field(None, description="Folders cmd/reload may load bundles from (default: "
+                                           "the folder that holds `bundle`); anything else is refused")
     threads: int | None = Field(None, ge=1, description="Inference threads (default: onnxruntime's choice)")
     min_defect_px: float | None = Field(None, gt=0, description="Smallest defect (frame pixels) this station must "
                                         "catch: a bundle whose finest scale cannot see it is refused (fit it with "

@@ -263,9 +263,15 @@ class Pipeline:
         try:
             engine = self.holder.rollback() if rollback else self.holder.load(path)
             self._alarm("model_changed", f"model {engine.bundle.label} active", severity="info", **ctx)
+            self.warn_model(engine, **ctx)
         except ModelRefused as exc:
             self.counts["reload_refused"] += 1
             self._alarm("model_refused", str(exc), **ctx)
+
+    def warn_model(self, engine, **ctx) -> None:
+        """A bundle that carries warnings (untrained features, stale thresholds) runs, but never silently."""
+        if engine.manifest.warnings:
+            self._alarm("model_warning", f"model {engine.bundle.label}: {'; '.join(engine.manifest.warnings)}", **ctx)
 
     def reload_loop(self) -> None:
         """Loads happen here, off the processing thread; the swap itself is one assignment."""

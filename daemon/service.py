@@ -102,6 +102,12 @@ class Service:
 
     def _cmd_reload(self, cmd: Reload) -> dict:
         """Queued in order, never collapsed: the reply names the job, its outcome comes as an alarm with it."""
+        if cmd.bundle is not None:
+            where = Path(cmd.bundle).resolve()
+            allowed = [d.resolve() for d in (self.cfg.model.reload_dirs or [self.cfg.model.bundle.parent])]
+            if not any(where.is_relative_to(d) for d in allowed):
+                raise ValueError(f"bundle {cmd.bundle} is outside the folders this station loads models from "
+                                 f"({', '.join(map(str, allowed))}; model.reload_dirs)")
         job = self.pipeline.request_reload(cmd.bundle, rollback=cmd.rollback)
         return {"job": job, "bundle": cmd.bundle or str(self.holder.path), "rollback": cmd.rollback,
                 "outcome": f"alarm model_changed or model_refused with job {job}"}
@@ -210,6 +216,7 @@ class Service:
         try:
             engine = self.holder.load()
             self.metrics.set_model(engine.identity)
+            self.pipeline.warn_model(engine)
         except ModelRefused as exc:
             self.alarm("no_model", str(exc))
         self.source.open()

@@ -49,9 +49,9 @@ def frames_dir(tmp: Path, n: int) -> Path:
     return d
 
 
-def config(tmp: Path, bundle: Path, broker, source: dict, **pipeline) -> Path:
+def config(tmp: Path, bundle: Path, broker, source: dict, reload_dirs: list[str] | None = None, **pipeline) -> Path:
     cfg = {
-        "model": {"bundle": str(bundle), "watch_interval_s": 0.3},
+        "model": {"bundle": str(bundle), "watch_interval_s": 0.3, "reload_dirs": reload_dirs},
         "source": source,
         "pipeline": {"deadline_ms": 3000, "part_id": {"mode": "filename"}, "stats_interval_s": 0.5, **pipeline},
         "outputs": {
@@ -184,7 +184,8 @@ def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle,
 
 def test_broker_restart_and_bad_model_reload(tmp_path, bundle, mosquitto, mqtt_probe):
     cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
-                                                    "height": 96, "rate_hz": 10}, part_id={"mode": "external"})
+                                                    "height": 96, "rate_hz": 10}, part_id={"mode": "external"},
+                      reload_dirs=[str(tmp_path)])
     probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
     proc = start(cfg_path)
     try:
@@ -269,7 +270,7 @@ def test_reload_thread_survives_corrupt_and_special_bundles(tmp_path, bundle, mo
     from linesight.export.bundle import write_bundle
 
     cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 128,
-                                                    "height": 96, "rate_hz": 10})
+                                                    "height": 96, "rate_hz": 10}, reload_dirs=[str(tmp_path), "/dev"])
     probe = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
     with running(cfg_path) as proc:
         probe.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=60)
@@ -313,6 +314,15 @@ def test_every_reload_runs_and_replies_report_jobs(tmp_path, bundle, mosquitto, 
             else:
                 outcomes.add(body["context"]["job"])
         assert sorted(replies) == [f"q{i}" for i in range(5)] and len(set(replies.values())) == 5
+        # the test bundle has random-init features: every load says so (an alarm, not only a log line)
+        warn = probe.wait_for(lambda m: m.topic.endswith("/alarm") and b"model_warning" in m.payload, timeout=10)
+        assert "features not pretrained" in json.loads(warn.payload)["message"]
+        elsewhere = tmp_path / "elsewhere.zip"  # not under the configured bundle's folder
+        shutil.copy(bundle, elsewhere)
+        probe.publish(cmd, json.dumps({"id": "out", "bundle": str(elsewhere)}))
+        out = json.loads(probe.wait_for(lambda m: m.topic.endswith("cmd/reload/reply")
+                                        and json.loads(m.payload)["id"] == "out", timeout=10).payload)
+        assert out["ok"] is False and "outside the folders" in out["error"]
         probe.publish(cmd, json.dumps({"id": "s", "rollback": "false"}))
         bad = json.loads(probe.wait_for(lambda m: m.topic.endswith("cmd/reload/reply")
                                         and json.loads(m.payload)["id"] == "s", timeout=10).payload)
@@ -321,3 +331,16 @@ def test_every_reload_runs_and_replies_report_jobs(tmp_path, bundle, mosquitto, 
         deep = json.loads(probe.wait_for(lambda m: m.topic.endswith("cmd/pause/reply"), timeout=10).payload)
         assert deep["ok"] is False and "nested too deeply" in deep["error"]
         assert "RecursionError" not in stop(proc)
+
+
+def test_check_config_warns_about_an_untrained_bundle(tmp_path, bundle, capsys, caplog):
+    from linesight.cli import main
+
+    class NoBroker:
+        port = 1883
+
+    cfg_path = config(tmp_path, bundle, NoBroker(), {"type": "synthetic", "name": "synth", "width": 64, "height": 64})
+    assert main(["check-config", str(cfg_path), "--bundle"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["warnings"] == ["features not pretrained: accuracy will be poor"]
+    assert any("FEATURES NOT PRETRAINED" in r.getMessage() for r in caplog.records)

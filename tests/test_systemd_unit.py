@@ -230,3 +230,9 @@ def test_tmpfiles_snippet_sets_config_permissions(tmp_path: Path) -> None:
     assert (env_stat.st_mode & 0o777, env_stat.st_uid, env_stat.st_gid) == (0o600, 0, 0)
     for parent in ("var/lib/linesight", "var/log/linesight", "var/cache/linesight"):
         assert (root / parent).is_dir(), parent
+
+
+def test_unit_caps_memory() -> None:
+    """A leak must end in a clean OOM kill and a restart, not a swapping line PC."""
+    lines = [ln.strip() for ln in UNIT.read_text().splitlines()]
+    assert "MemoryHigh=3G" in lines and "MemoryMax=4G" in lines
