@@ -29,6 +29,11 @@ class _SourceBase(BaseModel):
         description="Source name, carried in every frame, verdict and metric label (letters, digits, "
         "'_', '-', '.'; 1-64 characters).",
     )
+    max_frame_pixels: int = Field(
+        default=64_000_000, ge=4,
+        description="Largest frame accepted (width x height); a bigger one gets the fail-safe verdict bad_frame "
+        "(a 12000x12000 JPEG once took 3.6 GB and 13 s). Image files are checked from their header, undecoded.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -22,6 +22,8 @@ from linesight.config.daemon import DaemonConfig
 from linesight.daemon import verdict as V
 from linesight.daemon.model import ModelHolder, ModelRefused
 from linesight.daemon.sources.base import EndOfStream, Frame, Source
+from linesight.errors import DataError
+from linesight.export.images import check_image
 
 log = logging.getLogger(__name__)
 RELOAD_QUEUE = 8  # reload requests waiting at most; more are refused with a reason
@@ -194,6 +196,19 @@ class Pipeline:
             time.sleep(max(0.0, nxt - time.monotonic()))
 
     # ---------------------------------------------------------------- processing
+    def _frame_problem(self, frame: Frame) -> str | None:
+        """Why a frame cannot be inspected (from any source), checked once at the pipeline's door."""
+        if not frame.ok:
+            return frame.error or "empty frame"
+        h, w = frame.image.shape[:2]
+        if h * w > self.cfg.source.max_frame_pixels:
+            return f"frame of {w}x{h} px is larger than source.max_frame_pixels ({self.cfg.source.max_frame_pixels})"
+        try:
+            check_image(frame.image)
+        except DataError as exc:
+            return str(exc)
+        return None
+
     def process(self, frames: list[Frame]) -> None:
         """Decide a micro-batch (frames that queued up while the engine was busy): each frame still gets
         its own deadline check and exactly one verdict; an inference error is retried frame by frame so
@@ -201,8 +216,9 @@ class Pipeline:
         engine = self.holder.engine
         ready = []
         for frame in frames:
-            if not frame.ok:
-                self._emit(frame, fail_safe="bad_frame", detail=frame.error or "empty frame")
+            problem = self._frame_problem(frame)
+            if problem:
+                self._emit(frame, fail_safe="bad_frame", detail=problem)
             elif engine is None:
                 self._emit(frame, fail_safe="no_model", detail="no valid model loaded")
             elif time.time_ns() > frame.host_ts_ns + self.deadline_ns:

@@ -31,12 +31,23 @@ def frame(seq: int, image) -> Frame:
 def test_micro_batch_with_one_undecodable_frame_gives_each_frame_one_verdict(small_bundle):
     p, out, alarms = make(small_bundle, deadline_ms=60000)
     good = np.full((80, 90), 120, np.uint8)
-    frames = [frame(0, good), frame(1, np.zeros((10, 10, 2), np.uint8)), frame(2, good), frame(3, None)]
+    poison = np.full((80, 90), 7, np.uint8)  # a valid frame the engine fails on (fault injected below)
+    engine = p.holder.engine
+    real = engine.predict_batch
+
+    def faulty(images, **kw):  # no real engine fault can be provoked on demand: this wrapper injects one
+        if any(img is poison for img in images):
+            raise RuntimeError("injected engine fault")
+        return real(images, **kw)
+
+    engine.predict_batch = faulty
+    frames = [frame(0, good), frame(1, poison), frame(2, good), frame(3, None), frame(4, np.zeros((10, 10, 2), np.uint8))]
     p.process(frames)
     by_seq = {v["camera"]["source_seq"]: v for v in out}
-    assert sorted(by_seq) == [0, 1, 2, 3] and len(out) == 4
+    assert sorted(by_seq) == [0, 1, 2, 3, 4] and len(out) == 5
     assert by_seq[1]["reason"] == "inference_error" and by_seq[1]["verdict"] == "NG"
     assert by_seq[3]["reason"] == "bad_frame"
+    assert by_seq[4]["reason"] == "bad_frame" and "unsupported image shape" in by_seq[4]["detail"]
     assert not by_seq[0]["fail_safe"] and not by_seq[2]["fail_safe"]
     assert by_seq[0]["score"] == by_seq[2]["score"]
     assert [v["seq"] for v in out] == sorted(v["seq"] for v in out) and "inference_error" in alarms

@@ -33,7 +33,25 @@ log = logging.getLogger(__name__)
 _JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
 
 
-def decode_image_file(path: Path, grayscale: bool) -> tuple[np.ndarray | None, str | None]:
+def header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding; None for other formats or odd headers."""
+    head = bytes(data[:24])
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if not head.startswith(b"\xff\xd8"):
+        return None
+    pos, n = 2, len(data)
+    while pos + 9 < n:  # walk the marker segments to the frame header (SOFn)
+        if data[pos] != 0xFF:
+            return None
+        marker = int(data[pos + 1])
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return int(data[pos + 7]) << 8 | int(data[pos + 8]), int(data[pos + 5]) << 8 | int(data[pos + 6])
+        pos += 2 + (int(data[pos + 2]) << 8 | int(data[pos + 3]))
+    return None
+
+
+def decode_image_file(path: Path, grayscale: bool, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
     """(image, None) or (None, reason). Never raises for a bad file: the reason names it."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
@@ -45,6 +63,10 @@ def decode_image_file(path: Path, grayscale: bool) -> tuple[np.ndarray | None, s
         tail = bytes(data[-64:]).rstrip(b"\x00\r\n\t ")
         if not tail.endswith(b"\xff\xd9"):
             return None, f"image file {path} is a truncated JPEG (no end-of-image marker)"
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        return None, (f"image file {path} is {size[0]}x{size[1]} px, more than source.max_frame_pixels "
+                      f"({max_pixels}): not decoded")
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         return None, f"cannot decode image file {path}: corrupt, truncated or not an image"
@@ -144,7 +166,7 @@ class FolderSource(Source):
             self._push_back(path)
             return None
         host_ts = time.time_ns()
-        image, error = decode_image_file(path, self.cfg.grayscale)
+        image, error = decode_image_file(path, self.cfg.grayscale, self.cfg.max_frame_pixels)
         if error is not None:
             log.warning("bad image source=%s file=%s: %s", self.name, path.name, error)
         self._pacer.emitted()
