@@ -97,7 +97,8 @@ class MqttConfig(BaseModel):
         default=10.0, ge=0.0, description="Period of the stats message (0 disables it)."
     )
     reconnect_min_s: int = Field(default=1, ge=1, description="First reconnect delay (doubles per failure).")
-    reconnect_max_s: int = Field(default=30, ge=1, description="Upper bound of the reconnect delay.")
+    reconnect_max_s: int = Field(default=2, ge=1, description="Upper bound of the reconnect delay: the PLC link is "
+                                 "back within this many seconds of the broker's return.")
     commands: list[Literal[MQTT_COMMANDS]] = Field(
         default_factory=lambda: list(MQTT_COMMANDS),
         description="Commands this station executes; others are answered 'not enabled' (e.g. [pause, resume, "

@@ -153,6 +153,8 @@ class Service:
         if time.monotonic() - self.pipeline.last_tick > 5.0:
             return {"status": "unhealthy", "reason": "processing loop stalled", **self._stats()}
         ok = self.holder.engine is not None and self.source.status.up and not self.pipeline.paused.is_set()
+        if self.mqtt and not self.mqtt.connected:  # verdicts are being dropped: never "ok"
+            return {"status": "degraded", "reason": "mqtt broker unreachable", **self._stats()}
         return {"status": "ok" if ok else "degraded", **self._stats()}
 
     def _status(self) -> None:

@@ -200,9 +200,16 @@ def test_broker_restart_and_bad_model_reload(tmp_path, bundle, mosquitto, mqtt_p
         mosquitto.kill()
         time.sleep(2.0)
         assert proc.poll() is None, "daemon died when the broker went away"
+        port = yaml.safe_load(cfg_path.read_text())["outputs"]["metrics"]["port"]
+        health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
+        assert health["status"] == "degraded" and health["reason"] == "mqtt broker unreachable"
         mosquitto.start()
         probe2 = mqtt_probe(mosquitto, ["linesight/s1/l1/cam1/#"])
         probe2.wait_for(lambda m: m.topic.endswith("/status") and m.payload == b"online", timeout=15)
+        # published on reconnect, before any new verdict: how many parts got none, and which
+        dropped = probe2.wait_for(lambda m: m.topic.endswith("/alarm") and b"verdicts_dropped" in m.payload,
+                                  timeout=10)
+        assert json.loads(dropped.payload)["context"]["count"] > 0
         first = probe2.wait_for(lambda m: m.topic.endswith("/verdict"), timeout=15)
         assert time.time() - time.mktime(time.strptime(json.loads(first.payload)["host_ts"][:19],
                                                        "%Y-%m-%dT%H:%M:%S")) - (-time.timezone) < 5, \

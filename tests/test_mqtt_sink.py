@@ -219,6 +219,9 @@ def test_broker_restart_reconnects_and_drops_verdicts_while_down(mosquitto, mqtt
     assert not sink.connected, "sink reconnected before the probe subscribed; the test would prove nothing"
     probe.wait_for(lambda m: m.topic == f"{BASE}/status" and m.payload == b"online", timeout=10)
     assert sink.counters["connects"] == 2
+    alarm = json.loads(probe.wait_for(lambda m: m.topic == f"{BASE}/alarm", timeout=5).payload)
+    assert alarm["code"] == "verdicts_dropped" and "5 verdicts (seq 100..104)" in alarm["message"]
+    assert alarm["context"]["count"] == 5 and alarm["context"]["first_seq"] == 100
     assert sink.publish_verdict(make_verdict(999))
     probe.wait_for(lambda m: m.topic == f"{BASE}/verdict")
     assert seqs(probe, f"{BASE}/verdict") == [999]

@@ -108,6 +108,7 @@ class MqttSink:
             0,
         )
         self._state = "online"  # state re-announced on every (re)connect
+        self._outage: dict[str, Any] | None = None  # verdicts dropped since the link went down (under _lock)
         self._expiry_props: dict[int, Properties] = {}
         self._client: mqtt.Client | None = None
         self._stopping = threading.Event()
@@ -213,11 +214,28 @@ class MqttSink:
         client = self._client
         if client is None or not client.is_connected():
             self._count("dropped_disconnected")
+            self._note_dropped(verdict.get("seq"))
             return False
         payload = verdict_json(verdict)
         props = self._expiry(verdict.get("deadline_ms"))
         info = client.publish(self.topic_verdict, payload, qos=self._cfg.qos_verdict, retain=False, properties=props)
         return self._account(info.rc, "verdict")
+
+    def _note_dropped(self, seq: Any) -> None:
+        """Remember which verdicts an outage swallowed, for the alarm sent when the link returns."""
+        with self._lock:
+            if self._outage is None:
+                self._outage = {"count": 0, "first_seq": seq, "last_seq": seq, "since": _utc_now()}
+            self._outage["count"] += 1
+            self._outage["last_seq"] = seq
+
+    def _report_outage(self) -> None:
+        with self._lock:
+            outage, self._outage = self._outage, None
+        if outage:
+            self.publish_alarm("verdicts_dropped", f"{outage['count']} verdicts (seq {outage['first_seq']}.."
+                               f"{outage['last_seq']}) were dropped while the broker was unreachable; those parts "
+                               "got no MQTT verdict", **outage)
 
     def publish_alarm(self, code: str, message: str, **context: Any) -> bool:
         """Alarm for operators (camera lost, model missing...). Dropped, not queued, while disconnected."""
@@ -306,6 +324,7 @@ class MqttSink:
             options=SubscribeOptions(qos=1, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND),
         )
         self._account(client.publish(self.topic_status, self._state, qos=1, retain=True).rc, "status")
+        self._report_outage()
 
     def _on_connect_fail(self, _client: mqtt.Client, _ud: Any) -> None:
         exc = sys.exc_info()[1]  # paho calls us from inside its `except OSError` block
