@@ -200,7 +200,8 @@ class Service:
         if out.mqtt.enabled:
             from linesight.daemon.sinks.mqtt_sink import MqttSink
 
-            self.mqtt = MqttSink(out.mqtt, on_command=self._commands(), stats_provider=self._stats)
+            self.mqtt = MqttSink(out.mqtt, on_command=self._commands(), stats_provider=self._stats,
+                                 initial_state="degraded")  # "online" only once a model decides frames
             self.metrics.watch_sink("mqtt", lambda: self.mqtt.counters)
             self.mqtt.start()
         if out.zmq.enabled:
@@ -223,6 +224,7 @@ class Service:
             self.alarm("no_model", str(exc))
         self.source.open()
         self.metrics.set_camera_up(self.source.status.up)
+        self._status()
         if self.mqtt:
             deadline = time.monotonic() + self.mqtt_wait_s
             while not self.mqtt.connected and time.monotonic() < deadline:

@@ -245,6 +245,8 @@ def test_deadline_and_missing_model_give_fail_safe_verdicts(tmp_path, bundle, mo
     verdicts = [json.loads(m.payload) for m in probe.all if m.topic.endswith("/verdict")]
     assert len(verdicts) == 5 and all(v["reason"] == "no_model" and v["verdict"] == "NG" for v in verdicts)
     assert any(m.topic.endswith("/alarm") and b"no_model" in m.payload for m in probe.all)
+    states = [m.payload for m in probe.all if m.topic.endswith("/status")]
+    assert b"degraded" in states and b"online" not in states, states  # never "online" without a model
 
     cfg_path = config(tmp_path, bundle, mosquitto, {"type": "synthetic", "name": "synth", "width": 64, "height": 64,
                                                     "rate_hz": 20, "count": 4}, deadline_ms=0.001)

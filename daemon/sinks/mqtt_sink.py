@@ -79,9 +79,11 @@ class MqttSink:
         on_command: CommandHandler | None = None,
         *,
         stats_provider: Callable[[], dict[str, Any]] | None = None,
+        initial_state: str = "online",
     ) -> None:
         """`stats_provider` (optional) is called every `cfg.stats_interval_s` on a sink-owned thread
-        and its dict is published on `stats`; without it the daemon calls `publish_stats` itself."""
+        and its dict is published on `stats`; without it the daemon calls `publish_stats` itself.
+        `initial_state` is what the first connect announces (the daemon: degraded until a model runs)."""
         self._cfg = cfg
         self._on_command = on_command
         self._stats_provider = stats_provider
@@ -107,7 +109,9 @@ class MqttSink:
             ),
             0,
         )
-        self._state = "online"  # state re-announced on every (re)connect
+        if initial_state not in STATUS_STATES:
+            raise ValueError(f"MQTT status must be one of {STATUS_STATES}, got {initial_state!r}")
+        self._state = initial_state  # state re-announced on every (re)connect
         self._outage: dict[str, Any] | None = None  # verdicts dropped since the link went down (under _lock)
         self._expiry_props: dict[int, Properties] = {}
         self._client: mqtt.Client | None = None
