@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from linesight import __version__
-from linesight.errors import LinesightError
+from linesight.errors import LinesightError, validation_problems
 
 log = logging.getLogger("linesight")
 
@@ -60,8 +60,7 @@ def _fit(a: argparse.Namespace) -> int:
     try:
         cfg = preset(a.preset, **{**from_file, **{k: v for k, v in flags.items() if v is not None}})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-        raise LinesightError(f"invalid fit options: {problems}") from None
+        raise LinesightError(f"invalid fit options: {validation_problems(exc, 'options')}") from None
     bundle = fit(a.dataset, a.output, cfg, force=a.force)
     m = bundle.manifest
     print(json.dumps({"bundle": str(a.output), "model": m.model.model_dump(), "bank": list(bundle.bank.shape),

@@ -15,3 +15,8 @@ class BundleError(LinesightError):
 
 class DataError(LinesightError):
     """A dataset folder or image cannot be used."""
+
+
+def validation_problems(exc, whole: str) -> str:
+    """A pydantic ValidationError as one line: `field.path: message; ...` (`whole` names a model-level error)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors())

@@ -68,6 +68,8 @@ class Thresholds(_Strict):
     pixel: float = Field(description="Anomaly-map value at or above which a pixel belongs to a defect region")
     policy: str = Field(description="How `image` was chosen")
     source: str = Field(description="Which data the thresholds were chosen on")
+    calibrated: bool = Field(False, description="Chosen by `linesight calibrate` on labeled data (not the fit's "
+                                                "held-out good images)")
     candidates: dict[str, float] = Field(default_factory=dict)
 
 

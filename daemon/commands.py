@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from linesight.config.outputs import MQTT_COMMANDS
+from linesight.errors import validation_problems
 
 
 class Command(BaseModel):
@@ -73,6 +74,5 @@ class Dispatcher:
         try:
             cmd = model.model_validate(payload)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']}" for e in exc.errors())
-            raise ValueError(f"{name}: {problems}") from None
+            raise ValueError(f"{name}: {validation_problems(exc, name)}") from None
         return self.handlers[model](cmd)

@@ -183,7 +183,7 @@ class Metrics:
     def set_model(self, identity: dict) -> None:
         """Replace the model_info series (exactly one series exists after a hot model swap)."""
         self.model_info.clear()
-        self.model_info.labels(str(identity["id"]), str(identity["version"]), str(identity.get("hash", ""))).set(1)
+        self.model_info.labels(str(identity["id"]), str(identity["version"]), str(identity["hash"])).set(1)
 
     def set_up(self, up: bool) -> None:
         self._up = bool(up)

@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from linesight.config.manifest import BUNDLE_SCHEMA, Manifest
-from linesight.errors import BundleError
+from linesight.errors import BundleError, validation_problems
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +221,7 @@ def _load(path: Path, max_bytes: int) -> Bundle:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise BundleError(f"bundle {path}: invalid manifest: {problems}") from exc
+        raise BundleError(f"bundle {path}: invalid manifest: {validation_problems(exc, 'manifest')}") from exc
     for name, digest in manifest.files.items():
         if name not in files:
             raise BundleError(f"bundle {path} is missing {name} (listed in the manifest)")

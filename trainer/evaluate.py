@@ -90,7 +90,7 @@ def calibrate(bundle_path: str | Path, dataset: str | Path, policy: str = "f1_op
     has_masks = any(r.label and r.mask is not None and r.mask.any() for r in records)
     pixel = M.pixel_threshold([r.anomaly_map for r in records], [r.mask for r in records]) if has_masks else cands[policy]
     fp = fingerprint([s.path for s in samples], Path(dataset))
-    th = Thresholds(image=float(cands[policy]), pixel=float(pixel), policy=policy,
+    th = Thresholds(image=float(cands[policy]), pixel=float(pixel), policy=policy, calibrated=True,
                     source=f"calibrated on {len(records)} labeled images of {Path(dataset).name} (fingerprint {fp[:12]})",
                     candidates={k: float(v) for k, v in cands.items()})
     manifest = engine.manifest.model_copy(deep=True)
@@ -124,7 +124,7 @@ def set_domain(bundle_path: str | Path, mode: str, *, mask: str | Path | None = 
         bundle.extras["roi_mask.png"] = cv2.imencode(".png", ((m > 0) * 255).astype(np.uint8))[1].tobytes()
         info.mask_file = "roi_mask.png"
     bundle.manifest.domain = info
-    if bundle.manifest.thresholds.source.startswith("calibrated") and STALE_THRESHOLDS not in bundle.manifest.warnings:
+    if bundle.manifest.thresholds.calibrated and STALE_THRESHOLDS not in bundle.manifest.warnings:
         bundle.manifest.warnings.append(STALE_THRESHOLDS)
         log.warning("%s", STALE_THRESHOLDS.upper())
     new_revision(bundle.manifest, f"domain {mode}")
