@@ -4,34 +4,38 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 log = logging.getLogger("linesight")
 
 
 def _run(a: argparse.Namespace) -> int:
-    from linesight.daemon.service import load_config, run_service
+    from linesight.daemon.preflight import load_station
+    from linesight.daemon.service import run_service
 
-    cfg = load_config(a.config)
+    cfg, doc = load_station(a.config)
     logging.getLogger().setLevel(cfg.log_level)
-    return run_service(cfg)
+    return run_service(cfg, doc)
 
 
 def _check(a: argparse.Namespace) -> int:
-    from linesight.daemon.service import load_config
+    """Schema, then every check `run` makes at start-up (files, secrets, ports, folders): all problems at once."""
+    from linesight.daemon.preflight import load_station, preflight
 
-    cfg = load_config(a.config)
-    problems, warnings = [], []
-    if not cfg.model.bundle.exists():
-        problems.append(f"model.bundle: {cfg.model.bundle} does not exist")
-    elif a.bundle:
+    cfg, doc = load_station(a.config)
+    problems = [str(p) for p in preflight(cfg, doc)]
+    for line in problems:
+        print(line, file=sys.stderr)
+    warnings = []
+    if a.bundle and cfg.model.bundle.exists():
         from linesight.export.bundle import load_bundle
 
         warnings = load_bundle(cfg.model.bundle).manifest.warnings
         for w in warnings:  # the daemon runs such a bundle, with a model_warning alarm: say so here first
             log.warning("bundle %s: %s", cfg.model.bundle, w.upper())
     print(json.dumps({"config": a.config, "valid": not problems, "problems": problems, "warnings": warnings,
-                      "station": f"{cfg.outputs.mqtt.site}/{cfg.outputs.mqtt.line}/{cfg.outputs.mqtt.station}",
+                      "station": cfg.outputs.mqtt.station_id,
                       "source": cfg.source.type, "bundle": str(cfg.model.bundle)}, indent=2))
     return 0 if not problems else 2
 
@@ -51,7 +55,9 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_run)
 
     c = sub.add_parser("check-config", help="validate a daemon YAML without running it",
-                       description="Validate the YAML against the schema; errors name file:line and field.")
+                       description="Validate the YAML against the schema, then make every check `run` makes "
+                                   "at start-up (files, secrets, ports, folders, source); each problem names "
+                                   "file:line and field. Exit 2 if any.")
     c.add_argument("config")
     c.add_argument("--bundle", action="store_true", help="also load and verify the bundle it names")
     c.set_defaults(func=_check)

@@ -2,7 +2,23 @@
 
 
 class LinesightError(Exception):
-    """Base for every error caused by bad input (config, images, bundles, commands)."""
+    """Base for every error caused by bad input (config, images, bundles, commands).
+
+    `field` optionally names the station-config setting at fault as a dotted path from the top of the
+    file (e.g. `outputs.mqtt.tls.ca_file`): check-config and start-up map it to the YAML line.
+    """
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
+
+    @property
+    def detail(self) -> str:
+        """The message without the field prefix (for callers that print the field themselves)."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.detail}" if self.field else self.detail
 
 
 class ConfigError(LinesightError):

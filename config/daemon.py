@@ -53,6 +53,9 @@ class PipelineConfig(BaseModel):
     part_id: PartIdConfig = Field(default_factory=PartIdConfig, description="Where part ids come from")
     stats_interval_s: float = Field(10.0, gt=0, description="Period of the MQTT stats message")
     max_frames: int | None = Field(None, ge=1, description="Stop after this many frames (tests, demos)")
+    state_dir: Path | None = Field(None, description="Folder for the station's run number and seq counter, so "
+                                   "(station, run, seq) never repeats across restarts (default: systemd's "
+                                   "$STATE_DIRECTORY; without either, seq restarts at 1 and run is the start time)")
 
 
 class AnalysisConfig(BaseModel):

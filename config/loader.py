@@ -33,6 +33,7 @@ __all__ = [
     "format_path",
     "is_secret_path",
     "load_model",
+    "load_model_and_document",
     "load_model_from_text",
     "parse_yaml",
 ]
@@ -451,23 +452,37 @@ def _unknown_field_message(located: _Located) -> str:
 # --- public entry points --------------------------------------------------------------------
 
 
-def load_model_from_text(
-    text: str, model: type[M], source_name: str, env: Mapping[str, str] | None = None
-) -> M:
-    """Validate YAML `text` against `model`; ConfigError lists every `file:line: path: problem`."""
+def _validate_text(
+    text: str, model: type[M], source_name: str, env: Mapping[str, str] | None
+) -> tuple[M, YamlDocument]:
     doc = parse_yaml(text, source_name, env)
     try:
         result = model.model_validate(doc.data)
     except ValidationError as exc:
         raise ConfigError(_summary(source_name, _validation_problems(exc, model, doc))) from None
     log.debug("config loaded", extra={"config_source": source_name, "config_model": model.__name__})
-    return result
+    return result, doc
+
+
+def load_model_from_text(
+    text: str, model: type[M], source_name: str, env: Mapping[str, str] | None = None
+) -> M:
+    """Validate YAML `text` against `model`; ConfigError lists every `file:line: path: problem`."""
+    return _validate_text(text, model, source_name, env)[0]
 
 
 def load_model(
     path: str | Path, model: type[M], *, env: Mapping[str, str] | None = None
 ) -> M:
     """Read a UTF-8 YAML file and validate it; every failure is a ConfigError naming the file."""
+    return load_model_and_document(path, model, env=env)[0]
+
+
+def load_model_and_document(
+    path: str | Path, model: type[M], *, env: Mapping[str, str] | None = None
+) -> tuple[M, YamlDocument]:
+    """`load_model` plus the parsed document, whose `lines` let later checks (e.g. a missing file the
+    config names) point at the YAML line of the setting."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -485,4 +500,4 @@ def load_model(
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
-    return load_model_from_text(text, model, str(path), env)
+    return _validate_text(text, model, str(path), env)

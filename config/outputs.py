@@ -112,6 +112,11 @@ class MqttConfig(BaseModel):
         "instead of piling up stale verdicts in memory.",
     )
 
+    @property
+    def station_id(self) -> str:
+        """site/line/station: names the station in verdicts, alarms and its state file."""
+        return f"{self.site}/{self.line}/{self.station}"
+
     @field_validator("topic_prefix", "site", "line", "station")
     @classmethod
     def _levels(cls, v: str, info: ValidationInfo) -> str:
@@ -218,6 +223,11 @@ class ArchiveConfig(BaseModel):
         default=20 * 1024**3, ge=1024 * 1024, description="Total size cap; oldest records are deleted first."
     )
     max_age_days: float = Field(default=30.0, gt=0.0, description="Records older than this are deleted.")
+    min_free_bytes: int = Field(
+        default=1024**3, ge=0, description="Free space kept on the archive's disk for everything else on the box: "
+        "the oldest records are deleted to keep it; when the archive is empty and it is still short, frames are "
+        "not archived (alarm archive_error).",
+    )
     image_format: Literal["png", "jpeg"] = Field(
         default="png", description="Image encoding; png is lossless (best for re-training)."
     )

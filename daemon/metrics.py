@@ -12,6 +12,7 @@ caller's thread. The HTTP server runs on its own daemon thread.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -37,9 +38,34 @@ DEFAULT_QUEUES = ("acquire", "inference", "publish", "archive")
 DEADLINE_MULTIPLES = (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 2.0, 4.0)
 INFERENCE_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+#: Every alarm code the daemon raises (Service.alarm, Pipeline, MqttSink; each fail-safe reason is also
+#: an alarm code), so linesight_alarms_total{code} has a fixed series set; anything new counts as "other"
+#: (with one warning) until it is added here. tests/test_metrics_http.py checks the sources against it.
+ALARM_CODES = tuple(dict.fromkeys((
+    "camera_down", "camera_up", "camera_error", "no_model", "model_changed", "model_refused", "model_warning",
+    "analysis_error", "archive_error", "mqtt_down", "verdicts_dropped", *FAILSAFE_REASONS, "other",
+)))
+#: A sink that raises alarms itself (the MQTT sink's verdicts_dropped, sent on reconnect, never passes
+#: through Service.alarm) counts them as `alarm_<code>` in its counters dict; they are exposed as
+#: linesight_alarms_total{code}, not as sink events.
+SINK_ALARM_PREFIX = "alarm_"
 HEALTH_OK = ("ok", "degraded")  # answered with 200; anything else -> 503
 
 HealthFn = Callable[[], Mapping[str, Any]]
+
+
+def listen_http(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """Bind the metrics HTTP server (SO_REUSEADDR, like every http.server); the start-up check binds and
+    closes it the same way, so a port it passes is one `serve` can take. ConfigError names the fix."""
+    try:
+        return ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = f"port {port} on {host} is in use (another linesight or exporter?); stop it or change metrics.port"
+        else:
+            why = (f"cannot listen on {host}:{port} ({exc.strerror or exc}); metrics.host must be an address of "
+                   "this machine (127.0.0.1, or the plant-network address) and metrics.port a free port")
+        raise ConfigError(why, field="outputs.metrics.port") from None
 
 
 class _SinkCollector(Collector):
@@ -65,7 +91,48 @@ class _SinkCollector(Collector):
                 log.exception("metrics: counters of sink %s unavailable", sink)
                 continue
             for event, value in sorted(counters.items()):
-                fam.add_metric((sink, event), float(value))
+                if not event.startswith(SINK_ALARM_PREFIX):
+                    fam.add_metric((sink, event), float(value))
+        yield fam
+
+    def alarm_counts(self) -> dict[str, int]:
+        """`alarm_<code>` counters of every watched sink, summed per code."""
+        out: dict[str, int] = {}
+        for fn in list(self._sources.values()):
+            try:
+                counters = fn()
+            except Exception:  # collect() logs it (with traceback) at the same scrape
+                log.debug("metrics: sink counters unavailable for linesight_alarms_total", exc_info=True)
+                continue
+            for event, value in counters.items():
+                if event.startswith(SINK_ALARM_PREFIX):
+                    code = event.removeprefix(SINK_ALARM_PREFIX)
+                    out[code] = out.get(code, 0) + int(value)
+        return out
+
+
+class _AlarmCollector(Collector):
+    """linesight_alarms_total{code}: alarms raised through `Metrics.alarm_raised` plus the sinks' own.
+
+    Why a collector and not a Counter: the MQTT sink's alarms live in its counters dict (read at scrape,
+    like linesight_sink_events_total) and must add up with the daemon's into one series per code."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily("linesight_alarms", "Alarms raised, by code.", labels=("code",))
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        m = self._metrics
+        with m._alarm_lock:  # noqa: SLF001 - the collector is part of Metrics
+            counts = dict(m._alarm_counts)  # noqa: SLF001
+        for code, n in m._sinks.alarm_counts().items():  # noqa: SLF001
+            label = m._bounded("linesight_alarms_total", code, ALARM_CODES)  # noqa: SLF001
+            counts[label] += n
+        fam = CounterMetricFamily("linesight_alarms", "Alarms raised, by code.", labels=("code",))
+        for code in ALARM_CODES:  # every code, 0 included: increase() needs the 0 sample to exist
+            fam.add_metric((code,), float(counts[code]))
         yield fam
 
 
@@ -104,6 +171,9 @@ class Metrics:
         self.up = Gauge("linesight_up", "1 while the inspection pipeline is running.", registry=r)
         self._sinks = _SinkCollector()
         r.register(self._sinks)
+        self._alarm_lock = threading.Lock()
+        self._alarm_counts = dict.fromkeys(ALARM_CODES, 0)
+        r.register(_AlarmCollector(self))
         # Pre-create every bounded label value: rate()/increase() need the 0 sample to exist.
         for v in VERDICTS:
             self.verdicts.labels(v)
@@ -129,6 +199,12 @@ class Metrics:
             self._warned.add((metric, value))
             log.warning("metrics: %s label %r is not one of %s; counted as 'other' where possible", metric, value, allowed)
         return "other" if "other" in allowed else None
+
+    def alarm_raised(self, code: str) -> None:
+        """Count one alarm (Service.alarm calls this for every alarm it raises, sent over MQTT or not)."""
+        label = self._bounded("linesight_alarms_total", code, ALARM_CODES)
+        with self._alarm_lock:
+            self._alarm_counts[label] += 1
 
     def frame_received(self) -> None:
         self.frames.inc()
@@ -190,7 +266,8 @@ class Metrics:
         self.up.set(1 if up else 0)
 
     def watch_sink(self, name: str, counters: Callable[[], Mapping[str, int]]) -> None:
-        """Expose a sink's `counters` dict as linesight_sink_events_total{sink=name,event=key} (read at scrape)."""
+        """Expose a sink's `counters` dict as linesight_sink_events_total{sink=name,event=key} (read at scrape);
+        keys `alarm_<code>` go to linesight_alarms_total{code} instead."""
         if name not in ("mqtt", "zmq", "archive"):
             raise ValueError(f"watch_sink name must be mqtt, zmq or archive, got {name!r}")
         self._sinks.add(name, counters)
@@ -208,14 +285,7 @@ class Metrics:
         """
         if self._server is not None:
             raise RuntimeError("Metrics.serve() called twice")
-        handler = _make_handler(self, health)
-        try:
-            server = ThreadingHTTPServer((host, port), handler)
-        except OSError as exc:
-            raise ConfigError(
-                f"metrics: cannot listen on {host}:{port} ({exc.strerror}); is another daemon running? "
-                "change metrics.port in the outputs config"
-            ) from None
+        server = listen_http(host, port, _make_handler(self, health))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},

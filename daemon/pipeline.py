@@ -20,6 +20,7 @@ import numpy as np
 
 from linesight.config.daemon import DaemonConfig
 from linesight.daemon import verdict as V
+from linesight.daemon.identity import Acquired, SeqStore
 from linesight.daemon.model import ModelHolder, ModelRefused
 from linesight.daemon.sources.base import EndOfStream, Frame, Source
 from linesight.errors import DataError
@@ -35,7 +36,8 @@ Alarm = Callable[..., None]
 
 class Pipeline:
     def __init__(self, cfg: DaemonConfig, source: Source, holder: ModelHolder, publish: Publish, alarm: Alarm,
-                 *, station: str, on_tick: Callable[[], None] | None = None, observe: Callable[..., None] | None = None):
+                 *, station: str, on_tick: Callable[[], None] | None = None, observe: Callable[..., None] | None = None,
+                 seqs: SeqStore | None = None):
         self.cfg, self.source, self.holder = cfg, source, holder
         self._publish, self._alarm, self._on_tick = publish, alarm, on_tick or (lambda: None)
         self.on_verdict = observe or (lambda v: None)  # extra listener (demo, tests)
@@ -45,9 +47,8 @@ class Pipeline:
         self.station = station
         p = cfg.pipeline
         self.deadline_ns = int(p.deadline_ms * 1e6)
-        self.in_q: queue.Queue[Frame] = queue.Queue(maxsize=p.queue_size)
-        self._seq = itertools.count(1)
-        self._seq_lock = threading.Lock()
+        self.in_q: queue.Queue[Acquired] = queue.Queue(maxsize=p.queue_size)
+        self.seqs = seqs or SeqStore(None, station)
         self.stop_event = threading.Event()
         self.paused = threading.Event()
         self.acquisition_done = threading.Event()
@@ -108,13 +109,12 @@ class Pipeline:
         return {**A.to_verdict_dict(a), "verdict": a.decision.verdict}, A.to_header_dict(a)
 
     # ---------------------------------------------------------------- verdicts
-    def _emit(self, frame: Frame, *, prediction=None, fail_safe: str | None = None, detail: str | None = None,
+    def _emit(self, item: Acquired, *, prediction=None, fail_safe: str | None = None, detail: str | None = None,
               inference_ms: float | None = None, analysis: tuple[dict | None, dict | None] = (None, None)) -> dict:
-        with self._seq_lock:
-            seq = next(self._seq)
+        frame, seq = item.frame, item.seq
         # the model and thresholds that decided travel with the prediction: a swap in between cannot relabel it
         model = prediction.model if prediction is not None else self.holder.info
-        v = V.build(frame, seq=seq, part_id=self._part_id(frame, seq), station=self.station, model=model,
+        v = V.build(frame, seq=seq, run=self.seqs.run, part_id=item.part_id, station=self.station, model=model,
                     deadline_ms=self.cfg.pipeline.deadline_ms, prediction=prediction, fail_safe=fail_safe,
                     fail_safe_verdict=self.cfg.pipeline.fail_safe_verdict, detail=detail, inference_ms=inference_ms,
                     analysis=analysis[0])
@@ -128,6 +128,11 @@ class Pipeline:
         self.on_verdict(v)
         self._publish(v, frame.image, amap, thr, analysis[1])
         return v
+
+    def admit(self, frame: Frame) -> Acquired:
+        """Give an arriving frame its seq and part id (acquisition thread; tests hand frames in here)."""
+        seq = self.seqs.next()
+        return Acquired(frame, seq, self._part_id(frame, seq))
 
     def _part_id(self, frame: Frame, seq: int) -> str:
         pid = self.cfg.pipeline.part_id
@@ -172,11 +177,12 @@ class Pipeline:
                     continue
                 self.frames_in += 1
                 self.on_frame()
+                item = self.admit(frame)
                 try:
-                    self.in_q.put_nowait(frame)
+                    self.in_q.put_nowait(item)
                 except queue.Full:
                     self.on_drop("queue_full")
-                    self._emit(frame, fail_safe="frame_dropped", detail="inference queue full (frames arrive "
+                    self._emit(item, fail_safe="frame_dropped", detail="inference queue full (frames arrive "
                                "faster than the model decides)")
                 if max_frames and self.frames_in >= max_frames:
                     break
@@ -209,35 +215,35 @@ class Pipeline:
             return str(exc)
         return None
 
-    def process(self, frames: list[Frame]) -> None:
+    def process(self, items: list[Acquired]) -> None:
         """Decide a micro-batch (frames that queued up while the engine was busy): each frame still gets
         its own deadline check and exactly one verdict; an inference error is retried frame by frame so
         one bad frame cannot fail its neighbours."""
         engine = self.holder.engine
         ready = []
-        for frame in frames:
-            problem = self._frame_problem(frame)
+        for item in items:
+            problem = self._frame_problem(item.frame)
             if problem:
-                self._emit(frame, fail_safe="bad_frame", detail=problem)
+                self._emit(item, fail_safe="bad_frame", detail=problem)
             elif engine is None:
-                self._emit(frame, fail_safe="no_model", detail="no valid model loaded")
-            elif time.time_ns() > frame.host_ts_ns + self.deadline_ns:
-                self._emit(frame, fail_safe="deadline_missed", detail="deadline passed before inference started")
+                self._emit(item, fail_safe="no_model", detail="no valid model loaded")
+            elif time.time_ns() > item.frame.host_ts_ns + self.deadline_ns:
+                self._emit(item, fail_safe="deadline_missed", detail="deadline passed before inference started")
             else:
-                ready.append(frame)
+                ready.append(item)
         if not ready:
             return
         t0 = time.perf_counter()
         classifier = self._type_classifier(engine)
         try:
-            preds = engine.predict_batch([f.image for f in ready], regions=not self.cfg.analysis.enabled,
+            preds = engine.predict_batch([it.frame.image for it in ready], regions=not self.cfg.analysis.enabled,
                                          keep_features=classifier is not None)
         except Exception as exc:  # bad pixels or a runtime failure: fail safe, keep running
             if len(ready) > 1:
-                for frame in ready:
-                    self.process([frame])
+                for item in ready:
+                    self.process([item])
                 return
-            log.exception("inference failed", extra={"camera": ready[0].source, "frame_id": ready[0].frame_id})
+            log.exception("inference failed", extra={"camera": ready[0].frame.source, "seq": ready[0].seq})
             self._emit(ready[0], fail_safe="inference_error", detail=f"{type(exc).__name__}: {exc}")
             return
         ms = (time.perf_counter() - t0) * 1e3
@@ -245,24 +251,25 @@ class Pipeline:
         for _ in ready:
             self.on_stage("preprocess", t["preprocess"] / 1e3)
             self.on_stage("inference", (t["features"] + t["knn"] + t["postprocess"]) / 1e3)
-        for frame, pred in zip(ready, preds):
+        for item, pred in zip(ready, preds):
+            frame = item.frame
             t_an = time.perf_counter()
             try:
                 found = self._analyse(frame, pred, engine.pixel_threshold, classifier)
             except Exception as exc:  # analysis must not cost the verdict: the score verdict stands
-                log.exception("defect analysis failed", extra={"camera": frame.source, "frame_id": frame.frame_id})
+                log.exception("defect analysis failed", extra={"camera": frame.source, "seq": item.seq})
                 self.alarm_limited("analysis_error", f"defect analysis failed: {type(exc).__name__}: {exc}")
                 found = (None, None)
             if found[0] is not None:
                 self.on_stage("analysis", time.perf_counter() - t_an)
             if pred.failure:  # e.g. the frame did not register to the reference: not inspected as trained
-                self._emit(frame, prediction=pred, fail_safe=pred.failure.split(":")[0], inference_ms=ms,
+                self._emit(item, prediction=pred, fail_safe=pred.failure.split(":")[0], inference_ms=ms,
                            detail=pred.failure)
             elif time.time_ns() > frame.host_ts_ns + self.deadline_ns:
-                self._emit(frame, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,
+                self._emit(item, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,
                            detail=f"decided after the {self.cfg.pipeline.deadline_ms:g} ms deadline")
             else:
-                self._emit(frame, prediction=pred, inference_ms=ms, analysis=found)
+                self._emit(item, prediction=pred, inference_ms=ms, analysis=found)
 
     def request_reload(self, path: str | None = None, rollback: bool = False) -> int:
         """Queue a reload (or rollback); each one runs, in order. Returns its job id; the outcome is an alarm

@@ -20,6 +20,7 @@ import numpy as np
 
 from linesight.config.daemon import DaemonConfig
 from linesight.daemon.commands import Dispatcher, Feedback, Part, Pause, Reload, Resume
+from linesight.daemon.identity import SeqStore, state_dir_of
 from linesight.daemon.metrics import Metrics
 from linesight.daemon.model import ModelHolder, ModelRefused
 from linesight.daemon.notify import Notifier
@@ -35,17 +36,22 @@ class Service:
         self.notifier = notifier or Notifier.from_env()
         self.mqtt_wait_s = mqtt_wait_s
         out = cfg.outputs
-        self.station = f"{out.mqtt.site}/{out.mqtt.line}/{out.mqtt.station}"
+        self.station = out.mqtt.station_id
         self.metrics = Metrics(deadline_s=cfg.pipeline.deadline_ms / 1000.0)
         self.holder = ModelHolder(cfg.model.bundle, threads=cfg.model.threads,
                                   golden_tolerance=cfg.model.golden_tolerance,
                                   min_defect_px=cfg.model.min_defect_px)
         self.source = build_source(cfg.source)
+        state_dir = state_dir_of(cfg.pipeline.state_dir)
+        self.seqs = SeqStore(state_dir, self.station)
+        if state_dir is None:
+            log.warning("pipeline.state_dir not set: seq restarts at 1 on every start (run id %d = start time)",
+                        self.seqs.run)
         self.mqtt = self.zmq = self.archive = None
         self.pub_q: queue.Queue = queue.Queue(maxsize=256)
         self.arch_q: queue.Queue = queue.Queue(maxsize=16)
         self.pipeline = Pipeline(cfg, self.source, self.holder, self._enqueue, self.alarm, station=self.station,
-                                 on_tick=self._tick)
+                                 on_tick=self._tick, seqs=self.seqs)
         self.pipeline.on_frame = self.metrics.frame_received
         self.pipeline.on_drop = self.metrics.frame_dropped
         self.pipeline.on_stage = self.metrics.observe_stage
@@ -86,10 +92,29 @@ class Service:
             item = self.arch_q.get()
             if item is None:
                 return
+            errors = self.archive.counters["errors"]
             self.archive.save(*item)
             self.metrics.set_archive_bytes(self.archive.size_bytes)
+            if self.archive.counters["errors"] > errors:  # full disk, unplugged drive: never silent
+                self.pipeline.alarm_limited("archive_error", f"archive {self.cfg.outputs.archive.dir}: "
+                                                             f"{self.archive.last_problem}", seq=item[0].get("seq"))
+
+    def _drain_archive(self, timeout_s: float = 8.0) -> None:
+        """On stop the archive thread writes what is queued (NG evidence), bounded by systemd's stop timeout."""
+        thread = next((t for t in self._threads if t.name == "archive"), None)
+        if thread is None:
+            return
+        try:
+            self.arch_q.put(None, timeout=timeout_s)
+        except queue.Full:
+            pass
+        thread.join(timeout=timeout_s)
+        if thread.is_alive():
+            log.error("archive still writing after %.0f s: %d records not archived", timeout_s, self.arch_q.qsize())
 
     def alarm(self, code: str, message: str, **context: Any) -> None:
+        """Log, count (linesight_alarms_total{code}: alerting must not depend on MQTT being up) and publish."""
+        self.metrics.alarm_raised(code)
         log.warning("alarm %s: %s", code, message, extra={"alarm": code, **{f"ctx_{k}": v for k, v in context.items()}})
         if self.mqtt:
             self.mqtt.publish_alarm(code, message, station=self.station, **context)
@@ -155,6 +180,8 @@ class Service:
         ok = self.holder.engine is not None and self.source.status.up and not self.pipeline.paused.is_set()
         if self.mqtt and not self.mqtt.connected:  # verdicts are being dropped: never "ok"
             return {"status": "degraded", "reason": "mqtt broker unreachable", **self._stats()}
+        if self.archive and self.archive.last_problem:  # NG evidence is not being kept
+            return {"status": "degraded", "reason": f"archive: {self.archive.last_problem}", **self._stats()}
         return {"status": "ok" if ok else "degraded", **self._stats()}
 
     def _status(self) -> None:
@@ -269,7 +296,8 @@ class Service:
         for t in self._threads:
             if t.name == "publish":
                 t.join(timeout=10)
-        self.arch_q.put(None)
+        self._drain_archive()
+        self.seqs.close()
         try:
             self.source.close()
         except Exception:
@@ -283,7 +311,13 @@ class Service:
         log.info("linesight daemon stopped", extra={"verdicts": self.pipeline.counts["verdicts"]})
 
 
-def run_service(cfg: DaemonConfig) -> int:
+def run_service(cfg: DaemonConfig, doc: Any = None) -> int:
+    """Run until SIGTERM/SIGINT. `doc` (the YamlDocument from `preflight.load_station`) lets start-up
+    problems name their file:line. The checks run first, before anything binds a port or opens the camera,
+    and raise one ConfigError listing every problem (the same lines `check-config` prints)."""
+    from linesight.daemon.preflight import check_before_start
+
+    check_before_start(cfg, doc)
     svc = Service(cfg)
     signal.signal(signal.SIGTERM, svc.stop)
     signal.signal(signal.SIGINT, svc.stop)
@@ -291,14 +325,7 @@ def run_service(cfg: DaemonConfig) -> int:
 
 
 def load_config(path: str | Path) -> DaemonConfig:
-    from linesight.config.loader import load_model
+    """The station config, relative paths resolved (see `preflight.load_station`, which also keeps lines)."""
+    from linesight.daemon.preflight import load_station
 
-    cfg = load_model(path, DaemonConfig)
-    base = Path(path).resolve().parent  # relative paths are relative to the config file
-    if not cfg.model.bundle.is_absolute():
-        cfg.model.bundle = base / cfg.model.bundle
-    for key in ("spec", "knowledge"):
-        value = getattr(cfg.analysis, key)
-        if value is not None and not value.is_absolute():
-            setattr(cfg.analysis, key, base / value)
-    return cfg
+    return load_station(path)[0]

@@ -17,7 +17,7 @@ def iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def build(frame: Frame, *, seq: int, part_id: str, station: str, model: dict | None, deadline_ms: float,
+def build(frame: Frame, *, seq: int, run: int, part_id: str, station: str, model: dict | None, deadline_ms: float,
           prediction: Prediction | None = None, fail_safe: str | None = None, fail_safe_verdict: str = "NG",
           detail: str | None = None, inference_ms: float | None = None,
           analysis: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def build(frame: Frame, *, seq: int, part_id: str, station: str, model: dict | N
     verdict and its typed, graded defects replace the raw regions; `reason` is then the spec's basis."""
     now = time.time_ns()
     v: dict[str, Any] = {
-        "schema": SCHEMA, "seq": seq, "part_id": part_id, "station": station,
+        "schema": SCHEMA, "seq": seq, "run": run, "part_id": part_id, "station": station,
         "camera": {"name": frame.source, "frame_id": frame.frame_id, "ts_ns": frame.camera_ts_ns,
                    "source_seq": frame.seq, "file": frame.name},
         "host_ts": iso(frame.host_ts_ns),

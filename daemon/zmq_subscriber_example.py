@@ -7,9 +7,16 @@ Run (daemon running with the default outputs config)::
     python -m linesight.daemon.zmq_subscriber_example --count 10           # exit after 10 verdicts
 
 Output: one line per verdict, ``<seq> <part_id> <OK|NG> <reason> score=<score>``; with --save-dir the
-latest image and heatmap are written as ``latest_image.<ext>`` / ``latest_heatmap.<ext>``.
+latest image and heatmap are written as ``latest_image.<ext>`` / ``latest_heatmap.<ext>``. A verdict that
+arrives after its deadline is not printed as a decision: one ``stale verdict ...`` line goes to stderr
+and it is counted (summary on exit).
 
 Things an HMI must know (see linesight.daemon.sinks.zmq_sink for the wire format):
+* Check every verdict's age on arrival (`is_stale`): ``host_ts + deadline_ms`` in the past means the
+  part has left the station; treat it like a fail-safe verdict and never act on a stale OK. Queues
+  between daemon and consumer (socket buffers, a busy HMI thread, MQTT client libraries) hold messages
+  for seconds or minutes; neither ZeroMQ nor MQTT message expiry removes what is already in them.
+  The check needs host and consumer clocks in sync (NTP/PTP, see docs/plc-integration.md).
 * PUB/SUB drops messages for a subscriber that reads too slowly; verdicts carry `seq`, so gaps are
   visible. Never use this feed to drive a reject gate - that is the PLC's MQTT/fieldbus path.
 * Subscribe to images only if you display them; the daemon skips image encoding when no one listens.
@@ -20,10 +27,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import zmq
+
+
+def is_stale(verdict: dict[str, Any], now: float | None = None) -> bool:
+    """True if the verdict's deadline (``host_ts`` + ``deadline_ms``) has passed at `now` (Unix seconds,
+    default: this machine's clock) - or if the verdict carries no readable ``host_ts``/``deadline_ms``,
+    because a verdict whose age cannot be proven must not be acted on either."""
+    try:
+        ts = datetime.fromisoformat(str(verdict["host_ts"]).replace("Z", "+00:00"))
+        deadline_s = float(verdict["deadline_ms"]) / 1000.0
+    except (KeyError, TypeError, ValueError):
+        return True
+    if ts.tzinfo is None:  # the daemon always writes UTC ("...Z"); a bare time is read as UTC too
+        ts = ts.replace(tzinfo=timezone.utc)
+    if not math.isfinite(deadline_s):  # NaN/inf deadline: no proof of freshness
+        return True
+    return (time.time() if now is None else now) >= ts.timestamp() + deadline_s
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         poller.register(images, zmq.POLLIN)
         if args.save_dir:
             args.save_dir.mkdir(parents=True, exist_ok=True)
-    seen = 0
+    seen = stale = 0
     try:
         while args.count == 0 or seen < args.count:
             ready = dict(poller.poll(int(args.timeout_s * 1000) if args.timeout_s else None))
@@ -63,9 +90,16 @@ def main(argv: list[str] | None = None) -> int:
             if verdicts in ready:
                 _topic, body = verdicts.recv_multipart()
                 v = json.loads(body)
+                seen += 1
+                if is_stale(v):  # the part is gone: handle it as fail-safe, never act on this (stale OK!)
+                    stale += 1
+                    sys.stderr.write(f"stale verdict seq={v.get('seq')} part_id={v.get('part_id')} "
+                                     f"({v.get('verdict')}, host_ts={v.get('host_ts')}, deadline_ms="
+                                     f"{v.get('deadline_ms')}) arrived after its deadline: ignored, part is "
+                                     f"fail-safe ({stale} stale so far)\n")
+                    continue
                 print(f"{v.get('seq')} {v.get('part_id')} {v.get('verdict')} {v.get('reason')} score={v.get('score')}",
                       flush=True)
-                seen += 1
             if images is not None and images in ready:
                 _topic, header, img, heatmap = images.recv_multipart()
                 meta = json.loads(header)
@@ -78,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         ctx.destroy(linger=0)
+        if stale:
+            sys.stderr.write(f"{stale} of {seen} verdicts arrived after their deadline and were ignored\n")
     return 0
 
 

@@ -11,6 +11,27 @@ from linesight.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+def decode_image(data: np.ndarray, where: str) -> np.ndarray:
+    """Encoded bytes -> image, bit depth kept (BGR order). JPEG is decoded by libjpeg-turbo in strict mode:
+    data corrupt mid-stream is only a warning to libjpeg (OpenCV then returns garbage pixels that would be
+    scored as a normal part), here it is a DataError naming `where`."""
+    if data.size == 0:
+        raise DataError(f"cannot decode image {where}: the file is empty (0 bytes)")
+    if bytes(data[:2]) == b"\xff\xd8":
+        import simplejpeg
+
+        try:
+            gray = simplejpeg.decode_jpeg_header(data)[2] == "Gray"
+            image = simplejpeg.decode_jpeg(data, colorspace="GRAY" if gray else "BGR", strict=True)
+        except ValueError as exc:
+            raise DataError(f"cannot decode JPEG {where}: {str(exc).splitlines()[0]} (corrupt or truncated file)") from None
+        return image[:, :, 0] if gray else image
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"cannot decode image {where}: not a readable image file (corrupt or unsupported format)")
+    return image
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode a file keeping its bit depth (cv2 BGR order); DataError names the file when it fails."""
     p = Path(path)
@@ -18,9 +39,7 @@ def read_image(path: str | Path) -> np.ndarray:
         data = np.fromfile(p, dtype=np.uint8)
     except OSError as exc:
         raise DataError(f"cannot read image {p}: {exc.strerror or exc}") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DataError(f"cannot decode image {p}: not a readable image file (corrupt or unsupported format)")
+    image = decode_image(data, str(p))
     check_image(image, str(p))
     return image
 

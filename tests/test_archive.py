@@ -179,3 +179,20 @@ def test_disk_errors_do_not_raise_and_recover(tmp_path: Path, caplog) -> None:
     huge = np.random.default_rng(0).integers(0, 255, (1200, 1200), dtype=np.uint8)
     assert not arch4.save(verdict(6), huge, None)
     assert arch4.counters["deleted_quota"] == 0 and len(list((tmp_path / "four").rglob("*.json"))) == 1
+
+
+def test_free_space_floor_deletes_oldest_then_refuses(tmp_path: Path) -> None:
+    """A floor above what the disk has (real statvfs, no mock): our own oldest records go first, then frames
+    are not archived and the reason names the floor."""
+    arch = Archive(cfg(tmp_path, min_free_bytes=0))
+    for i in range(3):
+        assert arch.save(verdict(i), np.zeros((8, 8), np.uint8), None)
+    (tmp_path / "archive" / "user-notes.txt").write_text("not ours")  # outside the date folders: never touched
+    free = shutil.disk_usage(tmp_path).free
+    arch._cfg = cfg(tmp_path, min_free_bytes=free + 10 * 2**30)  # noqa: SLF001 - the operator raised the floor
+    assert not arch.save(verdict(9), np.zeros((8, 8), np.uint8), None)
+    assert arch.counters["deleted_space"] == 3 and arch.size_bytes == 0 and arch.counters["errors"] == 1
+    assert "disk nearly full" in arch.last_problem and "min_free_bytes" in arch.last_problem and not arch.healthy
+    assert (tmp_path / "archive" / "user-notes.txt").exists()
+    arch._cfg = cfg(tmp_path, min_free_bytes=0)  # noqa: SLF001 - space freed: archiving resumes, alarm clears
+    assert arch.save(verdict(10), np.zeros((8, 8), np.uint8), None) and arch.healthy and arch.last_problem is None

@@ -286,6 +286,6 @@ def test_verdict_keeps_the_model_that_decided_across_a_swap(small_bundle, tmp_pa
                                        "source": {"type": "synthetic", "name": "s", "width": 64, "height": 64}})
     pipe = Pipeline(cfg, source=None, holder=holder, publish=lambda *a: published.append(a),
                     alarm=lambda *a, **k: None, station="s1/l1/cam1")
-    v = pipe._emit(Frame(image=img, seq=0, host_ts_ns=0, source="s"), prediction=pred)
+    v = pipe._emit(pipe.admit(Frame(image=img, seq=0, host_ts_ns=0, source="s")), prediction=pred)
     assert v["model"] == old.identity != holder.info
     assert published[0][3] == old.pixel_threshold != holder.engine.pixel_threshold

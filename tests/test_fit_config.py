@@ -95,7 +95,8 @@ def test_alignment_failure_is_a_fail_safe_verdict_in_the_daemon(tmp_path):
     inner = (slice(12, -12), slice(12, -12))
     assert np.abs(back[inner] - part[inner]).mean() < 4 < np.abs(aligned[inner] - part[inner].astype(float)).mean()
     p, verdicts, alarms = make(out, deadline_ms=60000)
-    p.process([frame(0, (rng.normal(90, 30, (128, 160))).clip(0, 255).astype(np.uint8)), frame(1, _part(rng))])
+    noise = rng.normal(90, 30, (128, 160)).clip(0, 255).astype(np.uint8)
+    p.process([p.admit(frame(0, noise)), p.admit(frame(1, _part(rng)))])
     by_seq = {v["camera"]["source_seq"]: v for v in verdicts}
     assert by_seq[0]["fail_safe"] and by_seq[0]["reason"] == "alignment_failed" and "alignment_failed" in alarms
     assert not by_seq[1]["fail_safe"] and by_seq[1]["frame"]["aligned"]

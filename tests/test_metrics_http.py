@@ -16,7 +16,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from linesight.config.outputs import ZmqConfig
-from linesight.daemon.metrics import DEADLINE_MULTIPLES, FAILSAFE_REASONS, Metrics
+from linesight.daemon.metrics import ALARM_CODES, DEADLINE_MULTIPLES, FAILSAFE_REASONS, Metrics
 from linesight.daemon.sinks.zmq_sink import ZmqSink
 from linesight.errors import ConfigError
 
@@ -153,11 +153,51 @@ def test_sink_counters_exposed_and_registries_isolated(served, free_tcp_port) ->
         m.watch_sink("kafka", dict)
 
 
+def test_alarm_counter_by_code_bounded_and_merged_with_sink_alarms(served, caplog) -> None:
+    """Alerting on alarms needs one bounded series per code, zero included (increase() needs the 0 sample),
+    and the MQTT sink's own verdicts_dropped alarm (it bypasses Service.alarm) must land in the same metric."""
+    m, url, _ = served
+    s = samples(get(url + "/metrics")[2])
+    assert {k[1][0][1]: v for k, v in s.items() if k[0] == "linesight_alarms_total"} == dict.fromkeys(ALARM_CODES, 0)
+    sink_counters = {"connects": 2, "alarm_verdicts_dropped": 0}
+    m.watch_sink("mqtt", lambda: sink_counters)
+    m.alarm_raised("camera_down")
+    m.alarm_raised("camera_down")
+    m.alarm_raised("verdicts_dropped")
+    sink_counters["alarm_verdicts_dropped"] = 2
+    with caplog.at_level(logging.WARNING, logger="linesight.daemon.metrics"):
+        for i in range(20):
+            m.alarm_raised(f"made_up_{i}")
+    s = samples(get(url + "/metrics")[2])
+    assert s[("linesight_alarms_total", (("code", "camera_down"),))] == 2
+    assert s[("linesight_alarms_total", (("code", "verdicts_dropped"),))] == 3
+    assert s[("linesight_alarms_total", (("code", "other"),))] == 20
+    assert s[("linesight_alarms_total", (("code", "no_model"),))] == 0
+    assert not any("made_up" in str(k) for k in s)
+    # the sink's alarm counter is an alarm, not a sink event; its other counters stay sink events
+    assert s[("linesight_sink_events_total", (("event", "connects"), ("sink", "mqtt")))] == 2
+    assert not any(k[0] == "linesight_sink_events_total" and "alarm" in str(k) for k in s)
+
+
+def test_every_alarm_code_in_the_sources_is_a_known_label() -> None:
+    """A new alarm code must be added to ALARM_CODES, or alerts on it would only ever see "other"."""
+    from linesight.daemon.verdict import FAIL_SAFE_REASONS
+
+    call = re.compile(r"\b(?:alarm|alarm_limited|_alarm|publish_alarm)\(\s*\"([A-Za-z0-9_]+)\"")
+    found = set()
+    for path in [*(REPO / "daemon").glob("*.py"), *(REPO / "daemon" / "sinks").glob("*.py")]:
+        found |= set(call.findall(path.read_text()))
+    assert {"camera_down", "no_model", "model_refused", "mqtt_down", "verdicts_dropped"} <= found, found
+    assert found <= set(ALARM_CODES), f"alarm codes missing from metrics.ALARM_CODES: {found - set(ALARM_CODES)}"
+    # pipeline.alarm_limited(fail_safe, ...) raises every fail-safe reason as an alarm code
+    assert set(FAIL_SAFE_REASONS) <= set(ALARM_CODES)
+
+
 def test_stop_and_port_conflict() -> None:
     m = Metrics()
     port = m.serve("127.0.0.1", 0)
     try:
-        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(ConfigError, match=f"metrics.port: port {port} on 127.0.0.1 is in use"):
             Metrics().serve("127.0.0.1", port)
     finally:
         m.stop()
@@ -197,9 +237,11 @@ def test_alert_rules_structure_and_metric_names() -> None:
             assert used and used <= names, f"{rule['alert']} uses unknown metrics {used - names}"
             alerts[rule["alert"]] = rule
     assert set(alerts) == {"LinesightDaemonOffline", "LinesightCameraDown", "LinesightNgRateHigh",
-                           "LinesightDeadlineMissed"}
+                           "LinesightDeadlineMissed", "LinesightVerdictsDropped"}
     assert alerts["LinesightCameraDown"]["for"] == "1m" and alerts["LinesightNgRateHigh"]["for"] == "10m"
     assert "> 0.2" in alerts["LinesightNgRateHigh"]["expr"]
+    assert alerts["LinesightVerdictsDropped"]["labels"]["severity"] == "critical"
+    assert "MQTT outage" in alerts["LinesightVerdictsDropped"]["annotations"]["summary"]
 
 
 def _annotations(rule: dict, instance: str | None) -> dict[str, str]:
@@ -252,6 +294,27 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
                     {"eval_time": "10m", "alertname": "LinesightDeadlineMissed", "exp_alerts": []},
                     {"eval_time": "6m", "alertname": "LinesightNgRateHigh", "exp_alerts": []},
                     {"eval_time": "15m", "alertname": "LinesightNgRateHigh", "exp_alerts": [exp("LinesightNgRateHigh", "cam1")]},
+                ],
+            },
+            {   # verdicts_dropped: any increase of that code's alarm counter pages for the 5 min window
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'linesight_alarms_total{{code="verdicts_dropped",{s}}}', "values": "0 0 0 1x12"},
+                    # must NOT fire: other codes rising (cam1), an old outage counted before the
+                    # window (cam2), a daemon restart resetting the counter to 0 (cam3)
+                    {"series": f'linesight_alarms_total{{code="camera_down",{s}}}', "values": "0+1x15"},
+                    {"series": 'linesight_alarms_total{code="verdicts_dropped",job="linesight",instance="cam2"}',
+                     "values": "4x15"},
+                    {"series": 'linesight_alarms_total{code="verdicts_dropped",job="linesight",instance="cam3"}',
+                     "values": "2 2 2 2 0x11"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "LinesightVerdictsDropped", "exp_alerts": []},
+                    {"eval_time": "4m", "alertname": "LinesightVerdictsDropped",
+                     "exp_alerts": [exp("LinesightVerdictsDropped", "cam1", code="verdicts_dropped")]},
+                    {"eval_time": "7m", "alertname": "LinesightVerdictsDropped",
+                     "exp_alerts": [exp("LinesightVerdictsDropped", "cam1", code="verdicts_dropped")]},
+                    {"eval_time": "10m", "alertname": "LinesightVerdictsDropped", "exp_alerts": []},
                 ],
             },
             {   # the target vanished entirely: absent() still pages

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from linesight.config.outputs import MqttConfig, MqttTlsConfig
+from linesight.daemon.metrics import Metrics
 from linesight.daemon.sinks.mqtt_sink import MqttSink
 from linesight.errors import ConfigError, LinesightError
 
@@ -222,6 +223,11 @@ def test_broker_restart_reconnects_and_drops_verdicts_while_down(mosquitto, mqtt
     alarm = json.loads(probe.wait_for(lambda m: m.topic == f"{BASE}/alarm", timeout=5).payload)
     assert alarm["code"] == "verdicts_dropped" and "5 verdicts (seq 100..104)" in alarm["message"]
     assert alarm["context"]["count"] == 5 and alarm["context"]["first_seq"] == 100
+    # this alarm bypasses Service.alarm: the sink counts it and /metrics shows it with the daemon's alarms
+    assert sink.counters["alarm_verdicts_dropped"] == 1
+    metrics = Metrics()
+    metrics.watch_sink("mqtt", lambda: sink.counters)
+    assert 'linesight_alarms_total{code="verdicts_dropped"} 1.0' in metrics.exposition().decode()
     assert sink.publish_verdict(make_verdict(999))
     probe.wait_for(lambda m: m.topic == f"{BASE}/verdict")
     assert seqs(probe, f"{BASE}/verdict") == [999]
@@ -381,7 +387,7 @@ def test_secret_and_tls_config_errors_are_clear(tmp_path: Path, monkeypatch) -> 
     with pytest.raises(ConfigError, match="password_file.*cannot read"):
         sink.start()
     sink = MqttSink(MqttConfig(enabled=True, tls=MqttTlsConfig(ca_file=tmp_path / "ca.pem")))
-    with pytest.raises(ConfigError, match=r"mqtt.tls.ca_file .*file not found"):
+    with pytest.raises(ConfigError, match=r"outputs\.mqtt\.tls\.ca_file: file not found"):
         sink.start()
     with pytest.raises(ValueError, match="NAME of an environment variable"):
         MqttConfig(username="u", password_env="hunter2!")

@@ -390,3 +390,36 @@ def test_factory_genicam_without_camera_extra(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "harvesters.core", None)
     with pytest.raises(SourceError, match=r"pip install 'linesight\[camera\]'"):
         build_source({"type": "genicam", "name": "cam1"})
+
+
+def _corrupt_mid_stream(jpeg: bytes) -> bytes:
+    """A one-bit flip in the entropy-coded data that libjpeg only warns about: OpenCV still returns pixels."""
+    for pos in range(len(jpeg) // 3, len(jpeg) * 2 // 3):
+        for bit in range(8):
+            bad = bytearray(jpeg)
+            bad[pos] ^= 1 << bit
+            bad = bytes(bad)
+            try:
+                __import__("simplejpeg").decode_jpeg(bad, colorspace="GRAY", strict=True)
+            except ValueError:
+                if cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_UNCHANGED) is not None:
+                    return bad
+    raise AssertionError("no warning-only corruption found")
+
+
+@pytest.mark.skipif(not DATASET.exists(), reason="needs ../shared/datasets/magnetic_tile")
+def test_jpeg_corrupt_mid_stream_is_a_bad_frame_not_garbage(tmp_path: Path) -> None:
+    from linesight.errors import DataError
+    from linesight.export.images import read_image
+
+    src = sorted((DATASET / "test" / "good").glob("*.jpg"))[0]
+    good = src.read_bytes()
+    (tmp_path / "a_good.jpg").write_bytes(good)
+    (tmp_path / "b_flipped.jpg").write_bytes(_corrupt_mid_stream(good))
+    with FolderSource(FolderSourceConfig(path=tmp_path)) as s:
+        frames = [s.read(1.0), s.read(1.0)]
+    ok, bad = frames
+    np.testing.assert_array_equal(ok.image, cv2.imread(str(src), cv2.IMREAD_UNCHANGED))  # same pixels as OpenCV
+    assert bad.image is None and "b_flipped.jpg" in bad.error and "Corrupt JPEG data" in bad.error
+    with pytest.raises(DataError, match="b_flipped.jpg.*corrupt or truncated"):  # training reads the same way
+        read_image(tmp_path / "b_flipped.jpg")

@@ -191,7 +191,7 @@ def test_daemon_verdicts_carry_learned_types(typed_bundle, tmp_path):
     p = Pipeline(cfg, SyntheticSource(cfg.source), holder, lambda v, img, m, t, h: (out.append(v), headers.append(h)),
                  lambda code, msg, **k: alarms.append(code), station="a/b/c")
     img = read_image(sorted((data / "test" / "blowhole").iterdir())[0])
-    p.process([Frame(image=img, seq=0, host_ts_ns=time.time_ns(), source="s", frame_id=0)])
+    p.process([p.admit(Frame(image=img, seq=0, host_ts_ns=time.time_ns(), source="s", frame_id=0))])
     v, h = out[0], headers[0]
     assert not alarms and v["defects_total"] >= 1
     d = v["defects"][0]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import cv2
@@ -23,6 +24,11 @@ from linesight.errors import ConfigError
 def verdict(seq: int) -> dict[str, Any]:
     return {"schema": "linesight.verdict/1", "seq": seq, "part_id": f"A-{seq:06d}", "verdict": "NG",
             "reason": "score_above_threshold", "score": np.float32(3.5), "threshold": 2.0, "deadline_ms": 200}
+
+
+def iso_now() -> str:
+    """host_ts as the daemon writes it (ISO-8601 UTC, milliseconds, Z)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @pytest.fixture
@@ -197,7 +203,8 @@ def test_example_subscriber_script(endpoints, tmp_path) -> None:
         seq = 0
         deadline = time.monotonic() + 15
         while proc.poll() is None and time.monotonic() < deadline:
-            sink.publish(verdict(seq), img, np.ones((8, 12), np.float32))
+            fresh = {**verdict(seq), "host_ts": iso_now(), "deadline_ms": 5000}  # the example drops stale ones
+            sink.publish(fresh, img, np.ones((8, 12), np.float32))
             seq += 1
             time.sleep(0.02)
         out, err = proc.communicate(timeout=5)

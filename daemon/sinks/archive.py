@@ -12,10 +12,12 @@ restart reproduces the same choice.
 
 Retention: a running byte counter (one directory scan at start, never per frame) and an in-memory,
 oldest-first list of records. Before each write the oldest records are deleted until the new record
-fits in `max_bytes`, and records older than `max_age_days` are deleted.
+fits in `max_bytes` and leaves `min_free_bytes` free on the disk (one statvfs per write), and records older
+than `max_age_days` are deleted.
 
 Never raises into the caller on disk problems (full disk, unplugged USB drive, read-only mount):
-logs (once per distinct problem), counts `errors`, returns False. Writing PNGs costs milliseconds:
+logs (once per distinct problem), counts `errors`, keeps the message in `last_problem` (the daemon raises
+alarm archive_error and /healthz says degraded) and returns False. Writing PNGs costs milliseconds:
 call `save` from the daemon's output thread, not the inference thread.
 """
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections import deque
@@ -36,6 +40,7 @@ import numpy as np
 
 from linesight.config.outputs import ArchiveConfig
 from linesight.daemon.sinks.encoding import colorize_heatmap, encode_image, verdict_json
+from linesight.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,35 @@ class _Record:
     files: list[Path] = field(default_factory=list)
 
 
+def check_archive_dir(path: Path) -> None:
+    """ConfigError unless `path` is a folder the daemon can write in, or can create (check-config creates
+    nothing: it writes and removes one hidden temp file in an existing folder, and touches nothing else).
+
+    Archive itself never raises on disk problems (see module docstring), so this is how a wrong path or
+    missing permission shows up before the line runs for days without an archive."""
+    field = "outputs.archive.dir"
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a folder; set archive.dir to a folder", field=field)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".linesight-write-test-", dir=path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write in {path} ({exc.strerror}); give the daemon user write access "
+                              "or choose another folder", field=field) from None
+        os.close(fd)
+        os.unlink(probe)
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot create {path}: {parent} is not a folder", field=field)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create {path}: no write access to {parent}; create the folder for the "
+                          "daemon user or choose another one", field=field)
+
+
 class Archive:
     """Writes verdict records under `cfg.dir` within the configured size and age limits."""
 
@@ -83,7 +117,9 @@ class Archive:
         self._records: deque[_Record] = deque()
         self._size = 0
         self._problems: set[str] = set()
-        self.counters = dict.fromkeys(("saved", "skipped_ok", "deleted_quota", "deleted_age", "errors"), 0)
+        self.counters = dict.fromkeys(("saved", "skipped_ok", "deleted_quota", "deleted_age", "deleted_space",
+                                       "errors"), 0)
+        self.last_problem: str | None = None
         self._scanned = False
         if cfg.enabled:
             self._scan()
@@ -119,12 +155,17 @@ class Archive:
                     self._problem(f"record of {new_bytes} bytes exceeds archive.max_bytes={self._cfg.max_bytes}")
                     return False
                 self._enforce(new_bytes)
+                short = self._make_room(new_bytes)
+                if short:
+                    self._problem(short)
+                    return False
                 self._write(verdict, blobs)
             except (OSError, ValueError) as exc:  # ValueError: cv2 could not encode the frame
                 self._problem(f"cannot archive seq={verdict.get('seq')}: {exc}")
                 return False
             self.counters["saved"] += 1
             self._problems.clear()
+            self.last_problem = None
         return True
 
     def prune(self) -> None:
@@ -137,6 +178,7 @@ class Archive:
 
     def _problem(self, message: str) -> None:
         self.counters["errors"] += 1
+        self.last_problem = message
         key = re.sub(r"seq=\S+", "seq=*", message)
         if key not in self._problems:
             log.error("archive %s: %s", self._dir, message)
@@ -164,7 +206,7 @@ class Archive:
                f"{'OK' if verdict.get('verdict') == 'OK' else 'NG'}"
         day_dir = self._dir / day
         day_dir.mkdir(parents=True, exist_ok=True)
-        if (day_dir / f"{name}.json").exists():  # seq restarts with the daemon: never overwrite a record
+        if (day_dir / f"{name}.json").exists():  # seq restarts without a state_dir: never overwrite a record
             name = f"{name}-{time.time_ns() & 0xFFFFFFFF:08x}"
         rec = _Record(day_dir / name, now)
         try:
@@ -189,6 +231,19 @@ class Archive:
             self._delete(self._records.popleft(), "deleted_age")
         while self._records and self._size + new_bytes > self._cfg.max_bytes:
             self._delete(self._records.popleft(), "deleted_quota")
+
+    def _make_room(self, new_bytes: int) -> str | None:
+        """Delete oldest records until the new one leaves `min_free_bytes` free; the shortfall if it cannot."""
+        floor = self._cfg.min_free_bytes
+        free = shutil.disk_usage(self._dir).free
+        while self._records and free - new_bytes < floor:
+            rec = self._records.popleft()
+            self._delete(rec, "deleted_space")
+            free = shutil.disk_usage(self._dir).free
+        if free - new_bytes < floor:
+            return (f"disk nearly full: {free // 2**20} MiB free, archive.min_free_bytes keeps "
+                    f"{floor // 2**20} MiB; frames are not archived until space is freed")
+        return None
 
     def _delete(self, rec: _Record, reason: str) -> None:
         for p in rec.files:

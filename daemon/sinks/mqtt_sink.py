@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -53,7 +54,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from linesight.config.outputs import MQTT_COMMANDS, MqttConfig
+from linesight.config.outputs import MQTT_COMMANDS, MqttConfig, MqttTlsConfig
 from linesight.daemon.sinks.encoding import verdict_json
 from linesight.errors import ConfigError, LinesightError
 
@@ -68,6 +69,94 @@ CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------- secrets / TLS
+# Module functions, not methods: `linesight check-config` and the start-up check call the very same code
+# the sink runs in start(), so a config they pass cannot be refused here.
+
+_FIELD = "outputs.mqtt"
+
+
+def read_password(cfg: MqttConfig) -> str | None:
+    """The broker password from `password_env` / `password_file` (None: none configured).
+
+    Raises ConfigError naming the setting; the value itself never appears in a message."""
+    if cfg.password_env:
+        value = os.environ.get(cfg.password_env)
+        if value is None:
+            raise ConfigError(
+                f"environment variable {cfg.password_env} is not set; export it in the daemon's environment "
+                "(e.g. systemd EnvironmentFile=)", field=f"{_FIELD}.password_env")
+        return value
+    if cfg.password_file:
+        field = f"{_FIELD}.password_file"
+        try:
+            with open(cfg.password_file, encoding="utf-8") as fh:
+                value = fh.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read {cfg.password_file} ({why}); check the path and that the daemon "
+                              "user may read it", field=field) from None
+        if not value:
+            raise ConfigError(f"{cfg.password_file} is empty; its first line must be the broker password",
+                              field=field)
+        return value
+    return None
+
+
+def tls_file_problems(tls: MqttTlsConfig) -> list[ConfigError]:
+    """One error per configured TLS file that is missing or unreadable (all of them, for check-config)."""
+    problems = []
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is None:
+            continue
+        field = f"{_FIELD}.tls.{name}"
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            problems.append(ConfigError(f"file not found: {path}; fix the path", field=field))
+        except IsADirectoryError:
+            problems.append(ConfigError(f"{path} is a folder; name the PEM file", field=field))
+        except OSError as exc:
+            problems.append(ConfigError(f"cannot read {path} ({exc.strerror}); the daemon user needs read "
+                                        "access", field=field))
+    return problems
+
+
+def _no_key_passphrase() -> str:
+    # Without a callback OpenSSL would prompt on the terminal (a daemon would hang or fail obscurely).
+    raise ConfigError("the private key is encrypted; linesight needs an unencrypted key (openssl pkey -in "
+                      "key.pem -out plain.pem), protected by file permissions", field=f"{_FIELD}.tls.key_file")
+
+
+def tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
+    """The client TLS context, built exactly like paho's `tls_set` (TLS client protocol, broker certificate
+    and host name verified) but with errors that name the file at fault."""
+    problems = tls_file_problems(tls)
+    if problems:
+        raise problems[0]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None,
+                                    password=_no_key_passphrase)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"cannot load the client certificate {tls.cert_file} with key {tls.key_file} "
+                              f"({exc}); they must be PEM files and belong together",
+                              field=f"{_FIELD}.tls.cert_file") from None
+    context.verify_mode = ssl.CERT_REQUIRED
+    if tls.ca_file is not None:
+        try:
+            context.load_verify_locations(str(tls.ca_file))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load CA certificates from {tls.ca_file} ({exc}); it must hold PEM "
+                              "certificates", field=f"{_FIELD}.tls.ca_file") from None
+    else:
+        context.load_default_certs()
+    return context
 
 
 class MqttSink:
@@ -106,6 +195,7 @@ class MqttSink:
                 "connects",
                 "commands_ok",
                 "commands_rejected",
+                "alarm_verdicts_dropped",  # exposed as linesight_alarms_total{code="verdicts_dropped"}
             ),
             0,
         )
@@ -136,9 +226,12 @@ class MqttSink:
         )
         client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         if cfg.username:
-            client.username_pw_set(cfg.username, self._read_password())
+            client.username_pw_set(cfg.username, read_password(cfg))
         if cfg.tls is not None:
-            self._setup_tls(client)
+            client.tls_set_context(tls_context(cfg.tls))
+            if cfg.tls.insecure:
+                log.warning("mqtt.tls.insecure=true: broker hostname is NOT verified")
+                client.tls_insecure_set(True)
         client.will_set(self.topic_status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         client.max_queued_messages_set(cfg.max_queued_messages)
@@ -237,6 +330,7 @@ class MqttSink:
         with self._lock:
             outage, self._outage = self._outage, None
         if outage:
+            self._count("alarm_verdicts_dropped")  # this alarm bypasses Service.alarm: count it here
             self.publish_alarm("verdicts_dropped", f"{outage['count']} verdicts (seq {outage['first_seq']}.."
                                f"{outage['last_seq']}) were dropped while the broker was unreachable; those parts "
                                "got no MQTT verdict", **outage)
@@ -459,47 +553,7 @@ class MqttSink:
             raise LinesightError(f"command 'id' must be a string (<= {_MAX_ID_LEN} chars) or an integer")
         return payload
 
-    # ------------------------------------------------------------------ secrets / TLS / stats
-
-    def _read_password(self) -> str | None:
-        cfg = self._cfg
-        if cfg.password_env:
-            value = os.environ.get(cfg.password_env)
-            if value is None:
-                raise ConfigError(
-                    f"mqtt.password_env names the environment variable {cfg.password_env!r}, which is not set; "
-                    "export it in the daemon's environment (e.g. systemd EnvironmentFile=)"
-                )
-            return value
-        if cfg.password_file:
-            try:
-                with open(cfg.password_file, encoding="utf-8") as fh:
-                    return fh.readline().rstrip("\r\n")
-            except OSError as exc:
-                raise ConfigError(
-                    f"mqtt.password_file {cfg.password_file}: cannot read it ({exc.strerror}); "
-                    "check the path and that the daemon user may read it"
-                ) from None
-        return None
-
-    def _setup_tls(self, client: mqtt.Client) -> None:
-        tls = self._cfg.tls
-        assert tls is not None
-        for field in ("ca_file", "cert_file", "key_file"):
-            path = getattr(tls, field)
-            if path is not None and not os.path.isfile(path):
-                raise ConfigError(f"mqtt.tls.{field} {path}: file not found; fix the path in the outputs config")
-        try:
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-            )
-        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            raise ConfigError(f"mqtt.tls: cannot load certificates/key ({exc}); check they are PEM files") from None
-        if tls.insecure:
-            log.warning("mqtt.tls.insecure=true: broker hostname is NOT verified")
-            client.tls_insecure_set(True)
+    # ------------------------------------------------------------------ stats
 
     def _stats_loop(self) -> None:
         assert self._stats_provider is not None

@@ -27,8 +27,12 @@ later (frames from the pipeline are fresh arrays, so no copy is made on the hot 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import socket
+import stat
 import threading
 from typing import Any
 
@@ -43,6 +47,56 @@ log = logging.getLogger(__name__)
 
 TOPIC_VERDICT = b"verdict"
 TOPIC_IMAGE = b"image"
+
+
+def sockets(cfg: ZmqConfig) -> list[tuple[str, int, str, int]]:
+    """(config field, socket type, endpoint, SNDHWM) of every socket the sink binds."""
+    out = [("outputs.zmq.verdict_endpoint", zmq.PUB, cfg.verdict_endpoint, cfg.verdict_sndhwm)]
+    if cfg.image_endpoint is not None:
+        out.append(("outputs.zmq.image_endpoint", zmq.XPUB, cfg.image_endpoint, cfg.image_sndhwm))
+    return out
+
+
+def _ipc_in_use(endpoint: str) -> str | None:
+    """Why an ipc:// endpoint must not be bound, or None. libzmq unlinks an existing path before binding,
+    so binding would silently steal a running daemon's socket (or delete a file that is no socket)."""
+    path = endpoint.removeprefix("ipc://")
+    if not endpoint.startswith("ipc://") or path.startswith("@"):  # abstract namespace: no file
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(mode):
+        return f"{path} exists and is not a socket; binding would delete it - choose another path"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return None  # a stale socket left by a stopped daemon: libzmq replaces it
+    return f"{path} is in use by a running process (another linesight?); stop it or choose another path"
+
+
+def bind_socket(ctx: zmq.Context, kind: int, endpoint: str, hwm: int, field: str) -> zmq.Socket:
+    """A bound PUB/XPUB socket (linger 0). The start-up check binds through here too, so an endpoint it
+    passes is one the sink can take. ConfigError names the field and the fix."""
+    taken = _ipc_in_use(endpoint)
+    if taken is not None:
+        raise ConfigError(f"cannot bind {endpoint}: {taken}", field=field)
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        if exc.errno == errno.EADDRINUSE:
+            hint = "another process (an old daemon? metrics.port?) holds it; stop it or change the endpoint"
+        else:
+            hint = ("use an address of this machine, e.g. 'tcp://127.0.0.1:5556', or an ipc:// path in an "
+                    "existing folder the daemon may write")
+        raise ConfigError(f"cannot bind {endpoint} ({exc.strerror}); {hint}", field=field) from None
+    return sock
 
 
 class ZmqSink:
@@ -65,27 +119,20 @@ class ZmqSink:
         self._closed = False
         self._image_topics: set[bytes] = set()
         self._worker: threading.Thread | None = None
-        self._verdict_sock = self._bind(zmq.PUB, cfg.verdict_endpoint, cfg.verdict_sndhwm)
-        if cfg.image_endpoint is not None:
-            self._image_sock = self._bind(zmq.XPUB, cfg.image_endpoint, cfg.image_sndhwm)
+        for field, kind, endpoint, hwm in sockets(cfg):
+            try:
+                sock = bind_socket(self._ctx, kind, endpoint, hwm, field)
+            except ConfigError:
+                self.close()
+                raise
+            if kind == zmq.PUB:
+                self._verdict_sock = sock
+            else:
+                self._image_sock = sock
+        if self._image_sock is not None:
             self._worker = threading.Thread(target=self._image_loop, name="zmq-image-encoder", daemon=True)
             self._worker.start()
         log.info("zmq publishing verdicts=%s images=%s", cfg.verdict_endpoint, cfg.image_endpoint or "-")
-
-    def _bind(self, kind: int, endpoint: str, hwm: int) -> zmq.Socket:
-        sock = self._ctx.socket(kind)
-        sock.setsockopt(zmq.SNDHWM, hwm)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as exc:
-            sock.close(0)
-            self.close()
-            raise ConfigError(
-                f"zmq: cannot bind {endpoint} ({exc.strerror}); another process (an old daemon?) may hold it, "
-                "or change zmq.verdict_endpoint / zmq.image_endpoint"
-            ) from None
-        return sock
 
     @property
     def counters(self) -> dict[str, int]:

@@ -38,6 +38,18 @@ def parse_source_config(data: Mapping[str, Any]) -> SourceConfig:
         raise ConfigError("invalid source config:\n  " + "\n  ".join(lines)) from None
 
 
+def require_camera_support(cfg: GenICamSourceConfig) -> None:
+    """SourceError with the install command when the optional camera packages are missing."""
+    try:
+        import genicam.genapi  # noqa: F401 - probe the native part too
+        import harvesters.core  # noqa: F401
+    except ImportError as exc:
+        raise SourceError(
+            f"source {cfg.name!r} has type genicam but the camera support is not installed "
+            f"({exc}); install it with: pip install 'linesight[camera]'", field="source.type"
+        ) from None
+
+
 def build_source(cfg: SourceConfig | Mapping[str, Any]) -> Source:
     """Source object for `cfg` (not opened yet). Raises ConfigError / SourceError with the fix."""
     if isinstance(cfg, Mapping):
@@ -55,14 +67,7 @@ def build_source(cfg: SourceConfig | Mapping[str, Any]) -> Source:
 
         return VideoSource(cfg)
     if isinstance(cfg, GenICamSourceConfig):
-        try:
-            import genicam.genapi  # noqa: F401 - probe the native part too
-            import harvesters.core  # noqa: F401
-        except ImportError as exc:
-            raise SourceError(
-                f"source {cfg.name!r} has type genicam but the camera support is not installed "
-                f"({exc}); install it with: pip install 'linesight[camera]'"
-            ) from None
+        require_camera_support(cfg)
         from .genicam import GenICamSource
 
         return GenICamSource(cfg)

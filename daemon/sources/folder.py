@@ -1,9 +1,9 @@
 """Images from a directory: replay once, loop forever, or watch for new files.
 
 Why each rule:
-- Files are decoded with `cv2.imdecode(bytes, IMREAD_UNCHANGED)` (same decoders as `cv2.imread`, which
-  the brief names): 16-bit PNG/TIFF keep their depth, and reading the bytes ourselves lets us reject a
-  truncated JPEG (no end-of-image marker) that OpenCV would otherwise half-decode into a gray image.
+- Files are decoded by `export.images.decode_image` (the trainer's decoder): 16-bit PNG/TIFF keep their
+  depth, a truncated JPEG (no end-of-image marker) or one corrupt mid-stream (strict libjpeg-turbo) is a bad
+  frame instead of half-decoded garbage scored as a normal part.
 - A file that cannot be read or decoded is returned as a bad Frame naming the file: the part it shows
   gets the fail-safe verdict instead of silently disappearing.
 - watch mode reads a new file only after its size and mtime were unchanged for `watch_settle_s`, so a
@@ -21,10 +21,11 @@ import time
 from collections import deque
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from linesight.config.sources import FolderSourceConfig
+from linesight.errors import DataError
+from linesight.export.images import decode_image
 
 from .base import EndOfStream, Frame, Pacer, Source, SourceError, to_bgr_or_gray
 
@@ -57,8 +58,6 @@ def decode_image_file(path: Path, grayscale: bool, max_pixels: int) -> tuple[np.
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         return None, f"cannot read image file {path}: {exc.strerror or exc}"
-    if data.size == 0:
-        return None, f"image file {path} is empty (0 bytes)"
     if path.suffix.lower() in _JPEG_SUFFIXES:
         tail = bytes(data[-64:]).rstrip(b"\x00\r\n\t ")
         if not tail.endswith(b"\xff\xd9"):
@@ -67,13 +66,55 @@ def decode_image_file(path: Path, grayscale: bool, max_pixels: int) -> tuple[np.
     if size is not None and size[0] * size[1] > max_pixels:
         return None, (f"image file {path} is {size[0]}x{size[1]} px, more than source.max_frame_pixels "
                       f"({max_pixels}): not decoded")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        return None, f"cannot decode image file {path}: corrupt, truncated or not an image"
     try:
-        return to_bgr_or_gray(image, grayscale), None
+        return to_bgr_or_gray(decode_image(data, str(path)), grayscale), None
+    except DataError as exc:
+        return None, str(exc)
     except ValueError as exc:
         return None, f"image file {path}: {exc}"
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    lower = name.lower()
+    return any(fnmatch.fnmatchcase(lower, p.lower()) for p in patterns)
+
+
+def scan_folder(path: Path, patterns: list[str]) -> dict[str, tuple[int, int]]:
+    """name -> (size, mtime_ns) of matching regular files. Raises OSError if the folder is gone."""
+    found: dict[str, tuple[int, int]] = {}
+    with os.scandir(path) as it:
+        for entry in it:
+            if not _matches(entry.name, patterns):
+                continue
+            try:
+                if not entry.is_file():
+                    continue
+                st = entry.stat()
+            except OSError:
+                continue  # vanished between listing and stat: next poll decides
+            found[entry.name] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def check_folder(cfg: FolderSourceConfig) -> dict[str, tuple[int, int]]:
+    """What `open()` requires of the folder (the start-up check calls it too): it exists, can be listed and,
+    unless watched, holds matching files. Returns the scan; SourceError names `source.path`."""
+    where, path = f"folder source {cfg.name!r}", Path(cfg.path)
+    if not path.exists():
+        raise SourceError(f"{where}: path {path} does not exist; set path to the image directory",
+                          field="source.path")
+    if not path.is_dir():
+        raise SourceError(f"{where}: path {path} is not a directory; set path to the image directory",
+                          field="source.path")
+    try:
+        current = scan_folder(path, cfg.patterns)
+    except OSError as exc:
+        raise SourceError(f"{where}: cannot list {path}: {exc.strerror or exc}; check permissions",
+                          field="source.path") from exc
+    if cfg.mode != "watch" and not current:
+        raise SourceError(f"{where}: no files matching {', '.join(cfg.patterns)} in {path}; check path and "
+                          "patterns", field="source.path")
+    return current
 
 
 class FolderSource(Source):
@@ -83,7 +124,6 @@ class FolderSource(Source):
         super().__init__(cfg.name)
         self.cfg = cfg
         self.path = Path(cfg.path)
-        self._patterns = [p.lower() for p in cfg.patterns]
         self._pacer = Pacer(cfg.rate_hz)
         self._files: list[Path] = []
         self._index = 0
@@ -94,25 +134,8 @@ class FolderSource(Source):
         self._next_poll = 0.0
 
     # -- listing -----------------------------------------------------------------------------
-    def _matches(self, name: str) -> bool:
-        lower = name.lower()
-        return any(fnmatch.fnmatchcase(lower, p) for p in self._patterns)
-
     def _scan(self) -> dict[str, tuple[int, int]]:
-        """name -> (size, mtime_ns) of matching regular files. Raises OSError if the folder is gone."""
-        found: dict[str, tuple[int, int]] = {}
-        with os.scandir(self.path) as it:
-            for entry in it:
-                if not self._matches(entry.name):
-                    continue
-                try:
-                    if not entry.is_file():
-                        continue
-                    st = entry.stat()
-                except OSError:
-                    continue  # vanished between listing and stat: next poll decides
-                found[entry.name] = (st.st_size, st.st_mtime_ns)
-        return found
+        return scan_folder(self.path, self.cfg.patterns)
 
     def _list_sorted(self) -> list[Path]:
         return [self.path / n for n in sorted(self._scan())]
@@ -121,25 +144,12 @@ class FolderSource(Source):
     def open(self) -> None:
         if self._opened:
             return
-        where = f"folder source {self.name!r}"
-        if not self.path.exists():
-            raise SourceError(f"{where}: path {self.path} does not exist; set path to the image directory")
-        if not self.path.is_dir():
-            raise SourceError(f"{where}: path {self.path} is not a directory; set path to the image directory")
-        try:
-            current = self._scan()
-        except OSError as exc:
-            raise SourceError(f"{where}: cannot list {self.path}: {exc.strerror or exc}; check permissions") from exc
+        current = check_folder(self.cfg)
         if self.cfg.mode == "watch":
             if not self.cfg.watch_existing:
                 self._seen = set(current)
         else:
             self._files = [self.path / n for n in sorted(current)]
-            if not self._files:
-                raise SourceError(
-                    f"{where}: no files matching {', '.join(self.cfg.patterns)} in {self.path}; "
-                    "check path and patterns"
-                )
         self._index = 0
         self._opened = True
         self._set_up()

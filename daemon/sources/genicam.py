@@ -117,7 +117,8 @@ def producer_files(cti: Path | None) -> list[str]:
     """The configured .cti, or every .cti in GENICAM_GENTL64_PATH (GenTL standard discovery)."""
     if cti is not None:
         if not Path(cti).is_file():
-            raise SourceError(f"GenTL producer {cti} does not exist; set cti to the camera vendor's .cti file")
+            raise SourceError(f"GenTL producer {cti} does not exist; set cti to the camera vendor's .cti file",
+                              field="source.cti")
         return [str(cti)]
     found: list[str] = []
     for folder in os.environ.get("GENICAM_GENTL64_PATH", "").split(os.pathsep):
@@ -126,7 +127,7 @@ def producer_files(cti: Path | None) -> list[str]:
     if not found:
         raise SourceError(
             "no GenTL producer: cti is not set and GENICAM_GENTL64_PATH lists no directory with a .cti file; "
-            "set cti: /path/to/vendor_producer.cti"
+            "set cti: /path/to/vendor_producer.cti", field="source.cti"
         )
     return found
 

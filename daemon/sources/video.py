@@ -28,6 +28,21 @@ def is_stream_uri(uri: str | int) -> bool:
     return isinstance(uri, int) or "://" in uri
 
 
+def open_video_file(cfg: VideoSourceConfig) -> cv2.VideoCapture:
+    """Open a video *file* as `open()` does (the start-up check calls it too); SourceError names
+    `source.uri`. Streams and devices are not checked: they are reconnected with backoff at run time."""
+    where = f"video source {cfg.name!r} ({cfg.uri})"
+    if not Path(str(cfg.uri)).is_file():
+        raise SourceError(f"{where}: file does not exist; set uri to a video file, URL or device index",
+                          field="source.uri")
+    cap = cv2.VideoCapture(str(cfg.uri))
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"{where}: OpenCV cannot open the file (unsupported container or codec); re-encode it, "
+                          "e.g. ffmpeg -i in -c:v mjpeg out.avi", field="source.uri")
+    return cap
+
+
 class VideoSource(Source):
     """`Frame.frame_id` is the frame's index in the file (restarting at 0 on loop) or since connect."""
 
@@ -71,14 +86,8 @@ class VideoSource(Source):
         if self._opened:
             return
         if not self.is_stream:
-            path = Path(str(self.cfg.uri))
-            if not path.is_file():
-                raise SourceError(f"{self._where}: file does not exist; set uri to a video file, URL or device index")
-            if not self._connect():
-                raise SourceError(
-                    f"{self._where}: OpenCV cannot open the file (unsupported container or codec); "
-                    "re-encode it, e.g. ffmpeg -i in -c:v mjpeg out.avi"
-                )
+            self._cap = open_video_file(self.cfg)
+            self._index = 0
             self._opened = True
             self._set_up()
             assert self._cap is not None

@@ -1,0 +1,73 @@
+"""The archive inside the running daemon: failures raise an alarm and degrade /healthz; stopping drains it."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+
+from linesight.config.daemon import DaemonConfig
+from linesight.daemon.service import Service
+
+
+def folder(tmp_path, n: int, size: int):
+    d = tmp_path / "frames"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):  # noise compresses badly: PNG writes take long enough to still be queued at the end
+        cv2.imwrite(str(d / f"p{i:02d}.png"), rng.integers(0, 255, (size, size), np.uint8))
+    return d
+
+
+def service(bundle, frames, archive_dir, source_mode: str = "once", **outputs) -> Service:
+    return Service(DaemonConfig.model_validate({
+        "model": {"bundle": str(bundle), "watch": False},
+        "source": {"type": "folder", "name": "cam", "path": str(frames), "mode": source_mode, "rate_hz": 20},
+        "pipeline": {"deadline_ms": 60000, "queue_size": 64, "part_id": {"mode": "filename"}},
+        "outputs": {"archive": {"enabled": True, "dir": str(archive_dir), "save_ok_fraction": 1.0,
+                                "min_free_bytes": 0}, **outputs},
+    }), mqtt_wait_s=5)
+
+
+def test_stopping_writes_every_queued_record(small_bundle, tmp_path):
+    """The end of the source and SIGTERM take the same shutdown path: queued records are written, not lost."""
+    frames = folder(tmp_path, 12, 1400)
+    svc = service(small_bundle, frames, tmp_path / "archive")
+    verdicts: list[dict] = []
+    svc.pipeline.on_verdict = verdicts.append
+    svc.run()
+    assert len(verdicts) == 12 and svc.archive.counters["errors"] == 0
+    records = sorted(p.name for p in (tmp_path / "archive").glob("*/*.json"))
+    assert len(records) == 12, records
+
+
+def test_a_failing_archive_alarms_and_degrades_health(small_bundle, tmp_path, mosquitto, mqtt_probe, free_tcp_port):
+    """The drive is not mounted (a file is where the archive should be): alarm archive_error on MQTT and
+    /healthz degraded with the reason, while verdicts keep flowing."""
+    blocker = tmp_path / "usb"
+    blocker.write_text("not a folder")
+    port = free_tcp_port()
+    svc = service(small_bundle, folder(tmp_path, 3, 64), blocker / "archive", source_mode="loop",
+                  mqtt={"enabled": True, "host": "127.0.0.1", "port": mosquitto.port, "site": "s", "line": "l",
+                        "station": "c", "reconnect_max_s": 1},
+                  metrics={"enabled": True, "host": "127.0.0.1", "port": port})
+    probe = mqtt_probe(mosquitto, ["linesight/s/l/c/alarm"])
+    runner = threading.Thread(target=svc.run)
+    runner.start()
+    try:
+        alarm = json.loads(probe.wait_for(lambda m: json.loads(m.payload)["code"] == "archive_error",
+                                          timeout=20).payload)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            health = json.loads(r.read())
+        deadline = time.monotonic() + 20
+        while svc.pipeline.counts["verdicts"] < 10 and time.monotonic() < deadline:  # verdicts keep flowing
+            time.sleep(0.05)
+    finally:
+        svc.stop()
+        runner.join(30)
+    assert "cannot scan the archive" in alarm["message"] and str(blocker) in alarm["message"]
+    assert health["status"] == "degraded" and health["reason"].startswith("archive: cannot scan")
+    assert svc.pipeline.counts["verdicts"] >= 10 and not runner.is_alive()
