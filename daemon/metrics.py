@@ -245,8 +245,9 @@ class Metrics:
     def set_camera_up(self, up: bool) -> None:
         self.camera_up.set(1 if up else 0)
 
-    def set_mqtt_connected(self, connected: bool) -> None:
-        self.mqtt_connected.set(1 if connected else 0)
+    def watch_mqtt_connected(self, connected: Callable[[], bool]) -> None:
+        """Read at scrape time: a gauge set from the stats tick lagged the broker's return by up to 10 s."""
+        self.mqtt_connected.set_function(lambda: 1.0 if connected() else 0.0)
 
     def set_queue_depth(self, queue: str, depth: int) -> None:
         label = self._bounded("linesight_queue_depth", queue, self.queues)

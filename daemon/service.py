@@ -208,8 +208,6 @@ class Service:
             self.metrics.set_camera_up(self.source.status.up)
             self.metrics.set_queue_depth("inference", self.pipeline.in_q.qsize())
             self.metrics.set_queue_depth("publish", self.pub_q.qsize())
-            if self.mqtt:
-                self.metrics.set_mqtt_connected(self.mqtt.connected)
             if self.holder.info:
                 self.metrics.set_model(self.holder.info)
             self._status()
@@ -230,6 +228,7 @@ class Service:
             self.mqtt = MqttSink(out.mqtt, on_command=self._commands(), stats_provider=self._stats,
                                  initial_state="degraded")  # "online" only once a model decides frames
             self.metrics.watch_sink("mqtt", lambda: self.mqtt.counters)
+            self.metrics.watch_mqtt_connected(lambda: self.mqtt.connected)
             self.mqtt.start()
         if out.zmq.enabled:
             from linesight.daemon.sinks.zmq_sink import ZmqSink
@@ -256,7 +255,6 @@ class Service:
             deadline = time.monotonic() + self.mqtt_wait_s
             while not self.mqtt.connected and time.monotonic() < deadline:
                 time.sleep(0.05)
-            self.metrics.set_mqtt_connected(self.mqtt.connected)
             if not self.mqtt.connected:
                 self.alarm("mqtt_down", f"broker not reachable after {self.mqtt_wait_s:g} s; verdicts are dropped "
                                         "and counted until it is")

@@ -66,7 +66,8 @@ def test_metrics_values_change_after_updates(served) -> None:
                       "latency_ms": {"inference": 140.0, "total": 150.0}})
     m.observe_stage("preprocess", 0.003)
     m.set_camera_up(True)
-    m.set_mqtt_connected(True)
+    link = {"up": True}
+    m.watch_mqtt_connected(lambda: link["up"])  # read at scrape time, never stale
     m.set_queue_depth("inference", 5)
     m.set_archive_bytes(123456)
     m.set_up(True)
@@ -82,6 +83,8 @@ def test_metrics_values_change_after_updates(served) -> None:
     assert s[("linesight_inference_seconds_sum", ())] == pytest.approx(0.152)
     assert s[("linesight_stage_seconds_count", (("stage", "preprocess"),))] == 1
     assert s[("linesight_camera_up", ())] == 1 and s[("linesight_mqtt_connected", ())] == 1
+    link["up"] = False  # the broker went away: the next scrape says so, no tick needed
+    assert samples(get(url + "/metrics")[2])[("linesight_mqtt_connected", ())] == 0
     assert s[("linesight_queue_depth", (("queue", "inference"),))] == 5
     assert s[("linesight_archive_bytes", ())] == 123456
     assert s[("linesight_up", ())] == 1

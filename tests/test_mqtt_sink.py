@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -231,6 +232,31 @@ def test_broker_restart_reconnects_and_drops_verdicts_while_down(mosquitto, mqtt
     assert sink.publish_verdict(make_verdict(999))
     probe.wait_for(lambda m: m.topic == f"{BASE}/verdict")
     assert seqs(probe, f"{BASE}/verdict") == [999]
+
+
+def test_verdicts_in_flight_when_the_broker_dies_are_in_the_outage_alarm(mosquitto, mqtt_probe, sinks) -> None:
+    """Verdicts written to the socket but never acknowledged (the broker froze, then died) are purged on
+    reconnect, never delivered late, and counted in verdicts_dropped with the ones dropped while down."""
+    sink = sinks(cfg_for(mosquitto, reconnect_min_s=1, reconnect_max_s=1))
+    sink.start()
+    wait_until(lambda: sink.connected, what="connect")
+    mosquitto.proc.send_signal(signal.SIGSTOP)  # the broker reads nothing more and acknowledges nothing
+    try:
+        assert all(sink.publish_verdict(make_verdict(s)) for s in (202, 200, 201))  # handed over, in flight
+    finally:
+        mosquitto.proc.send_signal(signal.SIGKILL)
+        mosquitto.proc.send_signal(signal.SIGCONT)
+        mosquitto.proc.wait(5)
+        mosquitto.proc = None
+    wait_until(lambda: not sink.connected, what="disconnect detection")
+    assert not any(sink.publish_verdict(make_verdict(s)) for s in (203, 204))
+    mosquitto.start()
+    probe = mqtt_probe(mosquitto, [f"{BASE}/#"])
+    alarm = json.loads(probe.wait_for(lambda m: m.topic == f"{BASE}/alarm", timeout=10).payload)
+    assert alarm["code"] == "verdicts_dropped" and alarm["context"]["count"] == 5
+    assert (alarm["context"]["first_seq"], alarm["context"]["last_seq"]) == (200, 204)
+    assert sink.counters["dropped_stale"] == 3 and sink.counters["dropped_disconnected"] == 2
+    assert not [m for m in probe.all if m.topic == f"{BASE}/verdict"]  # none of them arrived late
 
 
 class BlackholeProxy:

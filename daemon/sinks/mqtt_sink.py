@@ -319,12 +319,16 @@ class MqttSink:
         return self._account(info.rc, "verdict")
 
     def _note_dropped(self, seq: Any) -> None:
-        """Remember which verdicts an outage swallowed, for the alarm sent when the link returns."""
+        """Remember which verdicts an outage swallowed, for the alarm sent when the link returns. Seqs are
+        not in emission order (identity is given at acquisition): keep the lowest and highest."""
         with self._lock:
             if self._outage is None:
                 self._outage = {"count": 0, "first_seq": seq, "last_seq": seq, "since": _utc_now()}
             self._outage["count"] += 1
-            self._outage["last_seq"] = seq
+            if isinstance(seq, int):
+                o = self._outage
+                o["first_seq"] = seq if not isinstance(o["first_seq"], int) else min(o["first_seq"], seq)
+                o["last_seq"] = seq if not isinstance(o["last_seq"], int) else max(o["last_seq"], seq)
 
     def _report_outage(self) -> None:
         with self._lock:
@@ -332,8 +336,8 @@ class MqttSink:
         if outage:
             self._count("alarm_verdicts_dropped")  # this alarm bypasses Service.alarm: count it here
             self.publish_alarm("verdicts_dropped", f"{outage['count']} verdicts (seq {outage['first_seq']}.."
-                               f"{outage['last_seq']}) were dropped while the broker was unreachable; those parts "
-                               "got no MQTT verdict", **outage)
+                               f"{outage['last_seq']}) were dropped or never acknowledged while the broker was "
+                               "unreachable; those parts may have no MQTT verdict", **outage)
 
     def publish_alarm(self, code: str, message: str, **context: Any) -> bool:
         """Alarm for operators (camera lost, model missing...). Dropped, not queued, while disconnected."""
@@ -472,10 +476,14 @@ class MqttSink:
             return 0
         with mutex:
             stale = [mid for mid, m in messages.items() if m.topic == self.topic_verdict]
-            for mid in stale:
-                del messages[mid]
+            payloads = [messages.pop(mid).payload for mid in stale]
         if stale:
             self._count("dropped_stale", len(stale))
+        for payload in payloads:  # sent before the link died, never acknowledged: part of the outage alarm
+            try:
+                self._note_dropped(json.loads(payload).get("seq"))
+            except (ValueError, AttributeError):
+                self._note_dropped(None)
         return len(stale)
 
     def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
