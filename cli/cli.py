@@ -9,17 +9,19 @@ from pathlib import Path
 
 from linesight import __version__
 from linesight.errors import LinesightError, validation_problems
+from linesight.logs import LOG_FORMATS, setup_logging
 
 log = logging.getLogger("linesight")
 
 EPILOG = """\
-typical workflow:
-  linesight fit ../shared/datasets/magnetic_tile -o tile.zip            # ImageNet EfficientNet-Lite0, no download
-  linesight fit ../shared/datasets/magnetic_tile -o tile.zip --weights self     # learn features from good images
-  linesight calibrate tile.zip ../shared/datasets/magnetic_tile --policy f1_optimal
-  linesight evaluate tile.zip ../shared/datasets/magnetic_tile -o eval/   # eval/report.html
+typical workflow (DATASET: MVTec layout, e.g. from `linesight data prepare-magnetic-tile`; docs/data.md):
+  linesight demo -o demo-out                                 # all of it on generated data, under a minute
+  linesight fit DATASET -o tile.zip                          # ImageNet EfficientNet-Lite0, no download
+  linesight fit DATASET -o tile.zip --weights self           # learn features from good images
+  linesight calibrate tile.zip DATASET --max-false-reject 0.01   # scrap at most 1 % of good parts
+  linesight evaluate tile.zip DATASET -o eval/               # eval/report.html
   linesight predict tile.zip part1.png part2.png --overlay overlays/
-  linesight run --config station1.yaml                                     # the 24/7 daemon
+  linesight run --config station1.yaml                       # the 24/7 daemon
 
 every verb has --help. Errors in your input (files, configs, bundles) are reported in one line, exit 2.
 """
@@ -91,53 +93,65 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def _calibrate(a: argparse.Namespace) -> int:
+    from linesight.config.manifest import CalibrationTarget
     from linesight.trainer.evaluate import calibrate
 
-    th = calibrate(a.bundle, a.dataset, a.policy)
-    print(json.dumps(th.model_dump(), indent=2))
+    target = CalibrationTarget(max_false_reject=a.max_false_reject, max_escape=a.max_escape,
+                               max_false_pixel_area=a.max_false_pixel_area)
+    th = calibrate(a.bundle, a.dataset, target, policy=a.policy, force=a.force)
+    print(json.dumps(th.model_dump(), indent=2) if a.json else _calibration_table(a.bundle, th))
     return 0
+
+
+def _calibration_table(bundle: str, th) -> str:
+    """What a quality engineer signs off: the threshold, what it scraps, what it lets through, target met."""
+    from linesight.trainer.calibration import describe, pct
+
+    c = th.calibration
+    aim = f"false reject <= {pct(c.target.max_false_reject)}" + (
+        f", escape <= {pct(c.target.max_escape)}" if c.target.max_escape is not None else "")
+    rows = [("image threshold", f"{th.image:.6g} (NG at or above)"),
+            ("false reject", describe(c.false_reject, "good parts")),
+            ("escape", f"{describe(c.escape, 'defective parts')}, {c.escape.ppm:.0f} ppm"),
+            ("pixel threshold", (f"{th.pixel:.6g} ({pct(c.false_pixel_area)} of good-image pixels at or above, "
+                                 f"target <= {pct(c.target.max_false_pixel_area)})")),
+            ("target met", "yes" if c.met else "NO (written with --force)")]
+    head = f"thresholds written to {bundle}: policy {th.policy}, target {aim}; {th.source}"
+    return "\n".join([head, *(f"  {k:<16} {v}" for k, v in rows)])
+
+
+def _fraction(text: str) -> float:
+    """A rate flag: a fraction in [0, 1), so 0.01 means 1 % (a bare 1 is refused, not read as 1 %)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1): write 0.01 for 1 %")
+    return v
 
 
 def _evaluate(a: argparse.Namespace) -> int:
     from linesight.trainer.evaluate import evaluate
 
-    m = evaluate(a.bundle, a.dataset, a.output, spec=a.spec, knowledge=a.knowledge, baseline=a.baseline)
-    keys = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "precision", "recall")
-    out = {k: m.get(k) for k in keys}
+    m = evaluate(a.bundle, a.dataset, a.output, spec=a.spec, knowledge=a.knowledge, baseline=a.baseline,
+                 compare=a.compare)
+    chosen = m["operating_points"][0]
+    out = {"threshold": chosen["threshold"], "false_reject_rate": chosen["false_reject_rate"],
+           "escape_rate": chosen["escape_rate"]}
+    out |= {k: m.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "precision", "recall")}
     if "baseline" in m:
         out["baseline"] = {k: m["baseline"].get(k) for k in ("what", "image_auroc", "pixel_auroc", "aupro")}
+    if "compare" in m:
+        out["compare"] = {r["name"]: r["delta"] for r in m["compare"]["rows"]}
     print(json.dumps(out | {"report": str(Path(a.output) / "report.html")}, indent=2))
     return 0
 
 
 def _predict(a: argparse.Namespace) -> int:
-    from linesight.export.engine import Engine
-    from linesight.export.images import read_image
-    from linesight.export.overlay import overlay
+    from linesight.cli_predict import run_predict
 
-    from linesight.outputs import output_folder
-
-    if a.overlay:
-        output_folder(a.overlay, "predict --overlay")
-    engine = Engine(a.bundle)
-    failed = 0
-    for path in a.images:
-        try:
-            img = read_image(path)
-        except LinesightError as exc:
-            print(json.dumps({"image": path, "error": str(exc)}))
-            failed += 1
-            continue
-        pred = engine.predict(img)
-        row = {"image": path, **pred.to_dict(), "model": pred.model}
-        if a.overlay:
-            import cv2
-
-            out = Path(a.overlay) / f"{Path(path).stem}_overlay.png"
-            cv2.imwrite(str(out), overlay(img, pred.anomaly_map, engine.pixel_threshold))
-            row["overlay"] = str(out)
-        print(json.dumps(row))
-    return 1 if failed else 0
+    return run_predict(a.bundle, a.images, overlay=a.overlay, summary=a.summary)
 
 
 def _roi(a: argparse.Namespace) -> int:
@@ -150,13 +164,11 @@ def _roi(a: argparse.Namespace) -> int:
 
 
 def _info(a: argparse.Namespace) -> int:
+    from linesight.cli_info import info_dict, info_text
     from linesight.export.bundle import load_bundle
 
     b = load_bundle(a.bundle)
-    d = b.manifest.model_dump(mode="json", by_alias=True)
-    print(json.dumps({k: d[k] for k in ("model", "backbone", "preprocess", "features", "memory", "scoring",
-                                        "thresholds", "dataset", "warnings")} | {"identity": b.identity, "digest": b.digest,
-                                                                                "verified": True}, indent=2))
+    print(json.dumps(info_dict(b), indent=2) if a.json else info_text(b, a.bundle))
     return 0
 
 
@@ -164,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="linesight", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"linesight {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, library messages included")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text (default) or json: one JSON object per line with the structured context (journald)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     f = sub.add_parser("fit", help="learn 'good' from good images and write a bundle",
@@ -176,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="replace a .zip at --output that is not a linesight bundle "
                    "(a folder that is not a bundle is never replaced)")
     f.add_argument("--preset", default="fast", choices=["fast", "balanced", "accurate"],
-                   help="speed/accuracy trade-off (see README for measured figures); default fast")
+                   help="speed/accuracy trade-off (measured figures: docs/training.md); default fast")
     from linesight.config.fit import BACKBONE_NAMES
 
     f.add_argument("--backbone", default=None, choices=BACKBONE_NAMES,
@@ -203,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--reweight", action="store_true", help="anomalib-style image-score reweighting")
     f.add_argument("--knn", choices=["flat", "ivf"], default=None,
                    help="flat: exact nearest neighbours (default); ivf: approximate inverted lists, much faster "
-                        "on big banks and tiled frames (see README for the measured accuracy cost)")
+                        "on big banks and tiled frames (measured accuracy cost: docs/benchmarks.md)")
     f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     f.add_argument("--config", metavar="FIT.yaml", help="all fit options in a YAML file (config/examples/fit.yaml); "
                    "the preset fills what the file leaves out, flags given here override the file")
@@ -251,15 +265,35 @@ def build_parser() -> argparse.ArgumentParser:
                     help="defects per image, inclusive (default 1 3)")
     sy.set_defaults(func=_synth)
 
-    c = sub.add_parser("calibrate", help="choose thresholds on labeled images and store them in the bundle",
-                       description="Score DATASET's test/ images through the engine and write the image and "
-                                   "pixel thresholds into the bundle.")
+    from linesight.config.manifest import DEFAULT_MAX_FALSE_PIXEL_AREA, DEFAULT_MAX_FALSE_REJECT
+
+    c = sub.add_parser("calibrate", help="choose thresholds by what the line can afford and store them in the bundle",
+                       description="Score DATASET's test/ images through the engine, choose the image threshold by "
+                                   "the false-reject and escape rates the line can afford and the pixel threshold "
+                                   "by the false pixel area on good images, print the rates (with 95 % intervals: "
+                                   "a few hundred parts pin a rate down only that well) and write them into the "
+                                   "bundle. A threshold that rejects more good parts than --max-false-reject "
+                                   "allows is refused (exit 2) unless --force. Rates are fractions: 0.01 = 1 %.")
     c.add_argument("bundle")
     c.add_argument("dataset", help="MVTec-layout folder with test/good and test/<defect type>")
-    c.add_argument("--policy", default="f1_optimal",
-                   choices=["no_false_reject", "no_miss", "fewest_errors", "f1_optimal"],
-                   help="no_false_reject: every good part passes; no_miss: every defect caught; "
-                        "fewest_errors; f1_optimal (default)")
+    c.add_argument("--max-false-reject", type=_fraction, default=DEFAULT_MAX_FALSE_REJECT, metavar="RATE",
+                   help="good parts the line may reject (default %(default)s = 1 %%: a usual scrap budget, still "
+                        "measurable on ~200 good images). Without --max-escape the threshold is the lowest within "
+                        "it: the most defects caught for that scrap")
+    c.add_argument("--max-escape", type=_fraction, default=None, metavar="RATE",
+                   help="defective parts the line may pass as OK, e.g. 0.005. Sets the highest threshold within "
+                        "it (the fewest good parts rejected at that quality); refused if that still rejects more "
+                        "than --max-false-reject")
+    c.add_argument("--max-false-pixel-area", type=_fraction, default=DEFAULT_MAX_FALSE_PIXEL_AREA,
+                   metavar="FRACTION", help="share of good-image pixels that may reach the pixel threshold, which "
+                                            "outlines defect regions (default %(default)s = 0.1 %%)")
+    c.add_argument("--policy", default=None, choices=["no_false_reject", "no_miss", "fewest_errors", "f1_optimal"],
+                   help="a named rule instead of the targets: no_false_reject (every good part passes), no_miss "
+                        "(every defect caught), fewest_errors, f1_optimal; still refused if it breaks "
+                        "--max-false-reject (or a given --max-escape)")
+    c.add_argument("--force", action="store_true", help="write the thresholds even if they break a target "
+                                                        "(the table and the manifest say so)")
+    c.add_argument("--json", action="store_true", help="print the stored thresholds as JSON instead of the table")
     c.set_defaults(func=_calibrate)
 
     e = sub.add_parser("evaluate", help="metrics + HTML report on a labeled set",
@@ -277,13 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also evaluate a baseline on the same images in this run and show both side by side: "
                         "'random' fits a random-init bundle with this bundle's recipe on DATASET/train/good "
                         "(temporary, minutes); PATH = another bundle")
+    e.add_argument("--compare", metavar="OLD", default=None,
+                   help="show old vs new with the changes: OLD = a previous evaluation (its metrics.json, its "
+                        "folder or its report.html) or a bundle (scored on the same images in this run)")
     e.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="score images; one JSON line per image",
-                        description="Run the bundle on images and print one JSON result per image.")
+                        description="Run the bundle on images (files, folders searched recursively, globs such "
+                                    "as 'lot7/**/*.png') with one engine and print one JSON result per image. "
+                                    "Exit 0 when every image was scored; 2 on a bad input (one line on stderr).")
     pr.add_argument("bundle")
-    pr.add_argument("images", nargs="+")
-    pr.add_argument("--overlay", metavar="DIR", help="write heatmap overlays (PNG) into DIR")
+    pr.add_argument("images", nargs="+", help="image files, folders (recursive) or quoted globs")
+    pr.add_argument("--overlay", metavar="DIR", help="write one PNG per image into DIR: original | heatmap with "
+                    "numbered boxes (box N = regions[N] in the JSON) | colour bar, verdict and score vs threshold "
+                    "on top; names follow the input paths, so equal file names do not collide")
+    pr.add_argument("--summary", metavar="FILE", help="also write all results to FILE: .csv (one row per image: "
+                    "verdict, score, threshold, region count, overlay, error) or .jsonl (the JSON lines)")
     pr.set_defaults(func=_predict)
 
     r = sub.add_parser("roi", help="set where defects count (ROI mask or automatic foreground)",
@@ -298,23 +341,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--erode", type=int, default=0, help="shrink the domain by N pixels (ignore part edges)")
     r.set_defaults(func=_roi)
 
-    i = sub.add_parser("info", help="verify a bundle and print its manifest")
+    i = sub.add_parser("info", help="verify a bundle and summarise its manifest",
+                       description="Verify every file's hash, then summarise the manifest: model, hash, backbone, "
+                                   "scales and plan, domain, frame preparation, learned types, thresholds and "
+                                   "their calibration, training data, warnings.")
     i.add_argument("bundle")
+    i.add_argument("--json", action="store_true", help="print the whole manifest with identity and digest as JSON")
     i.set_defaults(func=_info)
 
-    from linesight import cli_daemon, cli_types
+    from linesight import cli_daemon, cli_data, cli_types
 
     cli_daemon.add_verbs(sub)
     cli_types.register(sub)
+    cli_data.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch._export", "torch.export"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging(args.verbose, args.log_format)
     try:
         return args.func(args)
     except LinesightError as exc:

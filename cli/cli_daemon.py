@@ -1,4 +1,5 @@
-"""Daemon verbs (run, check-config) and the demo; kept apart so training verbs never import daemon code."""
+"""Daemon verbs (run, check-config, config reference) and the demo; kept apart so training verbs never import
+daemon code."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,8 @@ def _run(a: argparse.Namespace) -> int:
     from linesight.daemon.service import run_service
 
     cfg, doc = load_station(a.config)
-    logging.getLogger().setLevel(cfg.log_level)
+    if not a.verbose:  # -v means DEBUG, whatever the station file says
+        logging.getLogger().setLevel(cfg.log_level)
     return run_service(cfg, doc)
 
 
@@ -40,10 +42,17 @@ def _check(a: argparse.Namespace) -> int:
     return 0 if not problems else 2
 
 
+def _reference(_a: argparse.Namespace) -> int:
+    from linesight.config.reference import reference_yaml
+
+    sys.stdout.write(reference_yaml())
+    return 0
+
+
 def _demo(a: argparse.Namespace) -> int:
     from linesight.cli_demo import demo
 
-    return demo(Path(a.output), Path(a.data), a.weights, a.frames)
+    return demo(Path(a.output), Path(a.data) if a.data else None, a.weights, a.frames)
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
@@ -62,12 +71,22 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--bundle", action="store_true", help="also load and verify the bundle it names")
     c.set_defaults(func=_check)
 
-    default_data = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "magnetic_tile"
+    cfg = sub.add_parser("config", help="the station config's reference",
+                         description="Print reference material generated from the config models.")
+    cfg_verbs = cfg.add_subparsers(dest="config_verb", required=True, metavar="VERB")
+    cfg_verbs.add_parser("reference", help="every key with its default and description, as commented YAML",
+                         description="Print every station-config key with its default and description (YAML with "
+                                     "comments; alternatives commented out). docs/reference-config.yaml is this "
+                                     "output.").set_defaults(func=_reference)
+
     d = sub.add_parser("demo", help="the main job end to end on the bundled defaults",
                        description="fit (fast preset) -> calibrate -> evaluate with HTML report -> run the daemon "
-                                   "on test images, printing where everything went.")
+                                   "on test images, printing where everything went. Without --data it runs on a "
+                                   "small dataset generated into OUTPUT/data (texture + synthetic defects).")
     d.add_argument("-o", "--output", default="demo-out", help="output folder (default demo-out)")
-    d.add_argument("--data", default=str(default_data), help="MVTec-layout dataset (default: magnetic_tile)")
+    d.add_argument("--data", default=None, metavar="DIR",
+                   help="MVTec-layout dataset, e.g. magnetic_tile laid out by `linesight data prepare-magnetic-tile` "
+                        "(default: generated; see docs/data.md)")
     d.add_argument("--weights", default="imagenet",
                    help="imagenet (default: the installed EfficientNet-Lite0 weights, offline) | none | self | PATH")
     d.add_argument("--frames", type=int, default=40, help="test images the daemon inspects (default 40)")

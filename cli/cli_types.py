@@ -21,7 +21,7 @@ back to the shape rules, flagged) when no labeled example is close.
 
 EPILOG = """\
 example:
-  linesight types tile.zip ../shared/datasets/magnetic_tile --folds 5 -o types_report/
+  linesight types tile.zip DATASET --folds 5 -o types_report/     # DATASET: e.g. magnetic tile, docs/data.md
 
 prints accuracy, per-type recall, the confusion matrix (with an 'unknown' column) and the unknown
 rate; -o also writes REPORT_DIR/types_cv.json and types_cv.txt. Inspection specs and knowledge bases

@@ -106,7 +106,7 @@ class FitConfig(BaseModel):
         return self
 
 
-# Measured on magnetic_tile, 2 cores (README "Presets"): with pretrained EfficientNet-Lite0 a dense bank
+# Measured on magnetic_tile, 2 cores (docs/benchmarks.md "Presets"): with pretrained EfficientNet-Lite0 a dense bank
 # (10-25 % coreset) matters more than input size, and IVF search costs no AUROC at these bank sizes.
 # Every preset uses weights that come installed (no download); ResNets stay available with --backbone.
 PRESETS: dict[str, dict] = {

@@ -63,6 +63,50 @@ class ScoringInfo(_Strict):
     nprobe: int = Field(8, ge=1, description="ivf: inverted lists searched per query")
 
 
+#: Default false-reject target: 1 % of good parts scrapped or re-inspected is what a line typically budgets, and
+#: 1 in 100 is still measurable on the ~200 good test images a calibration set holds (0 % would not be).
+DEFAULT_MAX_FALSE_REJECT = 0.01
+#: Default pixel target: 0.1 % of good-image pixels may light up (360 px of a 600x600 frame on average), so
+#: regions measured on an NG part are the defect, not the texture around it.
+DEFAULT_MAX_FALSE_PIXEL_AREA = 0.001
+
+
+class Rate(_Strict):
+    """count of n parts, with the Wilson 95 % interval: what a rate measured on only n parts can claim."""
+
+    count: int = Field(ge=0)
+    n: int = Field(ge=1)
+    rate: float = Field(ge=0, le=1, description="count / n")
+    ci95: tuple[float, float] = Field(description="Wilson score interval (95 %) of the rate")
+
+    @property
+    def ppm(self) -> float:
+        return self.rate * 1e6
+
+
+class CalibrationTarget(_Strict):
+    """What the line can afford, as a quality engineer states it (fractions of the labeled parts or pixels)."""
+
+    max_false_reject: float = Field(DEFAULT_MAX_FALSE_REJECT, ge=0, lt=1, description="Good parts the image "
+                                    "threshold may reject; decides the threshold unless max_escape is set")
+    max_escape: float | None = Field(None, ge=0, lt=1, description="Defective parts the image threshold may pass; "
+                                     "when set it decides (highest threshold within it) and max_false_reject is "
+                                     "checked")
+    max_false_pixel_area: float = Field(DEFAULT_MAX_FALSE_PIXEL_AREA, ge=0, lt=1, description="Fraction of "
+                                        "good-image pixels at or above the pixel threshold")
+
+
+class CalibrationResult(_Strict):
+    """The targets calibrate was given and what its thresholds achieve on the labeled set it scored."""
+
+    target: CalibrationTarget
+    false_reject: Rate = Field(description="Good parts at or above the image threshold")
+    escape: Rate = Field(description="Defective parts below the image threshold")
+    false_pixel_area: float = Field(description="Fraction of good-image pixels at or above the pixel threshold")
+    met: bool = Field(description="The image threshold keeps within the false-reject (and escape) target")
+    forced: bool = Field(False, description="Written with --force although a target was not met")
+
+
 class Thresholds(_Strict):
     image: float = Field(description="Image score at or above which the part is NG")
     pixel: float = Field(description="Anomaly-map value at or above which a pixel belongs to a defect region")
@@ -71,6 +115,8 @@ class Thresholds(_Strict):
     calibrated: bool = Field(False, description="Chosen by `linesight calibrate` on labeled data (not the fit's "
                                                 "held-out good images)")
     candidates: dict[str, float] = Field(default_factory=dict)
+    calibration: CalibrationResult | None = Field(None, description="Targets and the rates achieved on the "
+                                                  "calibration set (None: not calibrated, or before targets)")
 
 
 class DomainInfo(_Strict):

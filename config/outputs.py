@@ -1,4 +1,5 @@
-"""Validated settings for the daemon's outputs: MQTT, ZeroMQ, Prometheus metrics and the frame archive.
+"""Validated settings for the daemon's outputs: MQTT, ZeroMQ, Prometheus metrics, the frame archive and the
+verdict log.
 
 Why a separate module: these settings are edited by integrators on site (PLC gateway, HMI, monitoring),
 so every field documents itself, unknown keys are rejected (a typo must not silently disable an output),
@@ -63,7 +64,8 @@ class MqttConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(default=False, description="Publish to an MQTT broker.")
+    enabled: bool = Field(default=True, description="Publish to an MQTT broker (a section that is present is on; "
+                          "`enabled: false` or no section turns it off).")
     host: str = Field(default="127.0.0.1", min_length=1, description="Broker host name or IP.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port (1883 plain, 8883 TLS).")
     client_id: str | None = Field(
@@ -211,7 +213,8 @@ class ArchiveConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(default=False, description="Write frames to the archive.")
+    enabled: bool = Field(default=True, description="Write frames to the archive (a section that is present is on; "
+                          "`enabled: false` or no section turns it off).")
     dir: Path = Field(default=Path("/var/lib/linesight/archive"), description="Archive root directory.")
     save_ok_fraction: float = Field(
         default=0.01,
@@ -234,12 +237,42 @@ class ArchiveConfig(BaseModel):
     jpeg_quality: int = Field(default=95, ge=1, le=100, description="JPEG quality when image_format=jpeg.")
 
 
-class OutputsConfig(BaseModel):
-    """All outputs of one daemon instance."""
+class VerdictLogConfig(BaseModel):
+    """Every verdict as one JSON line on local disk (traceability: which part got which decision, when, from
+    which model), kept whatever MQTT does; size-rotated like logrotate: path, path.1 ... path.<keep>."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT v5 output.")
+    enabled: bool = Field(default=True, description="Write the verdict log (a section that is present is on; "
+                          "`enabled: false` or no section turns it off).")
+    path: Path = Field(default=Path("/var/lib/linesight/verdicts.jsonl"),
+                       description="The current log file; rotated files get .1 (newest) to .<keep> beside it.")
+    max_bytes: int = Field(default=64 * 1024**2, ge=64 * 1024, description="Rotate when the file would grow "
+                           "past this size.")
+    keep: int = Field(default=10, ge=1, le=1000, description="Rotated files kept; the oldest is deleted.")
+
+
+class OutputsConfig(BaseModel):
+    """All outputs of one daemon instance. A section that is present is on unless it says `enabled: false`
+    (an `mqtt:` block with a host was silently off before); a section left out keeps its default: mqtt,
+    archive and verdict_log off, zmq and metrics (loopback-only) on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig(enabled=False), description="MQTT v5 output.")
     zmq: ZmqConfig = Field(default_factory=ZmqConfig, description="ZeroMQ HMI feed.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
-    archive: ArchiveConfig = Field(default_factory=ArchiveConfig, description="Frame archive.")
+    archive: ArchiveConfig = Field(default_factory=lambda: ArchiveConfig(enabled=False), description="Frame archive.")
+    verdict_log: VerdictLogConfig = Field(default_factory=lambda: VerdictLogConfig(enabled=False),
+                                          description="JSONL verdict log.")
+
+    def summary(self) -> dict[str, str]:
+        """Each output: 'off' or where it goes; the start-up log lists them so an output that is off is seen."""
+        m, z, a, v, p = self.mqtt, self.zmq, self.archive, self.verdict_log, self.metrics
+        return {
+            "mqtt": f"{'mqtts' if m.tls else 'mqtt'}://{m.host}:{m.port}/{m.base_topic}" if m.enabled else "off",
+            "zmq": f"verdicts {z.verdict_endpoint}, images {z.image_endpoint or 'off'}" if z.enabled else "off",
+            "metrics": f"http://{p.host}:{p.port}/metrics" if p.enabled else "off",
+            "archive": str(a.dir) if a.enabled else "off",
+            "verdict_log": str(v.path) if v.enabled else "off",
+        }

@@ -44,6 +44,7 @@ class Pipeline:
         self.on_frame: Callable[[], None] = lambda: None
         self.on_drop: Callable[[str], None] = lambda reason: None
         self.on_stage: Callable[[str, float], None] = lambda stage, seconds: None
+        self.on_types: Callable[[list[str]], None] = lambda names: None  # a bundle's learned defect types
         self.station = station
         p = cfg.pipeline
         self.deadline_ns = int(p.deadline_ms * 1e6)
@@ -84,6 +85,8 @@ class Pipeline:
         if self._types is None or self._types[0] is not engine:
             try:
                 clf = TypeClassifier.from_bundle(engine.bundle)
+                if clf is not None:
+                    self.on_types(clf.labels)
             except LinesightError as exc:
                 self.alarm_limited("analysis_error", f"learned defect types disabled: {exc}")
                 clf = None
@@ -328,4 +331,7 @@ class Pipeline:
                     batch.append(self.in_q.get_nowait())
                 except queue.Empty:
                     break
+            now_ns = time.time_ns()
+            for item in batch:  # trigger -> processing starts: transfer, decoding, waiting in the queue
+                self.on_stage("acquire", (now_ns - item.frame.host_ts_ns) / 1e9)
             self.process(batch)

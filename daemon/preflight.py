@@ -128,6 +128,12 @@ def preflight(cfg: DaemonConfig, doc: YamlDocument | None = None) -> list[Proble
 
         found.run("outputs.archive.dir", check_archive_dir, out.archive.dir,
                   unless_start="frames are not archived until the folder is usable")
+    if out.verdict_log.enabled:
+        from linesight.daemon.sinks import verdict_log
+
+        found.run("outputs.verdict_log.path", verdict_log.check_verdict_log, out.verdict_log)
+        found.run("outputs.verdict_log.path", verdict_log.check_verdict_log_dir, out.verdict_log,
+                  unless_start="verdicts are not logged until the folder is usable")
     return [p for _, p in sorted(found.items, key=lambda item: item[0])]
 
 

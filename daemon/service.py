@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from linesight.config.daemon import DaemonConfig
+from linesight.config.inspection import InspectionSpec
 from linesight.daemon.commands import Dispatcher, Feedback, Part, Pause, Reload, Resume
 from linesight.daemon.identity import SeqStore, state_dir_of
 from linesight.daemon.metrics import Metrics
@@ -47,7 +48,7 @@ class Service:
         if state_dir is None:
             log.warning("pipeline.state_dir not set: seq restarts at 1 on every start (run id %d = start time)",
                         self.seqs.run)
-        self.mqtt = self.zmq = self.archive = None
+        self.mqtt = self.zmq = self.archive = self.verdict_log = None
         self.pub_q: queue.Queue = queue.Queue(maxsize=256)
         self.arch_q: queue.Queue = queue.Queue(maxsize=16)
         self.pipeline = Pipeline(cfg, self.source, self.holder, self._enqueue, self.alarm, station=self.station,
@@ -55,6 +56,8 @@ class Service:
         self.pipeline.on_frame = self.metrics.frame_received
         self.pipeline.on_drop = self.metrics.frame_dropped
         self.pipeline.on_stage = self.metrics.observe_stage
+        self.pipeline.on_types = self.metrics.add_defect_types  # learned types, when a bundle brings them
+        self.metrics.add_defect_types((self.pipeline.spec or InspectionSpec()).known_types())
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._next_stats = time.monotonic() + cfg.pipeline.stats_interval_s
@@ -79,6 +82,9 @@ class Service:
                     self.zmq.publish(verdict if header is None else {**verdict, "analysis": header}, image, amap)
             except Exception:  # an output bug must never stop verdicts for the next frames
                 log.exception("publishing verdict %s failed", verdict.get("seq"))
+            if self.verdict_log and not self.verdict_log.write(verdict):  # never raises; traceability lost
+                self.pipeline.alarm_limited("verdict_log_error", f"verdict log {self.verdict_log.path}: "
+                                            f"{self.verdict_log.last_problem}", seq=verdict.get("seq"))
             self.metrics.record_verdict(verdict)
             self.metrics.observe_stage("publish", time.perf_counter() - t0)
             if self.archive and image is not None:
@@ -150,6 +156,7 @@ class Service:
     def _cmd_feedback(self, cmd: Feedback) -> dict:
         record = cmd.model_dump(exclude_none=True)
         log.info("operator feedback", extra={"feedback": record})
+        self.metrics.feedback_received(cmd.label)
         if not self.cfg.outputs.archive.enabled:
             return {"recorded": False, "why": "no archive configured: feedback is only logged"}
         path = Path(self.cfg.outputs.archive.dir) / "feedback.jsonl"  # kept for re-training
@@ -182,6 +189,8 @@ class Service:
             return {"status": "degraded", "reason": "mqtt broker unreachable", **self._stats()}
         if self.archive and self.archive.last_problem:  # NG evidence is not being kept
             return {"status": "degraded", "reason": f"archive: {self.archive.last_problem}", **self._stats()}
+        if self.verdict_log and self.verdict_log.last_problem:  # the trace of decisions has a gap
+            return {"status": "degraded", "reason": f"verdict log: {self.verdict_log.last_problem}", **self._stats()}
         return {"status": "ok" if ok else "degraded", **self._stats()}
 
     def _status(self) -> None:
@@ -220,6 +229,8 @@ class Service:
 
     def start(self) -> None:
         out = self.cfg.outputs
+        outputs = out.summary()  # every output, on or off: an output left off by mistake shows here
+        log.info("outputs: %s", "; ".join(f"{k} {v}" for k, v in outputs.items()), extra={"outputs": outputs})
         if out.metrics.enabled:
             self.metrics.serve(out.metrics.host, out.metrics.port, health=self.health)
         if out.mqtt.enabled:
@@ -240,7 +251,13 @@ class Service:
 
             self.archive = Archive(out.archive)
             self.metrics.watch_sink("archive", lambda: self.archive.counters)
+            self.metrics.watch_archive_disk(out.archive.dir)
             self._start_thread(self._archive_loop, "archive")
+        if out.verdict_log.enabled:
+            from linesight.daemon.sinks.verdict_log import VerdictLog
+
+            self.verdict_log = VerdictLog(out.verdict_log)
+            self.metrics.watch_sink("verdict_log", lambda: self.verdict_log.counters)
         self._start_thread(self._publish_loop, "publish")
         try:
             engine = self.holder.load()
@@ -294,6 +311,8 @@ class Service:
         for t in self._threads:
             if t.name == "publish":
                 t.join(timeout=10)
+        if self.verdict_log:
+            self.verdict_log.close()
         self._drain_archive()
         self.seqs.close()
         try:

@@ -11,7 +11,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "magnetic_t
 
 def need_data() -> Path:
     if not (DATA / "train" / "good").is_dir():
-        pytest.skip(f"real dataset not found at {DATA} (CI clones the repo with ../shared beside it)")
+        pytest.skip(f"real dataset not found at {DATA}: lay it out there with "
+                    "`linesight data prepare-magnetic-tile SRC DST` (docs/data.md)")
     return DATA
 
 

@@ -272,8 +272,8 @@ def test_daemon_with_a_wrong_password_gets_no_connection(tmp_path, small_bundle,
             until(lambda: 'linesight_frames_total 0.0' not in scrape(metrics_port), 15, "frames")
             text = scrape(metrics_port)
             assert "linesight_mqtt_connected 0.0" in text
-            assert 'linesight_sink_events_total{event="connects",sink="mqtt"} 0.0' in text
-            dropped = re.search(r'linesight_sink_events_total\{event="dropped_disconnected",sink="mqtt"\} (\S+)', text)
+            assert "linesight_mqtt_connects_total 0.0" in text
+            dropped = re.search(r'linesight_sink_dropped_total\{reason="disconnected",sink="mqtt"\} (\S+)', text)
             assert dropped and float(dropped.group(1)) > 0, "verdicts must be dropped and counted"
             health = http_json(metrics_port, "/healthz")
             assert health["status"] == "degraded" and health["reason"] == "mqtt broker unreachable", health

@@ -501,7 +501,7 @@ def test_calibrate_stores_the_threshold_its_policy_selects(policy, small_bundle,
 
     good, bad = test_scores
     copy = write_bundle(tmp_path / "model.zip", load_bundle(small_bundle))  # calibrate rewrites in place
-    assert main(["calibrate", str(copy), str(small_dataset), "--policy", policy]) == 0
+    assert main(["calibrate", str(copy), str(small_dataset), "--policy", policy, "--force", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     stored = load_bundle(copy).manifest.thresholds
     assert stored.policy == policy and stored.calibrated and printed["image"] == stored.image

@@ -17,7 +17,7 @@ def test_calibrate_then_evaluate_writes_metrics_and_report(small_bundle, small_d
     bundle = tmp_path / "model"
     shutil.copytree(small_bundle, bundle)
     r = subprocess.run([sys.executable, "-m", "linesight", "calibrate", str(bundle), str(small_dataset),
-                        "--policy", "fewest_errors"], capture_output=True, text=True, timeout=300)
+                        "--policy", "fewest_errors", "--force"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     th = load_bundle(bundle).manifest.thresholds
     assert th.policy == "fewest_errors" and "calibrated on" in th.source
@@ -49,3 +49,44 @@ def test_calibrate_needs_labeled_defects(small_bundle, tmp_path):
     cv2.imwrite(str(only_good / "test" / "good" / "a.png"), cv2.UMat(64, 64, cv2.CV_8UC1, 100).get())
     with pytest.raises(DataError, match="defective"):
         calibrate(small_bundle, only_good)
+
+
+def test_evaluate_compare_with_a_previous_evaluation_and_with_a_bundle(small_bundle, small_dataset, tmp_path):
+    from linesight.export.bundle import rewrite_manifest
+    from linesight.trainer.evaluate import evaluate
+
+    old = evaluate(small_bundle, small_dataset, tmp_path / "old")
+    assert len(old["dataset"]["fingerprint"]) == 64 and old["operating_points"][0]["name"] == "chosen"
+    bundle = tmp_path / "model"
+    shutil.copytree(small_bundle, bundle)
+    m = load_bundle(bundle).manifest.model_copy(deep=True)
+    m.thresholds.image, m.thresholds.policy = old["thresholds"]["no_miss"], "no_miss"  # catch every defect now
+    rewrite_manifest(bundle, m)
+    r = subprocess.run([sys.executable, "-m", "linesight", "evaluate", str(bundle), str(small_dataset), "-o",
+                        str(tmp_path / "new"), "--compare", str(tmp_path / "old" / "report.html")],
+                       capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    new = json.loads((tmp_path / "new" / "metrics.json").read_text())
+    c = new["compare"]
+    assert c["source"] == f"previous evaluation {tmp_path / 'old' / 'metrics.json'}" and c["notes"] == []  # same set
+    rows = {row["name"]: row for row in c["rows"]}
+    esc = rows["escape rate (defective parts passed)"]
+    old_esc = old["confusion_matrix"]["fn"] / old["n_defect"]
+    assert esc["old"] == old_esc and esc["new"] == 0.0 and esc["delta"] == -old_esc
+    assert esc["change"] == ("better" if old_esc > 0 else "same")
+    assert rows["image AUROC"]["delta"] == 0.0  # same bundle features: the threshold-free figures agree
+    assert json.loads(r.stdout)["compare"]["escape rate (defective parts passed)"] == esc["delta"]
+    html = (tmp_path / "new" / "report.html").read_text()
+    heads = [html.index(h) for h in ("Production figures", "Compared with the previous evaluation",
+                                     "Model quality (ML figures)")]
+    assert heads == sorted(heads) and f"<td>{100 * old_esc:.1f}%</td><td>0.0%</td>" in html
+
+    m2 = evaluate(bundle, small_dataset, tmp_path / "vs-bundle", compare=str(small_bundle))
+    rows2 = {row["name"]: row for row in m2["compare"]["rows"]}
+    assert m2["compare"]["source"].startswith(f"bundle {small_bundle}") and rows2["threshold"]["old"] == old["chosen_threshold"]
+    assert rows2["escape rate (defective parts passed)"] == esc  # scoring the old bundle here = its old evaluation
+
+    for bad, msg in ((tmp_path / "nope", "no such file or folder"), (tmp_path / "new" / "gallery", "neither")):
+        r = subprocess.run([sys.executable, "-m", "linesight", "evaluate", str(bundle), str(small_dataset), "-o",
+                            str(tmp_path / "x"), "--compare", str(bad)], capture_output=True, text=True, timeout=300, check=False)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "x").exists()

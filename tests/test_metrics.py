@@ -161,7 +161,7 @@ def test_pixel_threshold_separates_separable_maps():
     k = np.zeros((30, 30), bool)
     k[10:20, 10:20] = True
     m = np.where(k, 2 + rng.random((30, 30)), rng.random((30, 30))).astype(np.float32)
-    t = M.pixel_threshold([m], [k])
+    t = M.summarize([M.EvalRecord(score=1.0, label=1, anomaly_map=m, mask=k)], threshold=1.0)["pixel_threshold"]
     assert m[~k].max() < t <= m[k].min()
 
 

@@ -48,7 +48,8 @@ def test_report_has_analysis_learned_types_advice_and_basis(typed, small_dataset
     assert an["knowledge"].endswith("knowledge_magnetic_tile.yaml")
     doc = (out / "report.html").read_text()
     for section in ("Defect analysis per type", "Learned defect types", "2-fold cross-validation grouped by image",
-                    "Likely causes and actions", "knowledge_magnetic_tile.yaml", "score/threshold", "nearest normal"):
+                    "Likely causes and actions", "knowledge_magnetic_tile.yaml", "x the threshold",
+                    "most similar spot in the good training images"):
         assert section in doc, section
     assert "Baseline, measured in the same run" not in doc and "baseline" not in m
 
@@ -100,7 +101,7 @@ def test_gallery_panel_is_the_product_overlay():
     img = rng.integers(0, 255, (40, 60), dtype=np.uint8)
     amap = rng.random((40, 60)).astype(np.float32) * 2
     panel = render_panel(ReportRecord("a.png", 0, "good", 1.0, img, amap, None), 0.0, 2.0)
-    assert np.array_equal(panel[:, 64:], overlay(img, amap, 1.0, alpha=0.5))
+    assert np.array_equal(panel[:, 64:124], overlay(img, amap, 1.0, alpha=0.5))
 
 
 def test_basis_text_from_header_fields():
@@ -109,9 +110,14 @@ def test_basis_text_from_header_fields():
                                 "bbox": [1, 2, 30, 4]}],
                    "evidence": {"row": 7, "distance": 3.25, "image_name": "ok_01.png", "patch_yx": [3, 4]}}}
     text = basis_text(a)
-    for part in ("score/threshold 1.5", "2 region(s)", "grade reject (crack-long)", "crack 0.91 (learned)",
-                 "30x4 px", "nearest normal: ok_01.png patch [3, 4], distance 3.25"):
+    for part in ("score is 1.5 x the threshold", "2 areas above the pixel threshold", "grade reject (rule crack-long)",
+                 "worst area looks like crack (91% sure, learned from labeled examples), 30x4 px",
+                 ("most similar spot in the good training images: ok_01.png (model grid cell row 3, column 4), "
+                  "still 3.25 away")):
         assert part in text, part
+    assert "patch" not in text and "nearest normal" not in text  # no jargon left
     a["basis"]["regions"][0].update(type="spot", type_source="rules", learned_type="unknown")
-    assert "spot 0.91 (rules, learned: unknown)" in basis_text(a)
+    assert "looks like spot (91% sure, shape rules; no labeled example was close)" in basis_text(a)
+    a["basis"]["evidence"].update(image_name=None, patch_yx=None)
+    assert "memory-bank entry 7 (the bundle does not record its training image)" in basis_text(a)
     assert basis_text(None) == ""

@@ -87,7 +87,7 @@ def test_multipart_wire_format(ctx, endpoints) -> None:
         assert topic == b"image"
         meta = json.loads(header)
         assert meta["verdict"]["seq"] == 7
-        assert meta["image"] == {"format": "png", "width": 200, "height": 120, "channels": 1}
+        assert meta["image"] == {"format": "png", "width": 200, "height": 120, "channels": 1, "bit_depth": 8}
         assert meta["heatmap"]["width"] == 50 and meta["heatmap"]["height"] == 30
         decoded = cv2.imdecode(np.frombuffer(img_bytes, np.uint8), cv2.IMREAD_UNCHANGED)
         np.testing.assert_array_equal(decoded, image)  # PNG is lossless
@@ -174,6 +174,32 @@ def test_bad_frame_does_not_kill_image_feed(ctx, endpoints) -> None:
         assert sink.counters["encode_errors"] == 1
         frames = publish_until_received(sink, isub, np.zeros((8, 8), np.uint8))
         assert frames[3] == b"" and json.loads(frames[1])["heatmap"] is None  # send_heatmap=False
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_16bit_frames_reach_the_hmi(ctx, endpoints, fmt) -> None:
+    """Mono10..16 cameras deliver uint16: JPEG gets it scaled to 8 bit on the full 16-bit scale (what the model
+    sees), PNG keeps all 16 bits. Both used to fail as encode_errors, so the HMI showed nothing."""
+    vep, iep = endpoints
+    sink = ZmqSink(ZmqConfig(verdict_endpoint=vep, image_endpoint=iep, image_format=fmt, jpeg_quality=100))
+    try:
+        isub = sub(ctx, iep, b"image")
+        frame = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (64, 1))  # 64x256 ramp, full 16-bit range
+        frame[:, :8] = 4095  # the top of a 12-bit camera stays dark, as the model sees it
+        _, header, img_bytes, _ = publish_until_received(sink, isub, frame)
+        meta = json.loads(header)["image"]
+        decoded = cv2.imdecode(np.frombuffer(img_bytes, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert sink.counters["encode_errors"] == 0
+        if fmt == "png":
+            assert meta["bit_depth"] == 16 and decoded.dtype == np.uint16
+            np.testing.assert_array_equal(decoded, frame)
+        else:
+            assert meta["bit_depth"] == 8 and decoded.dtype == np.uint8 and decoded.shape == frame.shape
+            expected = np.round(frame / 257.0)
+            assert np.abs(decoded.astype(float) - expected).max() <= 3  # JPEG q100 rounding
+            assert decoded[:, :8].max() <= 19 and decoded[:, -1].min() >= 252
     finally:
         sink.close()
 

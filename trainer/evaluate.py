@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from linesight.config.manifest import Thresholds
-from linesight.errors import DataError
+from linesight.config.manifest import CalibrationResult, CalibrationTarget, Thresholds
+from linesight.errors import DataError, LinesightError
 from linesight.export.bundle import load_bundle, new_revision, rewrite_manifest
 from linesight.export.engine import Engine
 from linesight.export.images import read_image
+from linesight.trainer import compare as C
 from linesight.trainer import metrics as M
+from linesight.trainer.calibration import ThresholdRefused, choose_image_threshold
 from linesight.trainer.data import Sample, fingerprint, open_dataset, read_mask
 from linesight.trainer.progress import Progress
 from linesight.trainer.report import ReportRecord, advice, write_report
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STALE_THRESHOLDS = "thresholds were calibrated before the domain changed: recalibrate (linesight calibrate)"
-
-POLICIES = ("no_false_reject", "no_miss", "fewest_errors", "f1_optimal")
 
 
 def score_samples(engine: Engine, samples: list[Sample], keep_images: bool = False,
@@ -72,10 +72,12 @@ def _labeled(dataset: str | Path) -> list[Sample]:
     return ds.test
 
 
-def calibrate(bundle_path: str | Path, dataset: str | Path, policy: str = "f1_optimal") -> Thresholds:
-    """Choose thresholds on labeled data and write them into the bundle's manifest."""
-    if policy not in POLICIES:
-        raise DataError(f"unknown threshold policy {policy!r}; choose one of {', '.join(POLICIES)}")
+def calibrate(bundle_path: str | Path, dataset: str | Path, target: CalibrationTarget | None = None, *,
+              policy: str | None = None, force: bool = False) -> Thresholds:
+    """Choose thresholds on labeled data by the line's targets (or a named `policy`) and write them into the
+    bundle's manifest with the rates they achieve. A threshold breaking a target raises ThresholdRefused and
+    is not written, unless `force`."""
+    target = target or CalibrationTarget()
     engine = Engine(bundle_path)
     samples = _labeled(dataset)
     records, _ = score_samples(engine, samples)
@@ -83,22 +85,30 @@ def calibrate(bundle_path: str | Path, dataset: str | Path, policy: str = "f1_op
     labels = np.array([r.label for r in records])
     if labels.sum() == 0:
         raise DataError(f"{dataset}: calibration needs defective images too (only good ones found)")
-    cands = M.image_thresholds(scores, labels)
-    if policy not in cands:
-        raise DataError(f"{dataset}: policy {policy!r} needs both good and defective test images; "
-                        f"possible here: {', '.join(cands)}")
-    has_masks = any(r.label and r.mask is not None and r.mask.any() for r in records)
-    pixel = M.pixel_threshold([r.anomaly_map for r in records], [r.mask for r in records]) if has_masks else cands[policy]
+    if labels.sum() == labels.size:
+        raise DataError(f"{dataset}: calibration needs good images in test/good: without them the false-reject "
+                        "rate (good parts scrapped) cannot be measured")
+    choice = choose_image_threshold(scores, labels, target, policy)
+    if choice.refusal and not force:
+        raise ThresholdRefused(f"{choice.refusal}; not written: loosen the target or pass --force to write it")
+    pixel, area = M.pixel_threshold_for_area([r.anomaly_map for r in records if r.label == 0],
+                                             target.max_false_pixel_area)
     fp = fingerprint([s.path for s in samples], Path(dataset))
-    th = Thresholds(image=float(cands[policy]), pixel=float(pixel), policy=policy, calibrated=True,
+    th = Thresholds(image=choice.threshold, pixel=float(pixel), policy=choice.policy, calibrated=True,
                     source=f"calibrated on {len(records)} labeled images of {Path(dataset).name} (fingerprint {fp[:12]})",
-                    candidates={k: float(v) for k, v in cands.items()})
+                    candidates={k: float(v) for k, v in M.image_thresholds(scores, labels).items()},
+                    calibration=CalibrationResult(target=target, false_reject=choice.false_reject,
+                                                  escape=choice.escape, false_pixel_area=area,
+                                                  met=choice.refusal is None, forced=choice.refusal is not None))
     manifest = engine.manifest.model_copy(deep=True)
     manifest.thresholds = th
     manifest.warnings = [w for w in manifest.warnings if w != STALE_THRESHOLDS]
-    new_revision(manifest, f"thresholds calibrated ({policy})")
+    new_revision(manifest, f"thresholds calibrated ({choice.policy}{', forced' if choice.refusal else ''})")
     rewrite_manifest(bundle_path, manifest)
-    log.info("thresholds written: image %.4f (%s), pixel %.4f", th.image, policy, th.pixel)
+    if choice.refusal:
+        log.warning("thresholds written despite: %s", choice.refusal)
+    log.info("thresholds written: image %.4f (%s, false reject %.3g %%, escape %.3g %%), pixel %.4f",
+             th.image, choice.policy, 100 * choice.false_reject.rate, 100 * choice.escape.rate, th.pixel)
     return th
 
 
@@ -193,9 +203,31 @@ def type_summary(records: list[ReportRecord]) -> dict[str, dict]:
     return out
 
 
-def _pixel_metrics(records: list[ReportRecord], threshold: float) -> dict:
+def _pixel_metrics(records: list[ReportRecord], threshold: float, policy: str | None = None) -> dict:
     has_masks = any(r.label and r.mask is not None and r.mask.any() for r in records)
-    return M.summarize(records, threshold=threshold, with_pixels=has_masks)
+    return M.summarize(records, threshold=threshold, threshold_policy=policy, with_pixels=has_masks)
+
+
+def _open_previous(old: str) -> Callable[[list[Sample], dict], C.Comparison]:
+    """Open `--compare OLD` before any scoring, so a wrong path fails at once. The returned step compares it
+    with the new metrics: a previous metrics.json as it is, a bundle scored on the same images at its own
+    threshold."""
+    path = C.metrics_file(old)
+    if path is not None:
+        previous = C.read_metrics(path)
+        return lambda samples, new: C.compare(previous, new, f"previous evaluation {path}")
+    try:
+        bundle = load_bundle(old)
+    except LinesightError as exc:
+        raise DataError(f"--compare {old}: not a metrics.json, an evaluation folder or a bundle ({exc})") from None
+
+    def score(samples: list[Sample], new: dict) -> C.Comparison:
+        records, _ = score_samples(Engine(bundle), samples)
+        m = bundle.manifest
+        return C.compare(_pixel_metrics(records, m.thresholds.image, m.thresholds.policy), new,
+                         f"bundle {old} ({m.model.id} v{m.model.version}), scored on the same images in this run")
+
+    return score
 
 
 def _headline(m: dict) -> dict:
@@ -242,17 +274,19 @@ def baseline_bundle(bundle_path: str | Path, dataset: str | Path, baseline: str,
 
 
 def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *, spec: str | Path | None = None,
-             knowledge: str | Path | None = None, baseline: str | None = None) -> dict:
+             knowledge: str | Path | None = None, baseline: str | None = None, compare: str | None = None) -> dict:
     """Metrics at the bundle's thresholds, metrics.json and report.html in outdir.
 
     `spec` / `knowledge`: inspection spec and knowledge base YAML for the defect analysis (grades,
-    likely causes); `baseline`: "random" or a bundle path, evaluated on the same images alongside.
+    likely causes); `baseline`: "random" or a bundle path, evaluated on the same images alongside;
+    `compare`: a previous evaluation (metrics.json, its folder or report.html) or a bundle, shown old vs new.
     """
     from linesight.config.inspection import load_inspection_spec, load_knowledge_base
     from linesight.export.type_classifier import TypeClassifier
 
     from linesight.outputs import output_folder
 
+    previous = _open_previous(compare) if compare is not None else None
     outdir = output_folder(outdir, "evaluate")
     insp = load_inspection_spec(spec) if spec else None
     kb = load_knowledge_base(knowledge, insp) if knowledge else None
@@ -263,7 +297,8 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *
     records, skipped = score_samples(engine, samples, keep_images=True, keep_features=classifier is not None,
                                      analyse=_analyser(engine, insp, kb, classifier))
     m = bundle.manifest
-    metrics = _pixel_metrics(records, m.thresholds.image)
+    metrics = _pixel_metrics(records, m.thresholds.image, m.thresholds.policy)
+    metrics["dataset"] = {"path": str(dataset), "fingerprint": fingerprint([s.path for s in samples], Path(dataset))}
     metrics["thresholds"] = {**metrics.get("thresholds", {}), "bundle": m.thresholds.model_dump()}
     metrics["skipped"] = skipped
     metrics["model"] = {"id": m.model.id, "version": m.model.version, "backbone": m.backbone.name,
@@ -290,6 +325,9 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *
                                    "weights": bm.backbone.weights.source,
                                    **_headline(_pixel_metrics(base_records, bm.thresholds.image))}
             del base_records
+    comparison = previous(samples, metrics) if previous is not None else None
+    if comparison is not None:
+        metrics["compare"] = comparison.to_dict()
     (outdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     provenance = {"model": f"{m.model.id} v{m.model.version}", "backbone": m.backbone.name,
                   "weights": f"{m.backbone.weights.source} ({m.backbone.weights.detail})",
@@ -303,6 +341,6 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *
                       "in training, early stopping or the default thresholds")
     write_report(outdir, metrics, records, title=f"linesight evaluation: {m.model.id} v{m.model.version}",
                  notes=notes, provenance=provenance, loss_curve=training.get("loss_curve"),
-                 pixel_threshold=engine.pixel_threshold)
+                 pixel_threshold=engine.pixel_threshold, comparison=comparison)
     log.info("evaluation written to %s", outdir)
     return metrics

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -132,6 +132,51 @@ def image_thresholds(scores, labels) -> dict[str, float]:
     return out
 
 
+#: Two-sided 95 % normal quantile for the Wilson interval.
+Z95 = 1.959963984540054
+
+
+def wilson_interval(count: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of count/n: unlike count/n +- z*se it stays inside [0, 1] and is honest at 0 of n,
+    which is what a false-reject or escape rate measured on a few hundred parts usually is."""
+    if n < 1 or not 0 <= count <= n:
+        raise MetricError(f"wilson interval: need 0 <= count <= n and n >= 1, got {count} of {n}")
+    p, z2 = count / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def _allowed(n: int, rate: float) -> int:
+    """Most parts of n a rate allows (k / n <= rate, compared as the rate a report would print)."""
+    k = min(n, int(rate * n))
+    while k < n and (k + 1) / n <= rate:  # rate * n can round either way of an integer
+        k += 1
+    while k > 0 and k / n > rate:
+        k -= 1
+    return k
+
+
+def threshold_for_false_reject(good_scores, max_rate: float) -> float:
+    """Lowest threshold rejecting at most `max_rate` of the good scores: it catches the most defects the scrap
+    budget allows. A float32 just above the highest good score that passes (max_rate 0 = no_false_reject)."""
+    g = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())[::-1]
+    if g.size == 0 or not 0.0 <= max_rate < 1.0:
+        raise MetricError(f"false-reject target: need good scores and a rate in [0, 1), got {g.size} scores, "
+                          f"rate {max_rate}")
+    return _above(float(g[_allowed(g.size, max_rate)]))
+
+
+def threshold_for_escape(defect_scores, max_rate: float) -> float:
+    """Highest threshold letting at most `max_rate` of the defect scores pass: it rejects the fewest good parts
+    the escape limit allows. A defect score, the lowest one still caught (max_rate 0 = no_miss)."""
+    b = np.sort(np.asarray(defect_scores, dtype=np.float64).ravel())
+    if b.size == 0 or not 0.0 <= max_rate < 1.0:
+        raise MetricError(f"escape target: need defect scores and a rate in [0, 1), got {b.size} scores, "
+                          f"rate {max_rate}")
+    return float(b[_allowed(b.size, max_rate)])
+
+
 def confusion(scores, labels, threshold: float) -> dict:
     """Counts and NG-class precision/recall at ``score >= threshold``; 0/0 is reported as 0.0."""
     s, y = _scores_labels(scores, labels, need_both=False)
@@ -142,6 +187,65 @@ def confusion(scores, labels, threshold: float) -> dict:
             "precision": tp / (tp + fp) if tp + fp else 0.0,
             "recall": tp / (tp + fn) if tp + fn else 0.0,
             "accuracy": (tp + tn) / s.size}
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """What the line sees at one threshold: good parts rejected (false rejects) and defective parts passed as OK
+    (escapes), counted on the evaluated images; each rate is per class (ppm = rate x 1e6)."""
+    name: str  # "chosen" (the deployed threshold) or a policy of image_thresholds
+    threshold: float
+    false_rejects: int
+    n_good: int
+    escapes: int
+    n_defect: int
+
+    @property
+    def false_reject_rate(self) -> float | None:
+        return self.false_rejects / self.n_good if self.n_good else None
+
+    @property
+    def escape_rate(self) -> float | None:
+        return self.escapes / self.n_defect if self.n_defect else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "false_reject_rate": self.false_reject_rate, "escape_rate": self.escape_rate}
+
+
+def operating_points(scores, labels, threshold: float, name: str = "chosen") -> list[OperatingPoint]:
+    """The given threshold first, then each image_thresholds candidate on the same scores: the alternatives."""
+    s, y = _scores_labels(scores, labels, need_both=False)
+    good, bad = y == 0, y == 1
+
+    def at(key: str, t: float) -> OperatingPoint:
+        ng = s >= t
+        return OperatingPoint(key, float(t), int((ng & good).sum()), int(good.sum()), int((~ng & bad).sum()),
+                              int(bad.sum()))
+
+    return [at(name, threshold), *(at(k, v) for k, v in image_thresholds(s, y).items())]
+
+
+def rate_curves(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, false-reject rate, escape rate) at every distinct score t, ascending: with ``score >= t`` NG, a
+    threshold in (t[j-1], t[j]] rejects fr[j] of the good images and passes esc[j] of the defective ones."""
+    s, y = _scores_labels(scores, labels)
+    u, fp, tp, n_good, n_bad = _sweep(s, y)
+    return u, fp[:-1] / n_good, (n_bad - tp[:-1]) / n_bad
+
+
+def pr_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recall, precision, threshold) of the NG class for descending thresholds, the points of roc_curve;
+    the first point (threshold +inf, nothing NG) has precision 1 by convention."""
+    fpr, tpr, thr = roc_curve(scores, labels)
+    y = np.asarray(labels).ravel()
+    tp, fp = tpr * int((y == 1).sum()), fpr * int((y == 0).sum())
+    return tpr, np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 1.0), thr
+
+
+def average_precision(scores, labels) -> float:
+    """Step-wise area under the PR curve (sum of recall steps x precision), as sklearn computes it."""
+    r, p, _ = pr_curve(scores, labels)
+    return float(np.sum(np.diff(r) * p[1:]))
 
 
 # ---------------------------------------------------------------- pixel level (histograms)
@@ -217,13 +321,27 @@ def hist_auroc(h: PixelHist) -> float | None:
     return _auc(fpr, tpr)
 
 
+def _pro_points(h: PixelHist) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel FPR and mean per-region overlap for descending bin edges (the PRO curve, both from 0)."""
+    return (np.r_[0.0, np.cumsum(h.normal[::-1])] / h.normal.sum(),
+            np.r_[0.0, np.cumsum(h.pro[::-1])] / h.n_regions)
+
+
+def hist_pro_curve(h: PixelHist, fpr_limit: float = 0.3, n: int = 61) -> tuple[np.ndarray, np.ndarray] | None:
+    """The PRO curve sampled at n pixel FPRs in [0, fpr_limit] (the part AUPRO integrates), for plotting."""
+    if h.normal.sum() == 0 or h.n_regions == 0:
+        return None
+    fpr, pro = _pro_points(h)
+    x = np.linspace(0.0, fpr_limit, n)
+    return x, np.interp(x, fpr, pro)
+
+
 def hist_aupro(h: PixelHist, fpr_limit: float = 0.3) -> float | None:
     if not 0.0 < fpr_limit <= 1.0:
         raise MetricError(f"aupro: fpr_limit must be in (0, 1], got {fpr_limit}")
     if h.normal.sum() == 0 or h.n_regions == 0:
         return None
-    fpr = np.r_[0.0, np.cumsum(h.normal[::-1])] / h.normal.sum()
-    pro = np.r_[0.0, np.cumsum(h.pro[::-1])] / h.n_regions
+    fpr, pro = _pro_points(h)
     i = int(np.searchsorted(fpr, fpr_limit, "right"))  # first point beyond the limit
     if i < fpr.size:  # cut the last segment at exactly fpr_limit
         t = (fpr_limit - fpr[i - 1]) / (fpr[i] - fpr[i - 1])
@@ -249,9 +367,26 @@ def aupro(maps: Sequence, masks: Sequence, fpr_limit: float = 0.3, bins: int = D
     return hist_aupro(_hist_of(maps, masks, bins), fpr_limit)
 
 
-def pixel_threshold(maps: Sequence, masks: Sequence, bins: int = DEFAULT_BINS) -> float | None:
-    """Pixel-level F1-optimal threshold (a bin edge; ties -> lowest); None without defect pixels."""
-    return hist_f1_threshold(_hist_of(maps, masks, bins))
+def pixel_threshold_for_area(good_maps: Sequence, max_area: float, bins: int = DEFAULT_BINS) -> tuple[float, float]:
+    """Lowest bin edge at which at most `max_area` of all good-image pixels are at or above it, and the fraction
+    that is (counted exactly). A histogram over the maps keeps memory at O(bins); the exact count guards the
+    few pixels that float rounding puts into the bin below an edge."""
+    if not 0.0 <= max_area < 1.0:
+        raise MetricError(f"false pixel area target: need a fraction in [0, 1), got {max_area}")
+    lo, hi = score_range(good_maps)
+    h = pixel_hist(good_maps, [None] * len(good_maps), lo, hi, bins)
+    total = int(h.normal.sum())
+    allowed = _allowed(total, max_area)
+    at_or_above = np.cumsum(h.normal[::-1])[::-1]  # pixels in bin >= k
+    fits = at_or_above <= allowed
+    k = int(np.argmax(fits)) if hi > lo and fits.any() else bins
+    while k < bins:
+        t = h.edge(k)
+        n = sum(int((np.asarray(m, dtype=np.float32) >= t).sum()) for m in good_maps)
+        if n <= allowed:
+            return t, n / total
+        k += 1
+    return _above(hi), 0.0
 
 
 # ---------------------------------------------------------------- summary
@@ -311,6 +446,7 @@ def summarize(records: Iterable, threshold: float, *, threshold_policy: str | No
         total = h if total is None else total + h
     c = confusion(s, y, threshold)
     th = image_thresholds(s, y)
+    pro = hist_pro_curve(total, fpr_limit) if total is not None else None
     per_type = {}
     for t in sorted(set(types[~good])):
         sel = (types == t) & ~good
@@ -341,6 +477,9 @@ def summarize(records: Iterable, threshold: float, *, threshold_policy: str | No
         "good": {"n": int(good.sum()), "mean_score": float(s[good].mean()) if good.any() else None,
                  "false_reject_rate": float((s[good] >= threshold).mean()) if good.any() else None},
         "per_type": per_type,
+        "operating_points": [p.to_dict() for p in operating_points(s, y, threshold)],
+        "pro_curve": None if pro is None else {"fpr": [round(float(v), 5) for v in pro[0]],
+                                               "pro": [round(float(v), 5) for v in pro[1]]},
     }
     log.info("metrics summarised", extra={"n_images": out["n_images"], "image_auroc": out["image_auroc"],
                                           "pixel_auroc": out["pixel_auroc"], "threshold": threshold})

@@ -1,8 +1,9 @@
-"""Self-contained HTML evaluation report (inline SVG charts, PNG gallery) plus derived advice.
+"""Self-contained HTML evaluation report (inline SVG charts, PNG gallery, every image in a sortable table).
 
-The report is what an operator reads before deploying a bundle, so it states the numbers and
-the trade-offs plainly; every sentence in `advice` is computed from the metrics, never canned.
-No matplotlib: charts are hand-written SVG, gallery images are cv2 PNGs.
+The report is what an engineer reads before deploying a bundle, so it leads with what the line will see
+(false rejects and escapes at the threshold and its alternatives), then the ML figures, in plain words;
+every sentence in `advice` is computed from the metrics, never canned. Nothing external: charts are SVG
+(trainer.charts), gallery images are cv2 PNGs, and the only script sorts the image table.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ import cv2
 import numpy as np
 
 from linesight.errors import LinesightError
-from linesight.export.overlay import overlay
-from linesight.trainer.metrics import MetricError, roc_curve
+from linesight.export.overlay import colour_bar, overlay
+from linesight.trainer import charts
+from linesight.trainer import metrics as M
+from linesight.trainer.compare import Comparison
 
 log = logging.getLogger(__name__)
 GALLERY_N = 8
 PANEL_H = 256  # gallery panels are scaled to at most this height
-W, H, PAD = 380, 260, 44  # SVG chart size and margin
 
 
 @dataclass
@@ -109,76 +111,6 @@ def advice(metrics: dict, *, n_train_images: int | None = None, type_auroc_min: 
     return out
 
 
-# ---------------------------------------------------------------- SVG charts
-def _svg(body: list[str], xlim, ylim, xlabel: str, ylabel: str, title: str) -> str:
-    ticks = []
-    for i, f in enumerate((0.0, 0.5, 1.0)):
-        x, y = PAD + f * (W - 2 * PAD), H - PAD - f * (H - 2 * PAD)
-        ticks.append(f'<text x="{x:.1f}" y="{H - PAD + 14}" text-anchor="middle">'
-                     f'{xlim[0] + f * (xlim[1] - xlim[0]):.3g}</text>')
-        ticks.append(f'<text x="{PAD - 4}" y="{y + 4:.1f}" text-anchor="end">{ylim[0] + f * (ylim[1] - ylim[0]):.3g}</text>')
-    return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
-            f'viewBox="0 0 {W} {H}" font-size="10" font-family="sans-serif">'
-            f'<text x="{W / 2}" y="14" text-anchor="middle" font-size="12">{_e(title)}</text>'
-            f'<rect x="{PAD}" y="{PAD}" width="{W - 2 * PAD}" height="{H - 2 * PAD}" fill="none" stroke="#888"/>'
-            + "".join(ticks) + "".join(body) +
-            f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">{_e(xlabel)}</text>'
-            f'<text x="12" y="{H / 2}" text-anchor="middle" transform="rotate(-90 12 {H / 2})">{_e(ylabel)}</text></svg>')
-
-
-def _pts(xs, ys, xlim, ylim) -> str:
-    sx = (W - 2 * PAD) / ((xlim[1] - xlim[0]) or 1.0)
-    sy = (H - 2 * PAD) / ((ylim[1] - ylim[0]) or 1.0)
-    return " ".join(f"{PAD + (x - xlim[0]) * sx:.1f},{H - PAD - (y - ylim[0]) * sy:.1f}" for x, y in zip(xs, ys))
-
-
-def roc_svg(scores, labels) -> str:
-    try:
-        fpr, tpr, _ = roc_curve(scores, labels)
-    except MetricError as e:
-        return f"<p>ROC not available: {_e(e)}</p>"
-    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-    lim = (0.0, 1.0)
-    return _svg([f'<polyline points="{_pts([0, 1], [0, 1], lim, lim)}" fill="none" stroke="#aaa" stroke-dasharray="4 3"/>',
-                 f'<polyline id="roc" points="{_pts(fpr, tpr, lim, lim)}" fill="none" stroke="#c0392b" stroke-width="2"/>',
-                 f'<text x="{W - PAD - 6}" y="{H - PAD - 8}" text-anchor="end" font-size="12">AUROC {auc:.4f}</text>'],
-                lim, lim, "false positive rate (good rejected)", "true positive rate (defects caught)", "ROC curve")
-
-
-def hist_svg(scores, labels, threshold: float | None, bins: int = 30) -> str:
-    s, y = np.asarray(scores, float), np.asarray(labels)
-    lo, hi = float(s.min()), float(s.max())
-    if threshold is not None and np.isfinite(threshold):
-        lo, hi = min(lo, threshold), max(hi, threshold)
-    hi = hi if hi > lo else lo + 1.0
-    edges = np.linspace(lo, hi, bins + 1)
-    fr = {c: np.histogram(s[y == c], edges)[0] / max((y == c).sum(), 1) for c in (0, 1)}
-    ylim = (0.0, max(float(max(f.max() for f in fr.values())), 1e-9) * 1.05)
-    body = []
-    for c, col, name in ((0, "#2e86de", "good"), (1, "#e67e22", "defective")):
-        if not (y == c).any():
-            continue
-        xs, ys = np.repeat(edges, 2)[1:-1], np.repeat(fr[c], 2)
-        pts = _pts(np.r_[lo, xs, hi], np.r_[0, ys, 0], (lo, hi), ylim)
-        body.append(f'<polygon class="hist-{name}" points="{pts}" fill="{col}" fill-opacity="0.4" stroke="{col}"/>')
-        body.append(f'<text x="{PAD + 6}" y="{PAD + 14 + 14 * c}" fill="{col}">{name} (n={(y == c).sum()})</text>')
-    if threshold is not None and np.isfinite(threshold):
-        body.append(f'<polyline points="{_pts([threshold] * 2, ylim, (lo, hi), ylim)}" stroke="#c0392b" '
-                    f'stroke-width="2" stroke-dasharray="5 3"/><text x="{W - PAD - 6}" y="{PAD + 14}" '
-                    f'text-anchor="end" fill="#c0392b">threshold {threshold:.4g}</text>')
-    return _svg(body, (lo, hi), ylim, "image score", "fraction of class", "Score distribution")
-
-
-def loss_svg(loss: list[float]) -> str:
-    v = np.asarray(loss, float)
-    v = v[np.isfinite(v)]
-    if v.size < 2:
-        return "<p>Loss curve: fewer than two finite values.</p>"
-    xlim, ylim = (0.0, float(v.size - 1)), (float(v.min()), float(v.max()) if v.max() > v.min() else float(v.min()) + 1)
-    return _svg([f'<polyline points="{_pts(np.arange(v.size), v, xlim, ylim)}" fill="none" stroke="#27ae60" stroke-width="2"/>'],
-                xlim, ylim, "step", "loss", "Training loss")
-
-
 # ---------------------------------------------------------------- gallery
 def _to_bgr8(img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
@@ -193,15 +125,16 @@ def _to_bgr8(img: np.ndarray) -> np.ndarray:
 def render_panel(rec: ReportRecord, vmin: float, vmax: float) -> np.ndarray:
     """original | the product's overlay (export.overlay: the same colours as `predict --overlay` and the HMI)
     of the map on the colour scale [vmin, vmax] (mid-scale = the threshold, whose regions get a thin white
-    outline), with the ground-truth mask outlined thick white."""
+    outline), with the ground-truth mask outlined thick white | the colour bar of that scale."""
     shape = (rec.image if rec.image is not None else rec.anomaly_map).shape[:2]
     img = _to_bgr8(rec.image) if rec.image is not None else np.zeros((*shape, 3), np.uint8)
     over = img.copy()
+    half = max((vmax - vmin) / 2, 1e-12)
     if rec.anomaly_map is not None:
         m = np.asarray(rec.anomaly_map, np.float32)
         if m.shape[:2] != shape:
             m = cv2.resize(m, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-        over = overlay(img, m - vmin, max((vmax - vmin) / 2, 1e-12), alpha=0.5)
+        over = overlay(img, m - vmin, half, alpha=0.5)
     if rec.mask is not None:
         k = (np.asarray(rec.mask) > 0).astype(np.uint8)
         if k.shape[:2] != shape:
@@ -212,31 +145,47 @@ def render_panel(rec: ReportRecord, vmin: float, vmax: float) -> np.ndarray:
     if f < 1.0:
         size = (max(1, round(shape[1] * f)), PANEL_H)
         img, over = (cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (img, over))
-    return np.hstack([img, np.full((img.shape[0], 4, 3), 255, np.uint8), over])
+    gap = np.full((img.shape[0], 4, 3), 255, np.uint8)
+    return np.hstack([img, gap, over, gap, colour_bar(img.shape[0], half, offset=vmin)])
 
 
 def basis_text(a: dict | None) -> str:
-    """One line from an image's analysis: score vs threshold, regions, worst region's type, nearest normal."""
+    """One line in an engineer's words from an image's analysis: score against the threshold, the suspicious
+    areas, the worst one's type and size, and the most similar spot in the good training images."""
     if not a:
         return ""
     b = a.get("basis", {})
-    parts = [f"score/threshold {b.get('score_ratio')}", f"{b.get('regions_total', 0)} region(s)"]
+    n = b.get("regions_total", 0)
+    parts = [f"score is {b.get('score_ratio')} x the threshold",
+             f"{n or 'no'} area{'' if n == 1 else 's'} above the pixel threshold"]
     if b.get("grade") is not None:
-        parts.append(f"grade {b['grade']} ({b.get('basis')})")
+        parts.append(f"grade {b['grade']} (rule {b.get('basis')})")
     if b.get("regions"):
         r = b["regions"][0]
-        kind = f"{r['type']} {r['confidence']:.2f} ({r.get('type_source', 'rules')}"
-        kind += ", learned: unknown)" if r.get("learned_type") == "unknown" else ")"
-        parts.append(f"worst region: {kind}, {r['bbox'][2]}x{r['bbox'][3]} px")
+        how = "learned from labeled examples" if r.get("type_source") == "learned" else "shape rules"
+        if r.get("learned_type") == "unknown":
+            how += "; no labeled example was close"
+        parts.append(f"worst area looks like {r['type']} ({100 * r['confidence']:.0f}% sure, {how}), "
+                     f"{r['bbox'][2]}x{r['bbox'][3]} px")
     ev = b.get("evidence")
     if ev:
-        where = f"{ev['image_name']} patch {ev['patch_yx']}" if ev.get("image_name") else f"bank row {ev['row']}"
-        parts.append(f"nearest normal: {where}, distance {ev['distance']:.3g}")
+        if ev.get("image_name"):
+            y, x = ev["patch_yx"]
+            where = f"{ev['image_name']} (model grid cell row {y}, column {x})"
+        else:
+            where = f"memory-bank entry {ev['row']} (the bundle does not record its training image)"
+        parts.append(f"most similar spot in the good training images: {where}, still {ev['distance']:.3g} away "
+                     "(0 = identical; the score measures this distance)")
     return " · ".join(parts)
 
 
+def _verdict(score: float, threshold: float | None) -> str:
+    return "n/a" if threshold is None else ("NG" if score >= threshold else "OK")
+
+
 def _gallery(outdir: Path, records: list[ReportRecord], threshold: float | None,
-             pixel_threshold: float | None = None) -> str:
+             pixel_threshold: float | None = None) -> tuple[str, dict[str, str]]:
+    """The 8 worst-placed good and defective images as panels -> (HTML, {record path: panel file})."""
     shown = [r for r in records if r.image is not None or r.anomaly_map is not None]
     maps = [r.anomaly_map for r in shown if r.anomaly_map is not None]
     vmin = min((float(np.min(m)) for m in maps), default=0.0)
@@ -248,9 +197,9 @@ def _gallery(outdir: Path, records: list[ReportRecord], threshold: float | None,
     goods = sorted((r for r in shown if r.label == 0), key=lambda r: -r.score)[:GALLERY_N]
     bads = sorted((r for r in shown if r.label == 1), key=lambda r: r.score)[:GALLERY_N]
     (outdir / "gallery").mkdir(parents=True, exist_ok=True)
-    parts = []
+    parts, panels = [], {}
     for kind, title, recs in (("good", "Highest-scoring good images (false-reject candidates)", goods),
-                              ("defect", "Lowest-scoring defective images (miss candidates)", bads)):
+                              ("defect", "Lowest-scoring defective images (escape candidates)", bads)):
         if not recs:
             continue
         n_wrong = sum((r.score >= threshold) == (r.label == 0) for r in recs) if threshold is not None else 0
@@ -259,14 +208,122 @@ def _gallery(outdir: Path, records: list[ReportRecord], threshold: float | None,
             rel = f"gallery/{kind}_{i:02d}.png"
             if not cv2.imwrite(str(outdir / rel), render_panel(r, vmin, vmax)):
                 raise LinesightError(f"report: cannot write {outdir / rel}; check disk space and permissions")
-            verdict = "n/a" if threshold is None else ("NG" if r.score >= threshold else "OK")
+            panels[r.path] = rel
             basis = basis_text(r.analysis)
-            parts.append(f"<figure><img src='{_e(rel)}' alt='{_e(r.path)}'><figcaption>{_e(Path(r.path).name)} "
-                         f"&middot; {_e(r.defect_type)} &middot; score {r.score:.4g} &middot; {verdict}"
+            parts.append(f"<figure><a href='{_e(rel)}'><img src='{_e(rel)}' alt='{_e(r.path)}'></a><figcaption>"
+                         f"{_e(Path(r.path).name)} &middot; {_e(r.defect_type)} &middot; score {r.score:.4g} "
+                         f"&middot; {_verdict(r.score, threshold)}"
                          + (f"<br><span class='basis'>{_e(basis)}</span>" if basis else "")
                          + "</figcaption></figure>")
         parts.append("</div>")
-    return "".join(parts) or "<p>No images or maps were supplied for the gallery.</p>"
+    return "".join(parts) or "<p>No images or maps were supplied for the gallery.</p>", panels
+
+
+def images_table(records: list[ReportRecord], threshold: float | None, panels: dict[str, str]) -> str:
+    """Every evaluated image in one table (sortable by any column, filterable to the wrong verdicts)."""
+    head = ["#", "file", "type", "truth", "score", "score / threshold", "verdict", "correct", "areas", "panel"]
+    rows, n_wrong = [], 0
+    for i, r in enumerate(records):
+        v = _verdict(r.score, threshold)
+        ok = v == "n/a" or (v == "NG") == (r.label == 1)
+        n_wrong += not ok
+        ratio = r.score / threshold if threshold else None
+        areas = (r.analysis or {}).get("basis", {}).get("regions_total", "")
+        src = Path(r.path)
+        link = f"<a href='{_e(src.absolute().as_uri())}'>{_e(src.name)}</a>"
+        panel = f"<a href='{_e(panels[r.path])}'>view</a>" if r.path in panels else ""
+        rows.append(f"<tr class='{'ok' if ok else 'wrong'}'><td>{i + 1}</td><td data-v='{_e(src.name)}'>{link}</td>"
+                    f"<td>{_e(r.defect_type)}</td><td>{'defective' if r.label else 'good'}</td>"
+                    f"<td data-v='{r.score!r}'>{r.score:.4g}</td>"
+                    f"<td data-v='{'' if ratio is None else repr(ratio)}'>{'n/a' if ratio is None else f'{ratio:.3f}'}</td>"
+                    f"<td>{v}</td><td>{'yes' if ok else 'NO'}</td><td>{_e(areas)}</td><td>{panel}</td></tr>")
+    return (f"<p>All {len(records)} images ({n_wrong} with a wrong verdict at the threshold). Click a column "
+            "heading to sort; the file name opens the original image.</p>"
+            "<p><label><input type='checkbox' id='only-wrong'> show only wrong verdicts</label></p><div class='scroll'>"
+            "<table class='sortable images'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
+
+
+# ---------------------------------------------------------------- production figures and comparison
+POLICY_WORDS = {"no_false_reject": "every good part passes", "no_miss": "every defect caught",
+                "fewest_errors": "fewest wrong verdicts", "f1_optimal": "best F1 (precision and recall balanced)"}
+
+
+def _ci(count: int, n: int) -> str:
+    """The 95 % Wilson interval of count/n in percent (an exact 0 stays 0, not 1.7e-16)."""
+    lo, hi = (0.0 if abs(v) < 1e-12 else 100 * v for v in M.wilson_interval(count, n))
+    return f"{lo:.2g}&ndash;{hi:.2g}%"
+
+
+def _rate(count: int, n: int) -> tuple[str, str, str]:
+    """(count of n, percent with its 95 % Wilson interval, ppm) as printed; n = 0 gives n/a."""
+    if not n:
+        return "n/a", "n/a", "n/a"
+    return (f"{count} of {n}", f"{100 * count / n:.1f}% <small>({_ci(count, n)})</small>",
+            f"{1e6 * count / n:,.0f}")
+
+
+def production_section(points: list[M.OperatingPoint], policy: str | None) -> str:
+    """False rejects and escapes at the chosen threshold (headline) and at each alternative policy."""
+    if not points:
+        return ""
+    chosen = points[0]
+
+    def kpi(count: int, n: int, what: str, parts: str) -> str:
+        if not n:
+            return f"<div class='kpi'><b>n/a</b>{what}<br><small>no {parts} evaluated</small></div>"
+        return (f"<div class='kpi'><b>{100 * count / n:.1f}%</b>{what}<br><small>{count} of {n} {parts} &middot; "
+                f"{1e6 * count / n:,.0f} ppm<br>95% CI {_ci(count, n)}</small></div>")
+
+    kpis = (f"<div class='kpis'>{kpi(chosen.false_rejects, chosen.n_good, 'false-reject rate', 'good parts rejected')}"
+            f"{kpi(chosen.escapes, chosen.n_defect, 'escape rate', 'defective parts passed')}<div class='kpi'><b>"
+            f"{_thr(chosen.threshold)}</b>threshold<br><small>{_e(policy or 'given')}: NG when score &ge; "
+            f"threshold</small></div></div>")
+    rows = []
+    for i, p in enumerate(points):
+        name = (f"<b>chosen</b> (the bundle's, {_e(policy or 'given')})" if i == 0
+                else f"{_e(POLICY_WORDS.get(p.name, p.name))} <small>({_e(p.name)})</small>")
+        fr, esc = _rate(p.false_rejects, p.n_good), _rate(p.escapes, p.n_defect)
+        cls = " class='chosen'" if i == 0 else ""
+        rows.append(f"<tr{cls}><td>{name}</td><td>{_thr(p.threshold)}</td>"
+                    + "".join(f"<td>{c}</td>" for c in (*fr, *esc)) + "</tr>")
+    one = (f" One image moves the false-reject rate by {100 / chosen.n_good:.2g} points and the escape rate by "
+           f"{100 / chosen.n_defect:.2g}." if chosen.n_good and chosen.n_defect else "")
+    return ("<h2 id='production'>Production figures</h2>" + kpis +
+            "<p>What the line would see. <b>False-reject rate</b>: good parts rejected, per good part. "
+            "<b>Escape rate</b>: defective parts passed as OK, per defective part (escapes per million parts "
+            "shipped = escape rate &times; your line's defect rate). ppm = per million. In brackets: the 95% "
+            "confidence interval, the range the true rate is in given how few parts were measured. The alternatives are "
+            f"thresholds chosen on this very evaluation set, so their figures are optimistic.{one}</p>"
+            "<table class='production'><thead><tr><th>operating point</th><th>threshold</th><th>false rejects"
+            "</th><th>false-reject rate</th><th>false-reject ppm</th><th>escapes</th><th>escape rate</th>"
+            "<th>escape ppm</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _cmp_value(v: float | None, kind: str) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}%" if kind == "rate" else _thr(v) if kind == "threshold" else f"{v:.4f}"
+
+
+def _cmp_delta(v: float | None, kind: str) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:+.1f} pp" if kind == "rate" else f"{v:+.4g}" if kind == "threshold" else f"{v:+.4f}"
+
+
+def compare_section(c: Comparison | None) -> str:
+    """Old vs new, each figure with its change coloured green (better) or red (worse)."""
+    if c is None:
+        return ""
+    rows = "".join(f"<tr class='{r.change or ''}'><td>{_e(r.name)}</td><td>{_cmp_value(r.old, r.kind)}</td>"
+                   f"<td>{_cmp_value(r.new, r.kind)}</td><td>{_cmp_delta(r.delta, r.kind)}"
+                   f"{'' if r.change in (None, 'same') else f' ({r.change})'}</td></tr>" for r in c.rows)
+    notes = "".join(f"<div class='warn'>&#9888; {_e(n)}</div>" for n in c.notes)
+    return (f"<h2 id='compare'>Compared with the previous evaluation</h2><p>Old: {_e(c.source)}. Each side at its own "
+            "threshold; pp = percentage points.</p>" + notes +
+            "<table class='compare'><thead><tr><th>figure</th><th>old</th><th>new</th><th>change</th></tr></thead>"
+            "<tbody>" + rows + "</tbody></table>")
 
 
 # ---------------------------------------------------------------- analysis and baseline sections
@@ -312,10 +369,12 @@ def analysis_section(a: dict | None) -> str:
                      _fmt(d["median_length_px"], 1), _fmt(d["median_elongation"], 2),
                      "n/a" if agree is None else f"{agree['type']} {100 * agree['share']:.0f}%",
                      ", ".join(f"{k} {v}" for k, v in d["final_types"].items()) or "-"])
-    parts = [f"<h2>Defect analysis per type</h2><p>The daemon's analysis (export.analysis) run on every test "
-             f"image at the pixel threshold {_thr(a.get('pixel_threshold'))}: regions measured per ground-truth "
-             f"folder. 'rule type' = the most common shape-rule class and its share (how consistently the "
-             f"label-free rules name this folder's regions).</p>",
+    parts = [(f"<h2>Defect analysis per type</h2><p>The same analysis the line runs (export.analysis), on every "
+             f"test image: the areas above the pixel threshold {_thr(a.get('pixel_threshold'))} measured, grouped by "
+             f"the folder the image came from. 'rule type' = the type the shape rules (size, length, elongation; no "
+             f"labeled examples needed) give most often to this folder's areas, and how often: a high share means "
+             f"the rules name this defect consistently. 'final types' = the types reported, after any learned "
+             f"classifier.</p>"),
              _table(["type (folder)", "images", "with regions", "regions", "median area px", "median length px",
                      "median elongation", "rule type (share)", "final types"], rows, "analysis")]
     clf = a.get("classifier")
@@ -353,60 +412,102 @@ def _table(header: list[str], rows: list[list], cls: str = "") -> str:
     return f"<table class='{cls}'><tr>{head}</tr>{body}</table>"
 
 
-CSS = """body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}table{border-collapse:collapse;margin:8px 0}
+CSS = """body{font-family:sans-serif;margin:24px;max-width:1400px;color:#222}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.warn{background:#fdecea;border:2px solid #c0392b;
-padding:10px;margin:8px 0;font-weight:bold}.charts svg{margin-right:16px}.gal figure{display:inline-block;margin:6px}
-.gal img{max-width:560px;border:1px solid #ccc}figcaption{font-size:12px;max-width:560px}.basis{color:#555}"""
+padding:10px;margin:8px 0;font-weight:bold}.charts svg{margin:0 16px 16px 0;vertical-align:top}
+.gal figure{display:inline-block;margin:6px;vertical-align:top}.gal img{max-width:640px;border:1px solid #ccc}
+figcaption{font-size:12px;max-width:640px}.basis{color:#555}.kpis{display:flex;gap:16px;margin:12px 0}
+.kpi{border:1px solid #ccc;border-radius:6px;padding:10px 18px;min-width:220px}.kpi b{display:block;font-size:28px}
+tr.chosen td{background:#fff5d6;font-weight:bold}tr.wrong td{background:#fdecea}tr.better td:last-child{color:#1e8449}
+tr.worse td:last-child{color:#c0392b;font-weight:bold}table.sortable th{cursor:pointer;background:#f4f4f4}
+table.sortable th:after{content:" ↕";color:#aaa}.explain{color:#444;max-width:1100px}
+.scroll{max-height:70vh;overflow:auto;display:inline-block;border:1px solid #ccc}.scroll table{margin:0}
+.scroll th{position:sticky;top:0}"""
+
+#: The page's only script: sort the image table by a clicked column, and hide correct verdicts on request.
+SORT_JS = """document.querySelectorAll('table.sortable').forEach(function(t){
+t.querySelectorAll('th').forEach(function(th,i){th.addEventListener('click',function(){
+var b=t.tBodies[0],rows=Array.prototype.slice.call(b.rows),asc=th.getAttribute('data-dir')!=='asc';
+t.querySelectorAll('th').forEach(function(h){h.removeAttribute('data-dir');});th.setAttribute('data-dir',asc?'asc':'desc');
+function key(r){var c=r.cells[i];return c.hasAttribute('data-v')?c.getAttribute('data-v'):c.textContent;}
+rows.sort(function(a,c){var x=key(a),y=key(c),nx=parseFloat(x),ny=parseFloat(y);
+var d=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?d:-d;});
+rows.forEach(function(r){b.appendChild(r);});});});});
+var w=document.getElementById('only-wrong');if(w){w.addEventListener('change',function(){
+document.querySelectorAll('table.images tbody tr.ok').forEach(function(r){r.style.display=w.checked?'none':'';});});}"""
+
+ML_WORDS = ("<p class='explain'><b>Image AUROC</b>: the chance that a randomly picked defective image scores above a "
+            "randomly picked good one (1 = always, 0.5 = coin toss); it does not depend on the threshold. "
+            "<b>Pixel AUROC</b>: the same for single pixels inside vs outside the ground-truth defect outlines. "
+            "<b>AUPRO</b>: how much of each defect's area is flagged, averaged over defects, while flagging at most "
+            "{limit} of the good pixels (1 = every defect fully covered). <b>F1 max</b>: the best balance of "
+            "precision (rejects that are defective) and recall (defects caught) any threshold reaches.</p>")
 
 
 def write_report(outdir: Path, metrics: dict, records: list[ReportRecord], *, title: str, notes: list[str],
                  provenance: dict, loss_curve: list[float] | None = None,
-                 n_train_images: int | None = None, pixel_threshold: float | None = None) -> Path:
+                 n_train_images: int | None = None, pixel_threshold: float | None = None,
+                 comparison: Comparison | None = None) -> Path:
     """Write outdir/report.html (+ outdir/gallery/*.png) and return the HTML path."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     thr = metrics.get("chosen_threshold")
     scores, labels = [r.score for r in records], [int(r.label) for r in records]
     m, cm = metrics, metrics.get("confusion_matrix") or {}
+    points = M.operating_points(scores, labels, thr) if records and thr is not None else []
+    limit = m.get("aupro_fpr_limit", 0.3)
     summary = [["images (good / defective)", f"{m.get('n_images')} ({m.get('n_good')} / {m.get('n_defect')})"],
                ["image AUROC", _fmt(m.get("image_auroc"))], ["pixel AUROC", _fmt(m.get("pixel_auroc"))],
-               [f"AUPRO (FPR ≤ {m.get('aupro_fpr_limit', 0.3)})", _fmt(m.get("aupro"))], ["F1 max", _fmt(m.get("f1_max"))],
-               ["chosen threshold", f"{_thr(thr)} ({m.get('threshold_policy') or 'given'})"],
-               ["precision (NG)", _fmt(m.get("precision"))], ["recall (NG)", _fmt(m.get("recall"))],
-               ["accuracy", _fmt(m.get("accuracy"))], ["pixel F1-optimal threshold", _thr(m.get("pixel_threshold"))]]
-    at = m.get("at_thresholds", {})
-    th_rows = [[k, _thr(v), at.get(k, {}).get("fp", "n/a"), at.get(k, {}).get("fn", "n/a")]
-               for k, v in m.get("thresholds", {}).items() if isinstance(v, (int, float))]  # skip nested info
+               [f"AUPRO (good pixels flagged ≤ {100 * limit:.0f}%)", _fmt(m.get("aupro"))],
+               ["F1 max", _fmt(m.get("f1_max"))],
+               ["precision at the threshold (rejects that are defective)", _fmt(m.get("precision"))],
+               ["recall at the threshold (defects caught)", _fmt(m.get("recall"))],
+               ["accuracy at the threshold", _fmt(m.get("accuracy"))],
+               ["pixel threshold that would be F1-optimal here", _thr(m.get("pixel_threshold"))]]
     conf = (f"<table class='confusion'><tr><th></th><th>predicted OK</th><th>predicted NG</th></tr>"
             f"<tr><th>good</th><td>{cm.get('tn', 'n/a')}</td><td>{cm.get('fp', 'n/a')}</td></tr>"
             f"<tr><th>defective</th><td>{cm.get('fn', 'n/a')}</td><td>{cm.get('tp', 'n/a')}</td></tr></table>")
     types = [[t, d.get("n"), _fmt(d.get("image_auroc")), _fmt(d.get("pixel_auroc")), _fmt(d.get("aupro")),
-              _fmt(d.get("recall_at_threshold")), _fmt(d.get("mean_score"))] for t, d in sorted(m.get("per_type", {}).items())]
+              "n/a" if d.get("recall_at_threshold") is None else f"{100 * d['recall_at_threshold']:.1f}%",
+              _fmt(d.get("mean_score"))] for t, d in sorted(m.get("per_type", {}).items())]
     prov = [[k, v if isinstance(v, (str, int, float)) or v is None else json.dumps(v, default=str)]
             for k, v in provenance.items()]
     tips = advice(metrics, n_train_images=n_train_images)
+    gallery, panels = _gallery(outdir, records, thr, pixel_threshold)
+    choose = [charts.tradeoff_svg(scores, labels, thr, [(p.name, p.threshold) for p in points[1:]]),
+              charts.strip_svg(scores, labels, [r.defect_type for r in records], thr)] if points else []
+    ml_charts = [charts.roc_svg(scores, labels), charts.pr_svg(scores, labels, thr),
+                 charts.pro_svg(m.get("pro_curve"), m.get("aupro"), limit),
+                 charts.hist_svg(scores, labels, thr)] if records else []
     body = [f"<h1>{_e(title)}</h1>",
             *(f"<div class='warn'>&#9888; {_e(n)}</div>" for n in notes),
+            production_section(points, m.get("threshold_policy")),
+            compare_section(comparison),
+            ("<h2 id='operating-point'>Choosing an operating point</h2><p class='explain'>Moving the threshold right rejects fewer good "
+            "parts and passes more defective ones. The first chart shows both rates for every threshold (the "
+            "chosen one solid, the alternatives of the table above lettered); the second shows every image's "
+            "score by type, so you can see which defect types cross the threshold first.</p>"
+            "<div class='charts'>"), *choose, "</div>",
             "<h2>Findings</h2>", "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in tips) + "</ul>" if tips else "<p>None.</p>",
-            "<h2>Provenance</h2>", _table(["item", "value"], prov, "provenance"),
-            "<h2>Summary</h2>", _table(["metric", "value"], summary, "summary"),
-            "<h2>Thresholds</h2><p>An image is NG when score &ge; threshold.</p>",
-            _table(["policy", "threshold", "good rejected", "defects missed"], th_rows, "thresholds"),
-            f"<h2>Confusion matrix at threshold {_e(_thr(thr))}</h2>", conf,
-            "<h2>Charts</h2><div class='charts'>", roc_svg(scores, labels) if records else "",
-            hist_svg(scores, labels, thr) if records else "",
-            loss_svg(loss_curve) if loss_curve is not None else "", "</div>",
-            "<h2>Per defect type</h2>",
-            _table(["type", "n", "image AUROC (vs good)", "pixel AUROC", "AUPRO", "recall at threshold", "mean score"],
+            "<h2 id='ml'>Model quality (ML figures)</h2>", ML_WORDS.format(limit=f"{100 * limit:.0f}%"),
+            _table(["metric", "value"], summary, "summary"),
+            f"<h3>Confusion matrix at threshold {_e(_thr(thr))}</h3>", conf,
+            "<div class='charts'>", *ml_charts, charts.loss_svg(loss_curve) if loss_curve is not None else "",
+            "</div><h2>Per defect type</h2>",
+            _table(["type", "n", "image AUROC (vs good)", "pixel AUROC", "AUPRO", "caught at threshold", "mean score"],
                    types, "per-type"),
             baseline_section(m),
             analysis_section(m.get("analysis")),
-            "<h2>Gallery</h2><p>Left: original. Right: anomaly map (JET; pixel threshold = mid-scale green, red = "
-            "far above; thin white = regions above the pixel threshold) with the ground-truth outline in thick "
-            "white. Under each image: the basis of its verdict (the same fields as the daemon's ZMQ header).</p>",
-            _gallery(outdir, records, thr, pixel_threshold)]
+            ("<h2 id='gallery'>Gallery</h2><p class='explain'>Left: the original image. Middle: where the model sees anything "
+            "unusual, coloured by the scale on the right (blue = like the good images, green = at the pixel "
+            "threshold, red = far above it; thin white outline = areas above the pixel threshold) with the "
+            "true defect outline (ground truth) in thick white. Under each image: why it got its verdict.</p>"),
+            gallery,
+            "<h2 id='images'>All images</h2>", images_table(records, thr, panels),
+            "<h2>How this was measured</h2>", _table(["item", "value"], prov, "provenance")]
     path = outdir / "report.html"
     path.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
-                    f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>", encoding="utf-8")
+                    f"<style>{CSS}</style></head><body>{''.join(body)}<script>{SORT_JS}</script></body></html>",
+                    encoding="utf-8")
     log.info("report written", extra={"path": str(path), "n_records": len(records), "n_advice": len(tips)})
     return path

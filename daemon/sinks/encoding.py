@@ -42,10 +42,21 @@ def verdict_json(verdict: dict[str, Any]) -> bytes:
         return json.dumps(_finite(verdict), separators=(",", ":"), allow_nan=False, default=_default).encode()
 
 
-def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int = 90) -> bytes:
-    """Encode an 8-bit gray/BGR (or 16-bit for PNG) image; raises ValueError naming the problem."""
+def to_8bit(image: np.ndarray) -> np.ndarray:
+    """uint16 -> uint8 on the full 16-bit scale (x * 255 / 65535, rounded): the scale the model's preprocessing
+    uses, so a picture shows what the model saw (a 12-bit camera looks as dark as it is to the model)."""
     import cv2
 
+    return cv2.convertScaleAbs(image, alpha=255.0 / 65535.0)
+
+
+def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int = 90) -> bytes:
+    """Encode a gray/BGR image: PNG keeps uint16 (lossless PNG-16), JPEG (8-bit only) gets uint16 scaled by
+    `to_8bit`. Raises ValueError naming the problem."""
+    import cv2
+
+    if fmt == "jpeg" and image.dtype == np.uint16:
+        image = to_8bit(image)
     if image.dtype != np.uint8 and not (fmt == "png" and image.dtype == np.uint16):
         raise ValueError(f"cannot encode {image.dtype} image as {fmt}: convert to uint8 first")
     if fmt == "jpeg":

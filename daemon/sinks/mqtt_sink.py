@@ -67,6 +67,23 @@ _MAX_ID_LEN = 128
 CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
+class _OwnDisconnectNoise(logging.Filter):
+    """paho 2.x logs 'Client is not connected' at ERROR when its network loop turns once more after our own
+    disconnect() closed the socket (a race with loop_stop, ~1 stop in 7): on a clean stop that is expected,
+    so it becomes DEBUG. Only for this client's network thread, and only once stop() has begun."""
+
+    def __init__(self, thread_name: str, stopping: threading.Event) -> None:
+        super().__init__()
+        self._thread_name, self._stopping = thread_name, stopping
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno >= logging.ERROR and self._stopping.is_set() and record.threadName == self._thread_name
+                and str(record.msg).startswith("Client is not connected")):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -224,7 +241,11 @@ class MqttSink:
             client_id=cfg.effective_client_id,
             protocol=mqtt.MQTTv5,
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        paho_log = logging.getLogger(f"{__name__}.paho")
+        client.enable_logger(paho_log)
+        self._paho_filter = (paho_log, _OwnDisconnectNoise(f"paho-mqtt-client-{cfg.effective_client_id}",
+                                                           self._stopping))
+        paho_log.addFilter(self._paho_filter[1])
         if cfg.username:
             client.username_pw_set(cfg.username, read_password(cfg))
         if cfg.tls is not None:
@@ -274,6 +295,8 @@ class MqttSink:
                 log.warning("mqtt offline status not acknowledged within %.1fs; the Last Will covers it", timeout_s)
         client.disconnect()
         client.loop_stop()
+        logger, noise = self._paho_filter
+        logger.removeFilter(noise)
         log.info("mqtt stopped counters=%s", self.counters)
 
     # ------------------------------------------------------------------ state

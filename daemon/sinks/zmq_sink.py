@@ -5,10 +5,13 @@ Wire format (both sockets are bound by the daemon; HMIs connect SUB sockets):
 * verdict socket (PUB, `verdict_endpoint`): multipart ``[b"verdict", <verdict JSON>]``
 * image socket (XPUB, `image_endpoint`): multipart
   ``[b"image", <header JSON>, <encoded image or b"">, <encoded heatmap or b"">]`` where the header is
-  ``{"verdict": {...}, "image": {"format", "width", "height", "channels"} | null,
+  ``{"verdict": {...}, "image": {"format", "width", "height", "channels", "bit_depth"} | null,
   "heatmap": {"format", "width", "height", "scale": "clip(map/threshold*0.5,0,1) JET"} | null}``.
   The heatmap is the float anomaly map coloured with cv2.COLORMAP_JET after scaling by
   clip(map / threshold * 0.5, 0, 1): the decision threshold is mid-scale, 2x threshold is full red.
+  16-bit frames (Mono10..16 cameras): `image_format: png` sends them as PNG-16 (bit_depth 16, lossless, for
+  HMIs that window the grey range themselves); `jpeg` (8-bit only) sends them scaled to 8 bit on the full
+  16-bit scale, the scale the model sees (bit_depth 8): the cheap default for a live view.
 
 Why it never blocks the caller: the verdict is serialised and sent inline with zmq.NOBLOCK (~10 us).
 Images are handed to one encoder thread through a single "latest frame" slot: if the encoder is still
@@ -219,7 +222,8 @@ class ZmqSink:
         if image is not None:
             img_bytes = encode_image(image, fmt, cfg.jpeg_quality)
             header["image"] = {"format": fmt, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                               "channels": 1 if image.ndim == 2 else int(image.shape[2])}
+                               "channels": 1 if image.ndim == 2 else int(image.shape[2]),
+                               "bit_depth": 16 if fmt == "png" and image.dtype == np.uint16 else 8}
         if heatmap is not None:
             threshold = verdict.get("threshold")
             coloured = colorize_heatmap(heatmap, float(threshold) if isinstance(threshold, (int, float)) else None)
