@@ -7,6 +7,9 @@
    - identity: seq - camera.source_seq is one constant per run (seq given at acquisition, in frame order),
      part_id == prefix + seq, `run` is the run's id;
    - uniqueness: no seq twice, no gap over both runs (a clean restart continues exactly);
+   all of it on the daemon's own verdict log (every verdict it emitted) and, separately, on what reached
+   the MQTT subscriber (verdicts the broker discarded after their expiry = deadline, or that the daemon
+   dropped and counted, show as gaps there: the daemon's sink counters from /metrics are printed beside);
    - content: decided verdicts of frames the camera drew a defect into are NG, clean ones OK (a verdict on
      the wrong frame would show up here too).
    RSS of the daemon at start / middle / end of each run.
@@ -87,14 +90,34 @@ def station(tmp: Path, bundle: Path, port: int, rate: float, size: int) -> Path:
            "analysis": {"enabled": False},
            "outputs": {"mqtt": {"enabled": True, "port": port, "site": SITE, "line": LINE, "station": STATION,
                                 "max_queued_messages": 10_000},
-                       "zmq": {"enabled": False}, "metrics": {"enabled": False}, "archive": {"enabled": False}}}
+                       "verdict_log": {"path": str(tmp / "verdicts.jsonl"), "max_bytes": 256 * 1024**2, "keep": 100},
+                       "zmq": {"enabled": False}, "metrics": {"enabled": True, "port": free_port()},
+                       "archive": {"enabled": False}}}
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"station-{rate:g}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def run_daemon(cfg: Path, seconds: float, sub: Subscriber) -> tuple[list[dict], list[float]]:
+def sink_counters(cfg: Path) -> dict[str, float]:
+    """linesight_sink_* and linesight_alarms_total samples of the running daemon (what it knows it dropped)."""
+    import urllib.request
+
+    port = yaml.safe_load(cfg.read_text())["outputs"]["metrics"]["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    return {k: float(v) for k, v in (ln.rsplit(" ", 1) for ln in lines if ln.startswith(("linesight_sink_",
+            "linesight_alarms_total")) and not ln.endswith(" 0.0"))}
+
+
+def read_log(path: Path) -> list[dict]:
+    """The daemon's verdict log, rotated files oldest first."""
+    files = sorted(path.parent.glob(path.name + ".*"), key=lambda f: -int(f.suffix[1:])) + [path]
+    return [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines() if line]
+
+
+def run_daemon(cfg: Path, seconds: float, sub: Subscriber, counters: list | None = None
+               ) -> tuple[list[dict], list[float]]:
     log = open(cfg.with_suffix(".log"), "a")  # noqa: SIM115 - kept for the daemon's life
     proc = subprocess.Popen([sys.executable, "-m", "linesight", "run", "--config", str(cfg)],
                             stdout=log, stderr=subprocess.STDOUT)
@@ -112,6 +135,8 @@ def run_daemon(cfg: Path, seconds: float, sub: Subscriber) -> tuple[list[dict], 
         if not len(rss) > 1 and time.monotonic() - start >= seconds / 2:
             rss.append(rss_mb(proc.pid))
     rss.append(rss_mb(proc.pid))
+    if counters is not None:
+        counters.append(sink_counters(cfg))
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     log.close()
@@ -181,13 +206,18 @@ def main() -> None:
         print(f"capacity {capacity:.1f} decided frames/s at {a.size}x{a.size} (input 400 Hz); soak input "
               f"{rate:.1f} Hz for {a.minutes:g} min", flush=True)
         cfg = station(tmp, bundle, port, rate, a.size)
-        runs, rss = [], []
+        runs, rss, counters = [], [], []
+        log_path = tmp / "verdicts.jsonl"
+        logged: list[list[dict]] = []
         for _ in range(2):
-            got, r = run_daemon(cfg, a.minutes * 60 / 2, sub)
+            before = len(read_log(log_path))
+            got, r = run_daemon(cfg, a.minutes * 60 / 2, sub, counters)
             runs.append(got)
             rss.append(r)
+            logged.append(read_log(log_path)[before:])
         result = {"capacity_per_s": capacity, "input_hz": rate, "minutes": a.minutes, "size": a.size,
-                  **check(runs), "rss_mb_start_mid_end": rss,
+                  "daemon_verdict_log": check(logged), "mqtt_subscriber": check(runs),
+                  "daemon_sink_counters_at_stop": counters, "rss_mb_start_mid_end": rss,
                   "verdicts_dropped_alarms": sum(al.get("code") == "verdicts_dropped" for al in sub.alarms)}
         Path(a.out).write_text(json.dumps(result, indent=2))
         print(json.dumps(result, indent=2))
