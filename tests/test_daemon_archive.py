@@ -28,7 +28,8 @@ def service(bundle, frames, archive_dir, source_mode: str = "once", **outputs) -
         "source": {"type": "folder", "name": "cam", "path": str(frames), "mode": source_mode, "rate_hz": 20},
         "pipeline": {"deadline_ms": 60000, "queue_size": 64, "part_id": {"mode": "filename"}},
         "outputs": {"archive": {"enabled": True, "dir": str(archive_dir), "save_ok_fraction": 1.0,
-                                "min_free_bytes": 0}, **outputs},
+                                "min_free_bytes": 0},
+                    "zmq": {"enabled": False}, "metrics": {"enabled": False}, **outputs},
     }), mqtt_wait_s=5)
 
 

@@ -63,6 +63,7 @@ def station(bundle: Path, broker, *, source: dict | None = None, model: dict | N
             "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "site": "s1", "line": "l1",
                      "station": "cam1", "reconnect_min_s": 1, "reconnect_max_s": 1, "keepalive_s": 5},
             "metrics": {"enabled": metrics_port is not None, "host": "127.0.0.1", "port": metrics_port or 9108},
+            "zmq": {"enabled": False},  # the default ports may be taken by another suite on this machine
         },
     })
 

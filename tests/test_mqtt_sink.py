@@ -361,18 +361,15 @@ def test_clean_stop_logs_no_error(mosquitto, caplog) -> None:
                for r in caplog.records)
 
 
-def test_publish_is_cheap(mosquitto, sinks) -> None:
+def test_a_burst_of_verdicts_is_all_acknowledged(mosquitto, sinks) -> None:
+    """2000 verdicts handed over back to back within the queue cap: every one is accepted and acknowledged
+    (publish cost per call is a benchmark figure, bench/bench_daemon.py, not a timed test)."""
     sink = sinks(cfg_for(mosquitto, max_queued_messages=10_000))
     sink.start()
     wait_until(lambda: sink.connected, what="connect")
-    verdicts = [make_verdict(i) for i in range(2000)]
-    t0 = time.perf_counter()
-    for v in verdicts:
-        sink.publish_verdict(v)
-    per_call_us = (time.perf_counter() - t0) / len(verdicts) * 1e6
-    wait_until(lambda: sink.counters["acked"] >= 2001, timeout=20, what="all PUBACKs")
-    print(f"publish_verdict: {per_call_us:.0f} us/call")
-    assert per_call_us < 1000, f"publish_verdict took {per_call_us:.0f} us per call"
+    assert all(sink.publish_verdict(make_verdict(i)) for i in range(2000))
+    wait_until(lambda: sink.counters["acked"] >= 2001, timeout=30, what="all PUBACKs")
+    assert sink.counters["dropped_queue_full"] == 0
 
 
 def test_tls_with_password_from_env(mosquitto_tls, mqtt_probe, sinks, monkeypatch, caplog) -> None:

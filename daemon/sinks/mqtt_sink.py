@@ -67,17 +67,18 @@ _MAX_ID_LEN = 128
 CommandHandler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-class _OwnDisconnectNoise(logging.Filter):
-    """paho 2.x logs 'Client is not connected' at ERROR when its network loop turns once more after our own
-    disconnect() closed the socket (a race with loop_stop, ~1 stop in 7): on a clean stop that is expected,
-    so it becomes DEBUG. Only for this client's network thread, and only once stop() has begun."""
+class _NoSocketNoise(logging.Filter):
+    """paho 2.x logs 'Client is not connected' at ERROR whenever its network loop turns without a socket:
+    after our own disconnect() (a race with loop_stop, ~1 stop in 7) and between connection attempts on a
+    loaded machine. The sink reports every real connection problem itself (on_connect_fail/on_disconnect,
+    with broker and hint), so this line becomes DEBUG. Only for this client's network thread."""
 
-    def __init__(self, thread_name: str, stopping: threading.Event) -> None:
+    def __init__(self, thread_name: str) -> None:
         super().__init__()
-        self._thread_name, self._stopping = thread_name, stopping
+        self._thread_name = thread_name
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if (record.levelno >= logging.ERROR and self._stopping.is_set() and record.threadName == self._thread_name
+        if (record.levelno >= logging.ERROR and record.threadName == self._thread_name
                 and str(record.msg).startswith("Client is not connected")):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
@@ -243,8 +244,7 @@ class MqttSink:
         )
         paho_log = logging.getLogger(f"{__name__}.paho")
         client.enable_logger(paho_log)
-        self._paho_filter = (paho_log, _OwnDisconnectNoise(f"paho-mqtt-client-{cfg.effective_client_id}",
-                                                           self._stopping))
+        self._paho_filter = (paho_log, _NoSocketNoise(f"paho-mqtt-client-{cfg.effective_client_id}"))
         paho_log.addFilter(self._paho_filter[1])
         if cfg.username:
             client.username_pw_set(cfg.username, read_password(cfg))
@@ -329,14 +329,16 @@ class MqttSink:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish_verdict(self, verdict: dict[str, Any]) -> bool:
-        """Send one verdict now or never. Returns True if handed to the network thread."""
+    def publish_verdict(self, verdict: dict[str, Any], payload: bytes | None = None) -> bool:
+        """Send one verdict now or never. `payload`: its JSON when the caller has it already (the daemon encodes
+        each verdict once for every output). Returns True if handed to the network thread."""
         client = self._client
         if client is None or not client.is_connected():
             self._count("dropped_disconnected")
             self._note_dropped(verdict.get("seq"))
             return False
-        payload = verdict_json(verdict)
+        if payload is None:
+            payload = verdict_json(verdict)
         props = self._expiry(verdict.get("deadline_ms"))
         info = client.publish(self.topic_verdict, payload, qos=self._cfg.qos_verdict, retain=False, properties=props)
         return self._account(info.rc, "verdict")
