@@ -44,6 +44,10 @@ class PipelineConfig(BaseModel):
                                                       "the fail-safe verdict")
     queue_size: int = Field(4, ge=1, le=1024, description="Frames waiting for inference; when full, new frames get "
                                                           "the fail-safe verdict (reason frame_dropped)")
+    publish_queue_mb: float = Field(256, gt=0, description="Memory (MB) for frames and anomaly maps waiting for "
+                                    "the ZeroMQ image feed and the archive; beyond it their pictures are dropped "
+                                    "and counted (linesight_sink_dropped_total{sink=\"publish\"}), the verdict "
+                                    "is still published: processing never waits for the outputs")
     max_batch: int = Field(4, ge=1, le=64, description="Frames that queued up while the engine was busy are "
                                                       "decided together (higher throughput under load, no "
                                                       "added latency when idle)")

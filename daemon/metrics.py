@@ -72,7 +72,8 @@ FEEDBACK_LABELS = ("OK", "NG")
 #: (with one warning) until it is added here. tests/test_metrics_http.py checks the sources against it.
 ALARM_CODES = tuple(dict.fromkeys((
     "camera_down", "camera_up", "camera_error", "no_model", "model_changed", "model_refused", "model_warning",
-    "analysis_error", "archive_error", "verdict_log_error", "mqtt_down", "verdicts_dropped", *FAILSAFE_REASONS, "other",
+    "analysis_error", "archive_error", "verdict_log_error", "mqtt_down", "verdicts_dropped", "publish_stalled",
+    *FAILSAFE_REASONS, "other",
 )))
 #: A sink that raises alarms itself (the MQTT sink's verdicts_dropped, sent on reconnect, never passes
 #: through Service.alarm) counts them as `alarm_<code>` in its counters dict; they are exposed as
@@ -88,6 +89,8 @@ SINK_COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     # should have gone out and did not
     "dropped_disconnected": ("dropped", ("disconnected",)), "dropped_queue_full": ("dropped", ("queue_full",)),
     "dropped_stale": ("dropped", ("stale",)),
+    # the publish queue over its byte budget (or item cap): a frame's pictures dropped, its verdict still sent
+    "pictures_dropped_bytes": ("dropped", ("queue_bytes",)), "pictures_dropped_items": ("dropped", ("queue_items",)),
     # not sent by design: the HMI gets the newest image only, and only while it subscribes; OK frames are sampled
     "images_superseded": ("skipped", ("superseded",)), "images_skipped_no_subscriber": ("skipped", ("no_subscriber",)),
     "skipped_ok": ("skipped", ("ok_not_sampled",)),
@@ -103,7 +106,8 @@ SINK_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sent": ("linesight_sink_sent", ("Delivered by an output (mqtt: handed to the client; archive, verdict_log: "
                                      "written), by sink and kind."), ("sink", "kind")),
     "dropped": ("linesight_sink_dropped", ("Not delivered although due (broker down, send queue full, stale after "
-                                           "reconnect), by sink and reason."), ("sink", "reason")),
+                                           "reconnect; publish: frame and heatmap dropped, the publish queue over "
+                                           "pipeline.publish_queue_mb), by sink and reason."), ("sink", "reason")),
     "skipped": ("linesight_sink_skipped", ("Not sent by design (image replaced by a newer one, no image subscriber, "
                                            "OK frame not sampled for the archive), by sink and reason."),
                 ("sink", "reason")),
@@ -114,7 +118,7 @@ SINK_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "archive_deleted": ("linesight_archive_deleted", ("Archive records deleted by retention, by reason (disk_space: "
                                                       "early, to keep archive.min_free_bytes free)."), ("reason",)),
 }
-SINKS = ("mqtt", "zmq", "archive", "verdict_log")
+SINKS = ("mqtt", "zmq", "archive", "verdict_log", "publish")  # publish: the queue in front of them all
 HEALTH_OK = ("ok", "degraded")  # answered with 200; anything else -> 503
 
 HealthFn = Callable[[], Mapping[str, Any]]

@@ -4,6 +4,11 @@ Readiness (sd_notify READY=1) is sent once the source is open, the model is load
 refused: the daemon then runs degraded, every frame fail-safe `no_model`) and the MQTT broker is connected
 (or `mqtt_wait_s` has passed: verdicts are then dropped+counted until it connects). WATCHDOG=1 comes from
 the processing loop, so a hung engine stops the pings and systemd restarts the service.
+
+Outputs: each verdict is JSON-encoded once (`Outgoing`) and those bytes go to MQTT, ZeroMQ, the verdict log and
+the archive; its frame and map travel as `Pictures`, rendered once for the ZeroMQ feed and the archive. The
+hand-off to the publish thread (`PublishQueue`) never blocks processing: over `pipeline.publish_queue_mb`
+pictures are dropped and counted, verdicts never.
 """
 from __future__ import annotations
 
@@ -26,9 +31,14 @@ from linesight.daemon.metrics import Metrics
 from linesight.daemon.model import ModelHolder, ModelRefused
 from linesight.daemon.notify import Notifier
 from linesight.daemon.pipeline import Pipeline
+from linesight.daemon.sinks.encoding import Outgoing, Pictures, verdict_json
+from linesight.daemon.sinks.publish_queue import PublishQueue
 from linesight.daemon.sources.factory import build_source
 
 log = logging.getLogger(__name__)
+#: Verdicts waiting to be published from which pictures are dropped and alarm publish_stalled is raised (the
+#: publish thread is that far behind); verdicts themselves are always queued, see PublishQueue.
+PUBLISH_QUEUE_ITEMS = 256
 
 
 class Service:
@@ -49,8 +59,12 @@ class Service:
             log.warning("pipeline.state_dir not set: seq restarts at 1 on every start (run id %d = start time)",
                         self.seqs.run)
         self.mqtt = self.zmq = self.archive = self.verdict_log = None
-        self.pub_q: queue.Queue = queue.Queue(maxsize=256)
-        self.arch_q: queue.Queue = queue.Queue(maxsize=16)
+        self.pub_q = PublishQueue(int(cfg.pipeline.publish_queue_mb * 2**20), PUBLISH_QUEUE_ITEMS)
+        self.arch_q: queue.Queue[Outgoing | None] = queue.Queue(maxsize=16)
+        # which pictures any output uses: the others are never held in the queue
+        images_out = out.zmq.enabled and out.zmq.image_endpoint is not None
+        self._keep_image = images_out or out.archive.enabled
+        self._keep_map = (images_out and out.zmq.send_heatmap) or out.archive.enabled
         self.pipeline = Pipeline(cfg, self.source, self.holder, self._enqueue, self.alarm, station=self.station,
                                  on_tick=self._tick, seqs=self.seqs)
         self.pipeline.on_frame = self.metrics.frame_received
@@ -64,46 +78,55 @@ class Service:
         self._camera_up = True
 
     # ---------------------------------------------------------------- outputs
-    def _enqueue(self, verdict: dict, image: np.ndarray | None, amap: np.ndarray | None, thr: float | None,
-                 header: dict | None) -> None:
-        self.pub_q.put((verdict, image, amap, thr, header))  # blocks only if the publisher is 256 behind
+    def _enqueue(self, verdict: dict, image: np.ndarray | None, amap: np.ndarray | None, _pixel_thr: float | None,
+                 analysis: dict | None) -> None:
+        """Processing (and acquisition) thread: encode the verdict once for every output and hand it over;
+        never waits (a full queue drops pictures, counted, see PublishQueue)."""
+        image = image if self._keep_image else None
+        amap = amap if self._keep_map else None
+        thr = verdict.get("threshold")
+        pictures = None if image is None and amap is None else \
+            Pictures(image, amap, float(thr) if isinstance(thr, (int, float)) else None)
+        self.pub_q.put(Outgoing(verdict, verdict_json(verdict), analysis, pictures))
+        if self.pub_q.backlogged:  # an output hangs the publish thread: say so, keep the verdicts
+            self.pipeline.alarm_limited("publish_stalled", f"{len(self.pub_q)} verdicts wait for the outputs: a "
+                                        "stuck output (the verdict log's disk?) delays every verdict; they are "
+                                        "kept and sent late, frames and heatmaps are dropped meanwhile",
+                                        seq=verdict.get("seq"))
 
     def _publish_loop(self) -> None:
-        while True:
-            item = self.pub_q.get()
-            if item is None:
-                return
-            verdict, image, amap, _, header = item
+        while (item := self.pub_q.get()) is not None:
+            verdict = item.verdict
             t0 = time.perf_counter()
             try:
                 if self.mqtt:
-                    self.mqtt.publish_verdict(verdict)
+                    self.mqtt.publish_verdict(verdict, item.payload)
                 if self.zmq:
-                    self.zmq.publish(verdict if header is None else {**verdict, "analysis": header}, image, amap)
+                    self.zmq.publish(verdict, item.pictures, payload=item.payload, analysis=item.analysis)
             except Exception:  # an output bug must never stop verdicts for the next frames
                 log.exception("publishing verdict %s failed", verdict.get("seq"))
-            if self.verdict_log and not self.verdict_log.write(verdict):  # never raises; traceability lost
+            if self.verdict_log and not self.verdict_log.write(verdict, item.payload):  # never raises
                 self.pipeline.alarm_limited("verdict_log_error", f"verdict log {self.verdict_log.path}: "
                                             f"{self.verdict_log.last_problem}", seq=verdict.get("seq"))
             self.metrics.record_verdict(verdict)
             self.metrics.observe_stage("publish", time.perf_counter() - t0)
-            if self.archive and image is not None:
+            if self.archive and item.pictures is not None:
                 try:
-                    self.arch_q.put_nowait((verdict, image, amap))
+                    self.arch_q.put_nowait(item)  # the archive thread releases its bytes
+                    continue
                 except queue.Full:
                     log.warning("archive queue full: frame %s not archived", verdict.get("seq"))
+            self.pub_q.release(item)
 
     def _archive_loop(self) -> None:
-        while True:
-            item = self.arch_q.get()
-            if item is None:
-                return
+        while (item := self.arch_q.get()) is not None:
             errors = self.archive.counters["errors"]
-            self.archive.save(*item)
+            self.archive.save(item.verdict, item.pictures, item.payload)
+            self.pub_q.release(item)
             self.metrics.set_archive_bytes(self.archive.size_bytes)
             if self.archive.counters["errors"] > errors:  # full disk, unplugged drive: never silent
                 self.pipeline.alarm_limited("archive_error", f"archive {self.cfg.outputs.archive.dir}: "
-                                                             f"{self.archive.last_problem}", seq=item[0].get("seq"))
+                                            f"{self.archive.last_problem}", seq=item.verdict.get("seq"))
 
     def _drain_archive(self, timeout_s: float = 8.0) -> None:
         """On stop the archive thread writes what is queued (NG evidence), bounded by systemd's stop timeout."""
@@ -216,7 +239,7 @@ class Service:
             self._next_stats = now + self.cfg.pipeline.stats_interval_s
             self.metrics.set_camera_up(self.source.status.up)
             self.metrics.set_queue_depth("inference", self.pipeline.in_q.qsize())
-            self.metrics.set_queue_depth("publish", self.pub_q.qsize())
+            self.metrics.set_queue_depth("publish", len(self.pub_q))
             if self.holder.info:
                 self.metrics.set_model(self.holder.info)
             self._status()
@@ -258,6 +281,7 @@ class Service:
 
             self.verdict_log = VerdictLog(out.verdict_log)
             self.metrics.watch_sink("verdict_log", lambda: self.verdict_log.counters)
+        self.metrics.watch_sink("publish", lambda: self.pub_q.counters)
         self._start_thread(self._publish_loop, "publish")
         try:
             engine = self.holder.load()
@@ -307,10 +331,12 @@ class Service:
                 t.join(timeout=5)
         while not self.pipeline.in_q.empty():  # frames queued after the loop ended still get verdicts
             self.pipeline.process([self.pipeline.in_q.get_nowait()])
-        self.pub_q.put(None)
+        self.pub_q.close()
         for t in self._threads:
             if t.name == "publish":
                 t.join(timeout=10)
+                if t.is_alive():  # an output hangs: what is still queued is lost with the process
+                    log.error("publish thread still busy after 10 s: %d verdicts not published", len(self.pub_q))
         if self.verdict_log:
             self.verdict_log.close()
         self._drain_archive()

@@ -29,6 +29,7 @@ from linesight.daemon.metrics import (
 )
 from linesight.daemon.sinks.archive import Archive
 from linesight.daemon.sinks.mqtt_sink import MqttSink
+from linesight.daemon.sinks.publish_queue import PublishQueue
 from linesight.daemon.sinks.verdict_log import VerdictLog
 from linesight.daemon.sinks.zmq_sink import ZmqSink
 from linesight.errors import ConfigError
@@ -278,7 +279,8 @@ def test_every_sink_counter_has_a_family(tmp_path, free_tcp_port) -> None:
     try:
         counters = {"mqtt": MqttSink(MqttConfig()).counters, "zmq": zmq_sink.counters,
                     "archive": Archive(ArchiveConfig(enabled=False, dir=tmp_path)).counters,
-                    "verdict_log": VerdictLog(VerdictLogConfig(path=tmp_path / "v.jsonl")).counters}
+                    "verdict_log": VerdictLog(VerdictLogConfig(path=tmp_path / "v.jsonl")).counters,
+                    "publish": PublishQueue(2**20, 8).counters}
     finally:
         zmq_sink.close()
     for sink, keys in counters.items():

@@ -17,13 +17,17 @@ import pytest
 import zmq
 
 from linesight.config.outputs import ZmqConfig
+from linesight.daemon.sinks.encoding import Pictures
 from linesight.daemon.sinks.zmq_sink import ZmqSink
 from linesight.errors import ConfigError
 
 
+THRESHOLD = 2.0
+
+
 def verdict(seq: int) -> dict[str, Any]:
     return {"schema": "linesight.verdict/1", "seq": seq, "part_id": f"A-{seq:06d}", "verdict": "NG",
-            "reason": "score_above_threshold", "score": np.float32(3.5), "threshold": 2.0, "deadline_ms": 200}
+            "reason": "score_above_threshold", "score": np.float32(3.5), "threshold": THRESHOLD, "deadline_ms": 200}
 
 
 def iso_now() -> str:
@@ -56,7 +60,7 @@ def publish_until_received(sink: ZmqSink, sock: zmq.Socket, image=None, heatmap=
     """PUB/SUB 'slow joiner': a subscription takes a moment to reach the publisher."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        sink.publish(verdict(-1), image, heatmap)
+        sink.publish(verdict(-1), Pictures(image, heatmap, THRESHOLD))
         if sock.poll(50):
             return sock.recv_multipart()
     raise AssertionError("subscriber received nothing")
@@ -78,15 +82,17 @@ def test_multipart_wire_format(ctx, endpoints) -> None:
         for s in (vsub, isub):
             while s.poll(0):
                 s.recv_multipart()
-        sink.publish(verdict(7), image, heatmap)
+        analysis = {"decision": {"verdict": "NG", "basis": "spec"}, "regions": [{"type": "crack"}]}
+        sink.publish(verdict(7), Pictures(image, heatmap, THRESHOLD), analysis=analysis)
         assert vsub.poll(2000) and isub.poll(2000)
         topic, body = vsub.recv_multipart()
         assert topic == b"verdict"
         assert json.loads(body) == {**verdict(7), "score": 3.5}  # numpy scalar serialised as a number
         topic, header, img_bytes, hm_bytes = isub.recv_multipart()
         assert topic == b"image"
+        assert header.startswith(b'{"verdict":' + body + b",")  # the very bytes of the verdict message
         meta = json.loads(header)
-        assert meta["verdict"]["seq"] == 7
+        assert meta["verdict"] == json.loads(body) and meta["analysis"] == analysis
         assert meta["image"] == {"format": "png", "width": 200, "height": 120, "channels": 1, "bit_depth": 8}
         assert meta["heatmap"]["width"] == 50 and meta["heatmap"]["height"] == 30
         decoded = cv2.imdecode(np.frombuffer(img_bytes, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -129,7 +135,7 @@ def test_slow_subscribers_never_block_verdicts(ctx, endpoints) -> None:
         t0 = time.perf_counter()
         for seq in range(10_000):
             t1 = time.perf_counter()
-            sink.publish(verdict(seq), image, heatmap)
+            sink.publish(verdict(seq), Pictures(image, heatmap, THRESHOLD))
             worst = max(worst, time.perf_counter() - t1)
         elapsed = time.perf_counter() - t0
         t.join(20)
@@ -153,7 +159,7 @@ def test_no_image_subscriber_skips_encoding(endpoints) -> None:
     try:
         img = np.zeros((64, 64), np.uint8)
         for seq in range(20):
-            sink.publish(verdict(seq), img, None)
+            sink.publish(verdict(seq), Pictures(img))
             time.sleep(0.005)
         time.sleep(0.2)
         c = sink.counters
@@ -169,7 +175,7 @@ def test_bad_frame_does_not_kill_image_feed(ctx, endpoints) -> None:
     try:
         isub = sub(ctx, iep, b"image")
         publish_until_received(sink, isub, np.zeros((8, 8), np.uint8))
-        sink.publish(verdict(1), np.zeros((8, 8), np.float64))  # JPEG cannot take float64
+        sink.publish(verdict(1), Pictures(np.zeros((8, 8), np.float64)))  # JPEG cannot take float64
         time.sleep(0.2)
         assert sink.counters["encode_errors"] == 1
         frames = publish_until_received(sink, isub, np.zeros((8, 8), np.uint8))
@@ -230,7 +236,7 @@ def test_example_subscriber_script(endpoints, tmp_path) -> None:
         deadline = time.monotonic() + 15
         while proc.poll() is None and time.monotonic() < deadline:
             fresh = {**verdict(seq), "host_ts": iso_now(), "deadline_ms": 5000}  # the example drops stale ones
-            sink.publish(fresh, img, np.ones((8, 12), np.float32))
+            sink.publish(fresh, Pictures(img, np.ones((8, 12), np.float32), THRESHOLD))
             seq += 1
             time.sleep(0.02)
         out, err = proc.communicate(timeout=5)

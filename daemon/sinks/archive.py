@@ -18,7 +18,9 @@ than `max_age_days` are deleted.
 Never raises into the caller on disk problems (full disk, unplugged USB drive, read-only mount):
 logs (once per distinct problem), counts `errors`, keeps the message in `last_problem` (the daemon raises
 alarm archive_error and /healthz says degraded) and returns False. Writing PNGs costs milliseconds:
-call `save` from the daemon's output thread, not the inference thread.
+call `save` from the daemon's output thread, not the inference thread. The frame and heatmap come as
+`Pictures`, so a rendering the ZeroMQ feed already made (the coloured heatmap, an encoding in the same format)
+is reused, and the sidecar as the verdict's bytes the other outputs sent.
 """
 
 from __future__ import annotations
@@ -36,10 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from linesight.config.outputs import ArchiveConfig
-from linesight.daemon.sinks.encoding import colorize_heatmap, encode_image, verdict_json
+from linesight.daemon.sinks.encoding import Pictures, verdict_json
 from linesight.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,9 @@ class Archive:
 
     # ------------------------------------------------------------------ public
 
-    def save(self, verdict: dict[str, Any], image: np.ndarray | None, heatmap: np.ndarray | None) -> bool:
-        """Archive one verdict if the sampling policy keeps it. True if written."""
+    def save(self, verdict: dict[str, Any], pictures: Pictures | None = None, payload: bytes | None = None) -> bool:
+        """Archive one verdict (`payload`: its JSON when the caller has it already) with its frame and coloured
+        heatmap, if the sampling policy keeps it. True if written."""
         if not self._cfg.enabled:
             return False
         is_ng = verdict.get("verdict") != "OK"
@@ -149,7 +150,7 @@ class Archive:
                     self._scan()  # the disk was missing at start-up; try again
                     if not self._scanned:
                         return False
-                blobs = self._encode(verdict, image, heatmap)
+                blobs = self._encode(verdict, pictures or Pictures(), payload)
                 new_bytes = sum(len(b) for _, b in blobs)
                 if new_bytes > self._cfg.max_bytes:
                     self._problem(f"record of {new_bytes} bytes exceeds archive.max_bytes={self._cfg.max_bytes}")
@@ -186,17 +187,16 @@ class Archive:
         else:
             log.debug("archive %s: %s", self._dir, message)
 
-    def _encode(self, verdict: dict[str, Any], image: np.ndarray | None,
-                heatmap: np.ndarray | None) -> list[tuple[str, bytes]]:
+    def _encode(self, verdict: dict[str, Any], pictures: Pictures, payload: bytes | None) -> list[tuple[str, bytes]]:
         blobs: list[tuple[str, bytes]] = []
         fmt = self._cfg.image_format
+        image = pictures.encoded("image", fmt, self._cfg.jpeg_quality)
         if image is not None:
-            blobs.append((f".image.{'jpg' if fmt == 'jpeg' else 'png'}", encode_image(image, fmt, self._cfg.jpeg_quality)))
+            blobs.append((f".image.{'jpg' if fmt == 'jpeg' else 'png'}", image))
+        heatmap = pictures.encoded("heatmap", "png")
         if heatmap is not None:
-            thr = verdict.get("threshold")
-            coloured = colorize_heatmap(heatmap, float(thr) if isinstance(thr, (int, float)) else None)
-            blobs.append((".heatmap.png", encode_image(coloured, "png")))
-        blobs.append((".json", verdict_json(verdict)))  # last: marks the record complete
+            blobs.append((".heatmap.png", heatmap))
+        blobs.append((".json", verdict_json(verdict) if payload is None else payload))  # last: the record is complete
         return blobs
 
     def _write(self, verdict: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:

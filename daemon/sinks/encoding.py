@@ -1,4 +1,5 @@
-"""Serialisation shared by the sinks: verdict JSON, image encoding (heatmap colouring lives in export.overlay).
+"""Serialisation shared by the sinks: verdict JSON, image encoding (heatmap colouring lives in export.overlay),
+and the carriers that make each of them once per verdict (`Outgoing`, `Pictures`).
 
 Why one place: MQTT, ZeroMQ and the archive must emit byte-identical verdict JSON and identically
 coloured heatmaps, otherwise an HMI picture and an archived picture of the same part disagree.
@@ -8,7 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,3 +73,68 @@ def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int = 90) -> bytes:
     if not ok:
         raise ValueError(f"OpenCV failed to encode a {image.shape} {image.dtype} image as {fmt}")
     return buf.tobytes()
+
+
+class Pictures:
+    """A verdict's frame and anomaly map for the image outputs (ZeroMQ feed, archive), each rendering made once.
+
+    Why: colouring a 5 MP map costs ~85 ms and encoding a frame tens of ms; the live feed and the archive
+    both need them. Each rendering (the coloured map, each format's encoding) is made on first use by
+    whichever output asks first, on that output's thread, and handed to the other; one nobody asks for
+    costs nothing. Thread-safe; the arrays must not be modified after construction."""
+
+    def __init__(self, image: np.ndarray | None = None, amap: np.ndarray | None = None,
+                 threshold: float | None = None) -> None:
+        self.image, self.amap, self.threshold = image, amap, threshold
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[Any, ...], threading.Lock] = {}
+        self._made: dict[tuple[Any, ...], Any] = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the arrays, plus the 8-bit BGR colouring of the map (made once an output asks)."""
+        n = 0 if self.image is None else self.image.nbytes
+        if self.amap is not None:
+            n += self.amap.nbytes + 3 * int(np.prod(self.amap.shape[:2]))
+        return n
+
+    def _once(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        """make() at most once per key: a second caller waits for the first one's result. A failure is not
+        kept (each caller counts its own error)."""
+        with self._lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._made:
+                self._made[key] = make()
+            return self._made[key]
+
+    def heatmap(self) -> np.ndarray | None:
+        """The map coloured as documented for every output (clip(map/threshold*0.5,0,1), JET); None without one."""
+        if self.amap is None:
+            return None
+        amap, threshold = self.amap, self.threshold
+        return self._once(("coloured",), lambda: colorize_heatmap(amap, threshold))
+
+    def encoded(self, what: Literal["image", "heatmap"], fmt: str, jpeg_quality: int = 90) -> bytes | None:
+        """The frame or the coloured map encoded by `encode_image` (ValueError as there); None if absent."""
+        if (self.image if what == "image" else self.amap) is None:
+            return None
+        key = (what, fmt, jpeg_quality if fmt == "jpeg" else 0)  # PNG ignores the quality: one encoding
+        return self._once(key, lambda: encode_image(self.image if what == "image" else self.heatmap(), fmt,
+                                                    jpeg_quality))
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One verdict on its way to the outputs: encoded once, and these very bytes go to MQTT, ZeroMQ, the verdict
+    log and the archive. `analysis` (the full analysis, or None) rides only in the ZeroMQ image header."""
+
+    verdict: dict[str, Any]
+    payload: bytes
+    analysis: dict[str, Any] | None = None
+    pictures: Pictures | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """What the publish queue charges against its byte budget."""
+        return len(self.payload) + (0 if self.pictures is None else self.pictures.nbytes)

@@ -110,13 +110,14 @@ class VerdictLog:
     def path(self) -> Path:
         return self._path
 
-    def write(self, verdict: dict[str, Any]) -> bool:
-        """Append one verdict line. False when this call hit a problem (the line is lost, or rotation was refused
-        and the file grows on): logged once, counted, kept in `last_problem`. Never raises."""
+    def write(self, verdict: dict[str, Any], payload: bytes | None = None) -> bool:
+        """Append one verdict line (`payload`: its JSON when the caller has it already, as the MQTT sink takes it).
+        False when this call hit a problem (the line is lost, or rotation was refused and the file grows on):
+        logged once, counted, kept in `last_problem`. Never raises."""
         with self._lock:
             errors = self.counters["errors"]
             try:
-                line = verdict_json(verdict) + b"\n"
+                line = (verdict_json(verdict) if payload is None else payload) + b"\n"
                 if self._fh is None:
                     self._open()
                 if self._size > 0 and self._size + len(line) > self._next_rotation:

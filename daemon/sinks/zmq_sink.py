@@ -5,8 +5,10 @@ Wire format (both sockets are bound by the daemon; HMIs connect SUB sockets):
 * verdict socket (PUB, `verdict_endpoint`): multipart ``[b"verdict", <verdict JSON>]``
 * image socket (XPUB, `image_endpoint`): multipart
   ``[b"image", <header JSON>, <encoded image or b"">, <encoded heatmap or b"">]`` where the header is
-  ``{"verdict": {...}, "image": {"format", "width", "height", "channels", "bit_depth"} | null,
-  "heatmap": {"format", "width", "height", "scale": "clip(map/threshold*0.5,0,1) JET"} | null}``.
+  ``{"verdict": {...}, "analysis": {...} | null, "image": {"format", "width", "height", "channels", "bit_depth"}
+  | null, "heatmap": {"format", "width", "height", "scale": "clip(map/threshold*0.5,0,1) JET"} | null}``;
+  "verdict" is byte for byte the verdict socket's (and MQTT's) message, "analysis" the full defect analysis
+  of an NG frame. Both pictures are null when the daemon's publish queue had to drop them (over its budget).
   The heatmap is the float anomaly map coloured with cv2.COLORMAP_JET after scaling by
   clip(map / threshold * 0.5, 0, 1): the decision threshold is mid-scale, 2x threshold is full red.
   16-bit frames (Mono10..16 cameras): `image_format: png` sends them as PNG-16 (bit_depth 16, lossless, for
@@ -24,8 +26,9 @@ messages *for that subscriber only* and does not report it (zmq.Again is never r
 XPUB_NODROP would raise it, and then one stalled HMI would starve every other subscriber - worse).
 So slow-subscriber drops are invisible here by design; `send_errors` counts any zmq.Again/ZMQError.
 
-The caller must not modify `image`/`heatmap` arrays after `publish()`; the encoder thread reads them
-later (frames from the pipeline are fresh arrays, so no copy is made on the hot path).
+The caller must not modify the `Pictures` arrays after `publish()`; the encoder thread reads them later
+(frames from the pipeline are fresh arrays, so no copy is made on the hot path). Their renderings are shared
+with the archive through `Pictures`, so a heatmap is coloured once per frame for both.
 """
 
 from __future__ import annotations
@@ -37,13 +40,14 @@ import os
 import socket
 import stat
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zmq
 
 from linesight.config.outputs import ZmqConfig
-from linesight.daemon.sinks.encoding import HEATMAP_GAIN, colorize_heatmap, encode_image, verdict_json
+from linesight.daemon.sinks.encoding import HEATMAP_GAIN, Pictures, verdict_json
 from linesight.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,6 +106,16 @@ def bind_socket(ctx: zmq.Context, kind: int, endpoint: str, hwm: int, field: str
     return sock
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """The newest frame waiting for the image encoder: the verdict's JSON, its full analysis, its pictures."""
+
+    seq: Any
+    payload: bytes
+    analysis: dict[str, Any] | None
+    pictures: Pictures | None
+
+
 class ZmqSink:
     """Two bound publisher sockets; `publish()` is safe to call from one producer thread."""
 
@@ -116,7 +130,7 @@ class ZmqSink:
         )
         self._verdict_sock: zmq.Socket | None = None
         self._image_sock: zmq.Socket | None = None
-        self._slot: tuple[dict[str, Any], np.ndarray | None, np.ndarray | None] | None = None
+        self._slot: _Slot | None = None
         self._slot_cv = threading.Condition()
         self._closing = False
         self._closed = False
@@ -146,13 +160,16 @@ class ZmqSink:
         with self._lock:
             self._counters[key] += n
 
-    def publish(self, verdict: dict[str, Any], image: np.ndarray | None = None,
-                heatmap: np.ndarray | None = None) -> None:
-        """Send the verdict now; queue image/heatmap for the encoder (latest wins). Never blocks."""
+    def publish(self, verdict: dict[str, Any], pictures: Pictures | None = None, *, payload: bytes | None = None,
+                analysis: dict[str, Any] | None = None) -> None:
+        """Send the verdict now (`payload`: its JSON when the caller has it already); queue the pictures and the
+        full `analysis` for the image encoder (latest wins). Never blocks."""
         if self._verdict_sock is None:
             raise RuntimeError("ZmqSink.publish() after close()")
+        if payload is None:
+            payload = verdict_json(verdict)
         try:
-            self._verdict_sock.send_multipart([TOPIC_VERDICT, verdict_json(verdict)], zmq.NOBLOCK)
+            self._verdict_sock.send_multipart([TOPIC_VERDICT, payload], zmq.NOBLOCK)
             self._count("verdicts_sent")
         except zmq.ZMQError as exc:  # zmq.Again included
             self._count("send_errors")
@@ -162,7 +179,7 @@ class ZmqSink:
         with self._slot_cv:
             if self._slot is not None:
                 self._count("images_superseded")
-            self._slot = (verdict, image, heatmap if self._cfg.send_heatmap else None)
+            self._slot = _Slot(verdict.get("seq"), payload, analysis, pictures)
             self._slot_cv.notify()
 
     # ------------------------------------------------------------------ encoder thread
@@ -182,10 +199,10 @@ class ZmqSink:
                 self._count("images_skipped_no_subscriber")
                 continue
             try:
-                frames = self._encode(*item)
+                frames = self._encode(item)
             except Exception as exc:  # a bad frame must not kill the HMI feed
                 self._count("encode_errors")
-                log.warning("zmq image encode failed seq=%s: %s", item[0].get("seq"), exc)
+                log.warning("zmq image encode failed seq=%s: %s", item.seq, exc)
                 continue
             try:
                 self._image_sock.send_multipart(frames, zmq.NOBLOCK)
@@ -213,24 +230,25 @@ class ZmqSink:
     def _has_image_subscriber(self) -> bool:
         return any(TOPIC_IMAGE.startswith(t) for t in self._image_topics)
 
-    def _encode(self, verdict: dict[str, Any], image: np.ndarray | None,
-                heatmap: np.ndarray | None) -> list[bytes]:
+    def _encode(self, item: _Slot) -> list[bytes]:
         cfg = self._cfg
         fmt = cfg.image_format
-        img_bytes, hm_bytes = b"", b""
-        header: dict[str, Any] = {"verdict": verdict, "image": None, "heatmap": None}
+        pictures = item.pictures or Pictures()
+        image = pictures.image
+        coloured = pictures.heatmap() if cfg.send_heatmap else None
+        rest: dict[str, Any] = {"analysis": item.analysis, "image": None, "heatmap": None}
         if image is not None:
-            img_bytes = encode_image(image, fmt, cfg.jpeg_quality)
-            header["image"] = {"format": fmt, "width": int(image.shape[1]), "height": int(image.shape[0]),
-                               "channels": 1 if image.ndim == 2 else int(image.shape[2]),
-                               "bit_depth": 16 if fmt == "png" and image.dtype == np.uint16 else 8}
-        if heatmap is not None:
-            threshold = verdict.get("threshold")
-            coloured = colorize_heatmap(heatmap, float(threshold) if isinstance(threshold, (int, float)) else None)
-            hm_bytes = encode_image(coloured, fmt, cfg.jpeg_quality)
-            header["heatmap"] = {"format": fmt, "width": int(coloured.shape[1]), "height": int(coloured.shape[0]),
-                                 "scale": f"clip(map/threshold*{HEATMAP_GAIN},0,1) JET"}
-        return [TOPIC_IMAGE, verdict_json(header), img_bytes, hm_bytes]
+            rest["image"] = {"format": fmt, "width": int(image.shape[1]), "height": int(image.shape[0]),
+                             "channels": 1 if image.ndim == 2 else int(image.shape[2]),
+                             "bit_depth": 16 if fmt == "png" and image.dtype == np.uint16 else 8}
+        if coloured is not None:
+            rest["heatmap"] = {"format": fmt, "width": int(coloured.shape[1]), "height": int(coloured.shape[0]),
+                               "scale": f"clip(map/threshold*{HEATMAP_GAIN},0,1) JET"}
+        img_bytes = pictures.encoded("image", fmt, cfg.jpeg_quality) or b""
+        hm_bytes = (pictures.encoded("heatmap", fmt, cfg.jpeg_quality) or b"") if coloured is not None else b""
+        # the verdict's own bytes spliced in, not re-encoded: {"verdict":<payload>,"analysis":...}
+        header = b'{"verdict":' + item.payload + b"," + verdict_json(rest)[1:]
+        return [TOPIC_IMAGE, header, img_bytes, hm_bytes]
 
     # ------------------------------------------------------------------ shutdown
 
