@@ -307,3 +307,31 @@ def small_bundle(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     fit(small_dataset, out, preset("fast", weights="none", input_size=96, embedding_dim=64, coreset_ratio=0.1,
                                    model_id="test-model"))
     return out
+
+
+# ---------------------------------------------------------------------------------------- real browser
+#: Debian's chromium flags that work headless as root in a container (headless itself is Playwright's option).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+_BROWSER_SKIP = "needs chromium (Debian package) and playwright"  # not in skip_gate.ALLOWED_SKIPS: CI must have both
+
+
+@pytest.fixture(scope="module")
+def chromium_browser() -> Iterator[object]:
+    """Debian's /usr/bin/chromium driven by Playwright (never Playwright's own downloaded browser).
+
+    Module scope: the Playwright driver and its event loop live only while the module that asked runs.
+    Missing chromium or playwright -> skip, which .ci/run's --strict-skips turns into a failure.
+    """
+    exe = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        exe = None
+    if exe is None:
+        pytest.skip(_BROWSER_SKIP)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
