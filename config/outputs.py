@@ -107,11 +107,12 @@ class MqttConfig(BaseModel):
         "feedback] where model changes must come from the engineering PC). Pair with a broker ACL.",
     )
     max_queued_messages: int = Field(
-        default=32,
+        default=1000,
         ge=4,
         le=10_000,
-        description="Cap on messages waiting for a broker ACK; beyond it publishes are dropped and counted "
-        "instead of piling up stale verdicts in memory.",
+        description="Cap on messages waiting for a broker ACK (about 1 KB each); beyond it verdicts are dropped, "
+        "counted and reported by alarm verdicts_dropped instead of piling up in memory (their MQTT expiry is the "
+        "deadline anyway). The former default of 32 dropped 12 verdicts at 200 frames/s on a loaded 2-core box.",
     )
 
     @property

@@ -259,6 +259,24 @@ def test_verdicts_in_flight_when_the_broker_dies_are_in_the_outage_alarm(mosquit
     assert not [m for m in probe.all if m.topic == f"{BASE}/verdict"]  # none of them arrived late
 
 
+def test_verdicts_dropped_on_a_full_send_queue_are_reported_while_connected(mosquitto, mqtt_probe, sinks) -> None:
+    """The broker stalls (SIGSTOP) with the link up: verdicts beyond max_queued_messages are dropped, and
+    the first acknowledgement after it resumes brings alarm verdicts_dropped with their count and seqs."""
+    sink = sinks(cfg_for(mosquitto, max_queued_messages=4))
+    sink.start()
+    wait_until(lambda: sink.connected, what="connect")
+    probe = mqtt_probe(mosquitto, [f"{BASE}/alarm"])
+    mosquitto.proc.send_signal(signal.SIGSTOP)
+    try:
+        handed = [sink.publish_verdict(make_verdict(s)) for s in range(300, 310)]
+    finally:
+        mosquitto.proc.send_signal(signal.SIGCONT)
+    assert handed.count(False) >= 6 and sink.connected
+    alarm = json.loads(probe.wait_for(lambda m: True, timeout=10).payload)
+    assert alarm["code"] == "verdicts_dropped" and alarm["context"]["count"] == handed.count(False)
+    assert alarm["context"]["last_seq"] == 309 and sink.counters["dropped_queue_full"] >= handed.count(False)
+
+
 class BlackholeProxy:
     """TCP relay that can silently swallow traffic (a pulled cable: sockets stay open) and then sever."""
 

@@ -341,7 +341,10 @@ class MqttSink:
             payload = verdict_json(verdict)
         props = self._expiry(verdict.get("deadline_ms"))
         info = client.publish(self.topic_verdict, payload, qos=self._cfg.qos_verdict, retain=False, properties=props)
-        return self._account(info.rc, "verdict")
+        sent = self._account(info.rc, "verdict")
+        if not sent:  # queue full (the broker acknowledges too slowly) or the link just dropped: alarm follows
+            self._note_dropped(verdict.get("seq"))
+        return sent
 
     def _note_dropped(self, seq: Any) -> None:
         """Remember which verdicts an outage swallowed, for the alarm sent when the link returns. Seqs are
@@ -356,13 +359,27 @@ class MqttSink:
                 o["last_seq"] = seq if not isinstance(o["last_seq"], int) else max(o["last_seq"], seq)
 
     def _report_outage(self) -> None:
+        """Alarm verdicts_dropped for what was dropped since the last report (on reconnect, and on the next
+        acknowledgement after a full send queue); kept for the next try if the alarm itself cannot go out."""
         with self._lock:
             outage, self._outage = self._outage, None
-        if outage:
+        if not outage:
+            return
+        if self.publish_alarm("verdicts_dropped", f"{outage['count']} verdicts (seq {outage['first_seq']}.."
+                              f"{outage['last_seq']}) were dropped or never acknowledged (broker unreachable or "
+                              "send queue full); those parts may have no MQTT verdict", **outage):
             self._count("alarm_verdicts_dropped")  # this alarm bypasses Service.alarm: count it here
-            self.publish_alarm("verdicts_dropped", f"{outage['count']} verdicts (seq {outage['first_seq']}.."
-                               f"{outage['last_seq']}) were dropped or never acknowledged while the broker was "
-                               "unreachable; those parts may have no MQTT verdict", **outage)
+            return
+        with self._lock:  # merge back: the next report covers both
+            if self._outage is None:
+                self._outage = outage
+            else:
+                cur = self._outage
+                cur["count"] += outage["count"]
+                cur["since"] = outage["since"]
+                for key, pick in (("first_seq", min), ("last_seq", max)):
+                    a, b = cur[key], outage[key]
+                    cur[key] = pick(a, b) if isinstance(a, int) and isinstance(b, int) else (a if b is None else b)
 
     def publish_alarm(self, code: str, message: str, **context: Any) -> bool:
         """Alarm for operators (camera lost, model missing...). Dropped, not queued, while disconnected."""
@@ -482,6 +499,8 @@ class MqttSink:
 
     def _on_publish(self, _client: mqtt.Client, _ud: Any, _mid: int, _reason: Any, _props: Any) -> None:
         self._count("acked")
+        if self._outage is not None and not self._stopping.is_set():  # the queue drains: report what it dropped
+            self._report_outage()
 
     def _problem(self, level: int, message: str) -> None:
         """Log each distinct connection problem loudly once per outage, then quietly (no log flood)."""
