@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import itertools
 import sys
 import threading
 import time
@@ -308,6 +309,39 @@ def test_synthetic_is_deterministic_with_defects_every_n() -> None:
     other = SyntheticSource(cfg.model_copy(update={"seed": 8}))
     with other:
         assert not np.array_equal(other.read(1.0).image, fa[0].image)
+
+
+def test_synthetic_frame_k_depends_only_on_seed_and_k() -> None:
+    """The source's cached planes give exactly render()'s pixels, whatever frames were read before."""
+    cfg = SyntheticSourceConfig(width=80, height=48, rate_hz=None, defect_every=4, seed=3, count=12)
+    with SyntheticSource(cfg) as src:
+        frames = _read_all(src)
+    texture = make_texture(80, 48, 3)
+    for k in (11, 3, 0, 7):  # out of order, defect frames (3, 7, 11) among them
+        img, chunk = render(texture, 3, k, 4)
+        np.testing.assert_array_equal(frames[k].image, img)
+        assert frames[k].chunk == chunk
+    clean = [f.image for f in frames if not f.chunk["defect"]]
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(clean))  # sensor noise changes every frame
+    noise = clean[0].astype(int) - clean[1].astype(int)
+    assert 1.5 < noise.std() < 4.5  # two frames' noise (sigma 2 each) differ by ~2.8 gray levels
+
+
+def test_synthetic_frames_are_owned_and_never_change() -> None:
+    """A consumer may keep a frame: later frames (defects pasted) must not write into it or share its memory."""
+    cfg = SyntheticSourceConfig(width=64, height=64, channels=3, rate_hz=None, defect_every=2, seed=1)
+    with SyntheticSource(cfg) as src:
+        kept = [src.read(1.0) for _ in range(6)]
+        snapshot = [f.image.copy() for f in kept]
+        later = [src.read(1.0) for _ in range(6)]
+    for f, before in zip(kept, snapshot):
+        np.testing.assert_array_equal(f.image, before)
+        assert f.image.flags.owndata and f.image.flags.writeable
+    images = [f.image for f in kept + later]
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(images) for b in images[i + 1:])
+    gray, _ = render(make_texture(64, 64, 1), 1, 1, 2)  # frame 1 carries a defect
+    assert kept[1].chunk["defect"]
+    np.testing.assert_array_equal(kept[1].image, cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
 
 
 def test_synthetic_colour_and_pacing() -> None:
