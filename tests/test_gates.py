@@ -1,0 +1,417 @@
+"""Gaps found by mutation testing (docs/mutation-testing.md, "Tests to add"): the gates that must be able to say
+no, each checked with real parts (real bundles, real files, the real Pipeline/Service objects, real threads).
+
+Each test names the surviving mutant(s) it kills (#N = the row in the doc's table, G# = its gap).
+No network output is started: MQTT, ZeroMQ and metrics are disabled (Service is built, never started).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from linesight.config.daemon import DaemonConfig
+from linesight.daemon.commands import MODELS, Dispatcher, Reload
+from linesight.daemon.model import ModelHolder, ModelRefused
+from linesight.daemon.notify import Notifier
+from linesight.daemon.pipeline import Pipeline
+from linesight.daemon.service import Service
+from linesight.daemon.sources.base import EndOfStream, Frame
+from linesight.daemon.sources.synthetic import SyntheticSource
+from linesight.errors import BundleError
+from linesight.export import bundle as bundle_mod
+from linesight.export.bundle import load_bundle, write_bundle
+from linesight.export.engine import Engine
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def config(bundle: Path, *, model: dict | None = None, source: dict | None = None, **pipeline) -> DaemonConfig:
+    return DaemonConfig.model_validate({
+        "model": {"bundle": str(bundle), **(model or {})},
+        "source": source or {"type": "synthetic", "name": "s", "width": 96, "height": 80, "rate_hz": None},
+        "pipeline": {"deadline_ms": 60000, **pipeline},
+        "outputs": {"mqtt": {"enabled": False}, "zmq": {"enabled": False}, "metrics": {"enabled": False}},
+    })
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.verdicts: list[dict] = []
+        self.alarms: list[tuple[str, str, dict]] = []
+        self.lock = threading.Lock()
+
+    def publish(self, v, *_a) -> None:
+        with self.lock:
+            self.verdicts.append(v)
+
+    def alarm(self, code, msg, **ctx) -> None:
+        with self.lock:
+            self.alarms.append((code, msg, ctx))
+
+    def codes(self) -> list[str]:
+        with self.lock:
+            return [a[0] for a in self.alarms]
+
+
+def pipeline(cfg: DaemonConfig, source=None, holder: ModelHolder | None = None) -> tuple[Pipeline, Recorder]:
+    if holder is None:
+        holder = ModelHolder(cfg.model.bundle)
+        holder.load()
+    rec = Recorder()
+    p = Pipeline(cfg, source or SyntheticSource(cfg.source), holder, rec.publish, rec.alarm, station="a/b/c")
+    return p, rec
+
+
+def frame(seq: int, image=None, *, age_s: float = 0.0, **kw) -> Frame:
+    if image is None and "error" not in kw:
+        image = np.full((80, 96), 120, np.uint8)
+    return Frame(image=image, seq=seq, host_ts_ns=time.time_ns() - int(age_s * 1e9), source="s", frame_id=seq, **kw)
+
+
+@pytest.fixture(scope="module")
+def zips(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """a, b: the session's model under two identities (a zip each); a swap shows in the content hash."""
+    d = tmp_path_factory.mktemp("gates")
+    out = {}
+    for name, version in (("a", 1), ("b", 2)):
+        b = load_bundle(small_bundle)
+        b.manifest.model.id, b.manifest.model.version = "gates-test", version
+        out[name] = write_bundle(d / f"{name}.zip", b)
+    return out
+
+
+def copy_bundle(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_manifest(folder: Path, edit) -> None:
+    m = folder / "manifest.json"
+    raw = json.loads(m.read_text())
+    edit(raw)
+    m.write_text(json.dumps(raw))
+
+
+# ------------------------------------------------------------------------------------------------ 1. G20 size cap
+def test_folder_bundle_over_the_size_cap_is_refused_unread(small_bundle, tmp_path, monkeypatch):
+    # kills #59 (folder cap never exercised). The real cap is 4 GiB; writing that much would take minutes and
+    # fill the disk, so the cap is lowered instead (module constant for callers that read it at call time, and
+    # the explicit max_bytes argument, since load_bundle's default was bound when the module was imported).
+    folder = copy_bundle(small_bundle, tmp_path / "model")
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    cap = size - 1  # one byte under the bundle's real size
+    monkeypatch.setattr(bundle_mod, "MAX_BUNDLE_BYTES", cap)
+    with pytest.raises(BundleError, match=r"is larger than \d+ MiB: refused unread"):
+        load_bundle(folder, max_bytes=cap)
+    # exactly at the size it loads: the check is on the total, not "any cap at all"
+    assert load_bundle(folder, max_bytes=size).manifest is not None
+
+
+def test_folder_cap_message_names_the_cap_in_mib(small_bundle, tmp_path):
+    # kills #59 (`limit >> 20` -> `>> 21`): a 2 MiB cap must read "2 MiB", not "1 MiB"
+    folder = copy_bundle(small_bundle, tmp_path / "model")
+    (folder / "padding.bin").write_bytes(b"\0" * ((2 << 20) + 1))  # over a 2 MiB cap whatever the model's size
+    with pytest.raises(BundleError, match=r"larger than 2 MiB: refused unread"):
+        load_bundle(folder, max_bytes=2 << 20)
+
+
+# ------------------------------------------------------------------------------------------------ 2. G20 manifests
+def test_manifest_that_is_not_json_is_refused(small_bundle, tmp_path):
+    # kills #61 (the not-JSON refusal never ran)
+    folder = copy_bundle(small_bundle, tmp_path / "model")
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match=r"manifest\.json is not valid JSON"):
+        load_bundle(folder)
+
+
+def test_manifest_with_right_schema_but_invalid_fields_is_refused(small_bundle, tmp_path):
+    # kills #63 (pydantic refusal of a manifest with the right schema never ran)
+    folder = copy_bundle(small_bundle, tmp_path / "model")
+    edit_manifest(folder, lambda raw: raw.__setitem__("memory", 5))
+    with pytest.raises(BundleError, match=r"invalid manifest:.*memory"):
+        load_bundle(folder)
+
+
+def test_bundle_path_that_cannot_be_stat_ed_is_refused(tmp_path):
+    # kills #58 (a stat() error other than not-found: ELOOP)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(BundleError, match="cannot be read"):
+        load_bundle(loop)
+
+
+# ------------------------------------------------------------------------------------------------ 3. G3 / G4 acquisition
+class FlakySource:
+    """read() raises twice (a GenTL timeout), then serves `n` frames, then ends."""
+
+    name = "flaky-cam"
+
+    def __init__(self, n: int) -> None:
+        self.calls, self.n, self.served = 0, n, 0
+
+    def read(self, timeout_s=None):
+        self.calls += 1
+        if self.calls <= 2:
+            raise RuntimeError("GenTL timeout")
+        if self.served >= self.n:
+            raise EndOfStream
+        self.served += 1
+        return frame(self.served - 1)
+
+
+def test_source_that_raises_alarms_once_counts_errors_and_acquisition_goes_on(small_bundle):
+    # kills #32 (alarm code renamed) and #33 (alarm text), and a `continue` -> `break` after the error
+    p, rec = pipeline(config(small_bundle, max_frames=3))
+    p.source = FlakySource(n=5)
+    t = threading.Thread(target=p.acquire_loop, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and p.acquisition_done.is_set()
+    p.run()  # drains the queue, returns because acquisition is done
+    cam = [a for a in rec.alarms if a[0] == "camera_error"]
+    assert len(cam) == 1  # the second error falls inside the 30 s rate limit
+    assert "flaky-cam" in cam[0][1] and "GenTL timeout" in cam[0][1]
+    assert p.counts["source_errors"] == 2
+    assert p.frames_in == 3 and len(rec.verdicts) == 3 and p.source.served == 3  # max_frames stopped it at 3
+
+
+def test_max_frames_stops_acquisition_after_exactly_n_frames(small_bundle):
+    # kills #34 (`break` -> `continue` at max_frames: an endless synthetic source would be read on and on)
+    cfg = config(small_bundle, max_frames=3)
+    src = SyntheticSource(cfg.source)
+    src.open()
+    try:
+        p, rec = pipeline(cfg, source=src)
+        t = threading.Thread(target=p.acquire_loop, daemon=True)
+        t.start()
+        t.join(10)
+        alive = t.is_alive()
+        p.stop_event.set()  # ends a mutant's endless loop so the test thread does not leak
+        t.join(5)
+        assert not alive and p.acquisition_done.is_set()
+        assert p.frames_in == 3
+        p.run()
+        assert len(rec.verdicts) == 3 and p.counts["verdicts"] == 3
+    finally:
+        src.close()
+
+
+# ------------------------------------------------------------------------------------------------ 4. G6 / G7 watch
+def test_changed_is_false_for_an_unchanged_bundle_and_true_once_after_a_change(zips, tmp_path):
+    # kills #22 (`changed()` returning True for an unchanged bundle: a reload on every poll)
+    path = tmp_path / "m.zip"
+    shutil.copy(zips["a"], path)
+    h = ModelHolder(path)
+    h.load()
+    assert h.changed() is False and h.changed() is False
+    shutil.copy(zips["b"], path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # mtime differs even on a coarse clock
+    assert h.changed() is True
+    assert h.changed() is False  # a change is reported once
+
+
+def _reload_thread(p: Pipeline) -> threading.Thread:
+    t = threading.Thread(target=p.reload_loop, daemon=True)
+    t.start()
+    return t
+
+
+def test_watch_off_never_reloads_a_replaced_bundle(zips, tmp_path):
+    # kills #43 (`watch and` -> `watch or`)
+    path = tmp_path / "m.zip"
+    shutil.copy(zips["a"], path)
+    p, rec = pipeline(config(path, model={"watch": False, "watch_interval_s": 0.1}))
+    old = p.holder.engine
+    t = _reload_thread(p)
+    try:
+        time.sleep(0.15)
+        shutil.copy(zips["b"], path)
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        time.sleep(0.6)  # 6 watch intervals
+        assert "model_changed" not in rec.codes() and "model_refused" not in rec.codes()
+        assert p.holder.engine is old
+    finally:
+        p.stop_event.set()
+        t.join(5)
+
+
+def test_watch_on_reloads_a_replaced_bundle_exactly_once_and_an_unchanged_one_never(zips, tmp_path):
+    # kills #22 (spurious reloads of an unchanged bundle) through the real reload thread
+    path = tmp_path / "m.zip"
+    shutil.copy(zips["a"], path)
+    p, rec = pipeline(config(path, model={"watch": True, "watch_interval_s": 0.1}))
+    t = _reload_thread(p)
+    try:
+        time.sleep(0.6)  # ~5 intervals, bundle left alone
+        assert rec.codes().count("model_changed") == 0
+        shutil.copy(zips["b"], path)
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        deadline = time.monotonic() + 15
+        while "model_changed" not in rec.codes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.6)
+        assert rec.codes().count("model_changed") == 1
+        assert p.holder.engine.bundle.identity["hash"] == load_bundle(zips["b"]).identity["hash"]
+    finally:
+        p.stop_event.set()
+        t.join(5)
+
+
+# ------------------------------------------------------------------------------------------------ 5. G9 / G10 load refusals
+def test_min_defect_px_refusal_keeps_the_previous_model(zips):
+    # kills #17 (the model.min_defect_px refusal never ran)
+    smallest = Engine(zips["a"]).smallest_defect_px()
+    h = ModelHolder(zips["a"])
+    old = h.load()
+    h.min_defect_px = smallest / 2
+    with pytest.raises(ModelRefused, match=r"model\.min_defect_px.*--defect-size"):
+        h.load(zips["b"])
+    assert h.engine is old
+    h.min_defect_px = smallest  # exactly what the bundle sees: accepted
+    assert h.load(zips["b"]) is h.engine
+
+
+def test_unexpected_load_error_is_refused_with_its_type_and_the_reload_thread_survives(zips, monkeypatch, caplog):
+    # kills #15 (the catch-all for a non-LinesightError load failure never ran)
+    import linesight.daemon.model as model_mod
+
+    p, rec = pipeline(config(zips["a"], model={"watch": False}))
+    old = p.holder.engine
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model_mod, "Engine", boom)
+    with pytest.raises(ModelRefused, match="RuntimeError: boom"):
+        p.holder.load(zips["b"])
+    assert p.holder.engine is old
+    assert any(r.exc_info and "unexpected error loading bundle" in r.getMessage() for r in caplog.records)
+    t = _reload_thread(p)
+    try:
+        job = p.request_reload(str(zips["b"]))
+        deadline = time.monotonic() + 10
+        while "model_refused" not in rec.codes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        refused = [a for a in rec.alarms if a[0] == "model_refused"]
+        assert len(refused) == 1 and "RuntimeError: boom" in refused[0][1] and refused[0][2] == {"job": job}
+        assert t.is_alive() and p.holder.engine is old
+    finally:
+        p.stop_event.set()
+        t.join(5)
+
+
+# ------------------------------------------------------------------------------------------------ 6. G2 chunk part ids
+def test_chunk_part_ids_come_from_the_chunk_key_with_counter_fallback(small_bundle):
+    # kills #27 (`"chunk"` mode name mutated)
+    p, _ = pipeline(config(small_bundle, part_id={"mode": "chunk", "chunk_key": "PartID", "prefix": "P-"}))
+    with_key = p.admit(frame(0, chunk={"PartID": 4711}))
+    without = p.admit(frame(1, chunk={"Other": 1}))
+    assert with_key.part_id == "4711"
+    assert without.part_id == f"P-{without.seq:08d}"
+
+
+@pytest.mark.parametrize("mode", ["counter", "filename"])
+def test_other_modes_ignore_a_chunk_key_a_frame_carries(small_bundle, mode):
+    # kills #28 (`and` -> `or`: any mode would take the chunk's value)
+    p, _ = pipeline(config(small_bundle, part_id={"mode": mode, "chunk_key": "PartID", "prefix": "P-"}))
+    item = p.admit(frame(0, chunk={"PartID": 1}, name="part-17.png"))
+    assert item.part_id == ("part-17.png" if mode == "filename" else f"P-{item.seq:08d}")
+
+
+# ------------------------------------------------------------------------------------------------ 7. G1 stats
+def test_stats_count_verdicts_ok_ng_and_each_fail_safe(small_bundle):
+    # kills #23 (`verdicts += 2`), #24-26 (`failsafe_*` `= 1`, `-= 1`, `+= 2`): several frames of one kind
+    svc = Service(config(small_bundle), notifier=Notifier(None))
+    try:
+        svc.holder.load()
+        p = svc.pipeline
+        frames = [frame(0), frame(1, age_s=120), frame(2, age_s=120), frame(3, error="incomplete buffer"),
+                  frame(4, error="incomplete buffer"), frame(5, error="incomplete buffer"), frame(6)]
+        for f in frames:
+            p.process([p.admit(f)])
+        c = p.counts
+        assert c["verdicts"] == 7
+        assert c["failsafe_deadline_missed"] == 2 and c["failsafe_bad_frame"] == 3
+        s = svc._stats()
+        assert s["verdicts"] == 7 and s["ok"] + s["ng"] == 7
+        assert s["failsafe"] == {"deadline_missed": 2, "bad_frame": 3}
+        assert s["ng"] >= 5  # the fail-safe verdict defaults to NG
+    finally:
+        svc.seqs.close()
+
+
+# ------------------------------------------------------------------------------------------------ 8. G11-G16 commands
+def test_command_replies_carry_the_contract(small_bundle, tmp_path):
+    # kills #50 (reload reply key `outcome` renamed), #51 (resume reply key `paused` renamed), #3 (rollback None)
+    svc = Service(config(small_bundle), notifier=Notifier(None))
+    try:
+        d = svc._commands()
+        assert d("pause", {}) == {"paused": True} and svc.pipeline.paused.is_set()
+        assert d("resume", {}) == {"paused": False} and not svc.pipeline.paused.is_set()
+        r = d("reload", {})
+        assert set(r) == {"job", "bundle", "rollback", "outcome"}
+        assert r["rollback"] is False and json.loads(json.dumps(r))["rollback"] is False
+        assert isinstance(r["job"], int) and f"job {r['job']}" in r["outcome"]
+        assert r["bundle"] == str(svc.holder.path)
+        r2 = svc._cmd_reload(Reload())
+        assert r2["job"] == r["job"] + 1 and f"job {r2['job']}" in r2["outcome"]
+    finally:
+        svc.seqs.close()
+
+
+def test_plain_reload_reaches_the_handler_with_rollback_false():
+    # kills #3 (`rollback` default False -> None)
+    seen = []
+    d = Dispatcher({Reload: lambda c: seen.append(c) or {}}, allowed=("reload",))
+    d("reload", {})
+    assert seen[0].rollback is False
+
+
+@pytest.mark.parametrize(("name", "payload", "reason"), [
+    ("reload", {"bundle": ""}, "at least 1 character"),                                 # #2
+    ("reload", {"bundle": "x" * 4097}, "at most 4096 characters"),                      # #2
+    ("feedback", {"seq": -1, "label": "OK"}, "greater than or equal to 0"),            # #4 (either bound)
+    ("feedback", {"seq": 1, "label": "OK", "part_id": "p" * 201}, "at most 200 characters"),  # #5, #6
+])
+def test_command_field_limits_are_refused_with_the_reason(name, payload, reason):
+    d = Dispatcher({m: (lambda c: {"ok": True}) for m in MODELS.values()})
+    with pytest.raises(ValueError, match=reason):
+        d(name, payload)
+
+
+def test_command_field_limits_accept_the_bounds():
+    # pins the accepted side of #2 and #5-6 (a cap lowered below the documented limit would refuse these)
+    d = Dispatcher({m: (lambda c: {"ok": True}) for m in MODELS.values()})
+    assert d("feedback", {"seq": 1, "label": "NG", "part_id": "p" * 200}) == {"ok": True}
+    assert d("reload", {"bundle": "x" * 4096}) == {"ok": True}
+
+
+def test_unknown_command_names_are_echoed_truncated_to_64_characters():
+    # kills #8 (`name[:64]` -> `[:65]`)
+    d = Dispatcher({})
+    name = "a" * 64 + "B" + "c" * 35
+    with pytest.raises(ValueError) as exc:
+        d(name, {})
+    assert "a" * 64 in str(exc.value) and "B" not in str(exc.value).split(";")[0]
+
+
+# ------------------------------------------------------------------------------------------------ 9. G21 golden
+def test_a_missing_golden_image_does_not_end_the_check_of_the_others(small_bundle):
+    # kills #66 (`continue` -> `break` after a missing golden image)
+    b = load_bundle(small_bundle)
+    if len(b.manifest.golden) < 2:
+        pytest.skip("the fitted bundle carries fewer than two golden images")
+    first, second = b.manifest.golden[0], b.manifest.golden[1]
+    del b.golden[first.file.removeprefix("golden/")]
+    second.score = second.score * 10 + 1.0
+    problems = Engine(b).check_golden()
+    assert any(f"golden image {first.file} missing" in p for p in problems)
+    assert any(second.file in p and "manifest recorded" in p for p in problems)
