@@ -28,10 +28,24 @@ class FitConfig(BaseModel):
     coreset_chunk: int = Field(1024, ge=16, description="Greedy chunk size (>= patches gives exact greedy)")
     k: int = Field(1, ge=1, description="Neighbours averaged into a patch score")
     reweight: bool = Field(False, description="anomalib-style softmax reweighting of the image score")
-    knn_index: Literal["flat", "ivf"] = Field("flat", description="flat: exact kNN; ivf: approximate, much faster "
-                                              "on big banks and tiled frames (measure the accuracy cost)")
+    knn_index: Literal["auto", "flat", "ivf", "hnsw"] = Field("auto", description="auto: per bank, exact below "
+                                                              "AUTO_FLAT_ROWS rows, else HNSW with efSearch tuned at "
+                                                              "fit; flat: exact; ivf/hnsw: approximate. Every "
+                                                              "approximate index is checked against exact search at "
+                                                              "fit and replaced by flat (loudly) when it misses the "
+                                                              "bound")
     ivf_nlist: int | None = Field(None, ge=2, description="ivf: inverted lists (None = sqrt(bank rows), 16..1024)")
-    ivf_nprobe: int = Field(8, ge=1, description="ivf: lists searched per query")
+    ivf_nprobe: int | None = Field(None, ge=1, description="ivf: lists searched per query (None = the smallest "
+                                   "that meets index_max_error at fit)")
+    hnsw_ef_search: int | None = Field(None, ge=1, description="hnsw: candidates per query (None = tuned like nprobe)")
+    index_max_error: float = Field(0.01, gt=0, lt=1, description="Approximate kNN is kept only if every check "
+                                   "image's score and the mean patch score are within this relative error of "
+                                   "exact search")
+    quantize: Literal["none", "int8"] = Field("none", description="int8: static int8 ONNX graph (calibrated on "
+                                              "good images), kept only if it passes parity and the AUROC gate")
+    int8_calibration_images: int = Field(32, ge=1, description="Good training images used to calibrate int8")
+    int8_max_auroc_drop: float = Field(0.005, ge=0, description="int8 is refused if its image AUROC (synthetic "
+                                       "defects on the held-out good images) is lower than float's by more")
     sigma: float = Field(4.0, ge=0, description="Gaussian blur of the anomaly map (input pixels)")
     holdout_fraction: float = Field(0.1, ge=0, lt=0.5, description="Good images kept out of the bank to set the default threshold")
     batch_size: int = Field(16, ge=1)
@@ -107,15 +121,16 @@ class FitConfig(BaseModel):
 
 
 # Measured on magnetic_tile, 2 cores (docs/benchmarks.md "Presets"): with pretrained EfficientNet-Lite0 a dense bank
-# (10-25 % coreset) matters more than input size, and IVF search costs no AUROC at these bank sizes.
+# (10-25 % coreset) matters more than input size, and IVF search costs no AUROC at these bank sizes ("auto" picks
+# it for every preset's bank and checks it against exact search).
 # Every preset uses weights that come installed (no download); ResNets stay available with --backbone.
 PRESETS: dict[str, dict] = {
     "fast": {"backbone": "efficientnet_lite0", "input_size": 128, "embedding_dim": 152, "coreset_ratio": 0.1,
-             "k": 1, "knn_index": "ivf"},
+             "k": 1},
     "balanced": {"backbone": "efficientnet_lite1", "input_size": 160, "embedding_dim": 152, "coreset_ratio": 0.25,
-                 "k": 1, "knn_index": "ivf"},
+                 "k": 1},
     "accurate": {"backbone": "efficientnet_lite2", "input_size": 160, "embedding_dim": 168, "coreset_ratio": 0.25,
-                 "k": 1, "knn_index": "ivf"},
+                 "k": 1},
 }
 
 

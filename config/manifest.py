@@ -58,9 +58,44 @@ class ScoringInfo(_Strict):
     reweight: bool = Field(False, description="anomalib-style softmax reweighting of the image score")
     reweight_neighbors: int = Field(9, ge=1)
     sigma: float = Field(4.0, description="Gaussian blur of the anomaly map, in input pixels")
-    index: Literal["flat", "ivf"] = Field("flat", description="flat: exact kNN; ivf: approximate (inverted lists "
-                                                              "over the scale's stored centroids, nprobe searched)")
+    index: Literal["flat", "ivf", "hnsw"] = Field("flat", description="flat: exact kNN; ivf: approximate (inverted "
+                                                  "lists over the scale's stored centroids, nprobe searched); a "
+                                                  "scale's own `index` (fit-time choice) overrides this")
     nprobe: int = Field(8, ge=1, description="ivf: inverted lists searched per query")
+
+
+IndexKind = Literal["flat", "ivf", "hnsw"]
+
+
+class IndexCheck(_Strict):
+    """One index setting against exact search on held-out patches at fit: what approximate search costs in scores."""
+
+    setting: str = Field(description="e.g. 'ivf nlist 277 nprobe 4'")
+    n_images: int = Field(ge=0, description="Check images: held-out good + synthetic-defect copies of them")
+    n_queries: int = Field(ge=0, description="Patches searched")
+    recall_at_1: float = Field(description="Fraction of patches whose nearest bank row is the exact one")
+    patch_error_mean: float = Field(description="Mean relative patch-score error against exact search")
+    patch_error_p99: float = Field(description="99th percentile of the relative patch-score error")
+    image_error_max: float = Field(description="Largest relative image-score (max patch) error over the images")
+    ms_per_1k: float = Field(description="Search time per 1000 patches at fit (this machine, informative)")
+    exact_ms_per_1k: float = Field(description="Exact search time per 1000 patches, same run")
+    passed: bool = Field(description="image_error_max and patch_error_mean within the bound")
+
+
+class IndexInfo(_Strict):
+    """The kNN index a scale runs, why, and its measured accuracy against exact search."""
+
+    kind: IndexKind
+    requested: Literal["auto", "flat", "ivf", "hnsw"] = Field(description="What the fit configuration asked for")
+    reason: str = Field(description="Why this kind and setting (rule, measurement or fallback)")
+    nlist: int | None = Field(None, ge=1, description="ivf: inverted lists (rows of the scale's ivf_file)")
+    nprobe: int | None = Field(None, ge=1, description="ivf: lists searched per query")
+    hnsw_m: int | None = Field(None, ge=2, description="hnsw: graph links per row (faiss M)")
+    ef_search: int | None = Field(None, ge=1, description="hnsw: candidate list size per query")
+    entry_point: int | None = Field(None, ge=0, description="hnsw: the graph's entry row")
+    bound: float = Field(description="Largest relative score error accepted (image score and mean patch score)")
+    check: IndexCheck | None = Field(None, description="The chosen setting's check (None: exact search)")
+    tried: list[IndexCheck] = Field(default_factory=list, description="Settings measured before it (failed)")
 
 
 #: Default false-reject target: 1 % of good parts scrapped or re-inspected is what a line typically budgets, and
@@ -142,7 +177,11 @@ class ScaleInfo(_Strict):
                                                "(multiple of the stride)")
     bank_file: str = Field(description="Bundle file with this scale's memory bank")
     locations_file: str | None = Field(None, description="Bundle file: (training image, cell y, cell x) per bank row")
-    ivf_file: str | None = Field(None, description="Bundle file: k-means centroids of the bank (scoring.index ivf)")
+    ivf_file: str | None = Field(None, description="Bundle file: k-means centroids of the bank (index ivf)")
+    hnsw_file: str | None = Field(None, description="Bundle file: int32 HNSW graph of the bank, each row's level "
+                                                    "then the neighbour lists (index hnsw)")
+    index: IndexInfo | None = Field(None, description="This scale's kNN index (None: scoring.index, as before "
+                                                      "the fit chose per bank)")
     n_patches: int = Field(0, ge=0, description="Training patches seen at this scale")
     n_bank: int = Field(ge=1)
     good_median: float | None = Field(None, description="Median patch score of held-out good images (fusion)")
@@ -167,12 +206,35 @@ class GoldenImage(_Strict):
     score: float
 
 
+class Int8Info(_Strict):
+    """Static int8 quantization tried at fit and the figures that kept or refused it (float runs when refused)."""
+
+    kept: bool = Field(description="backbone.onnx is the int8 graph")
+    reason: str
+    format: str = Field(description="Quantization scheme, e.g. QDQ, per-channel int8 weights, uint8 activations")
+    calibration_images: int = Field(ge=1, description="Good training images the activation ranges came from")
+    parity_rel_rms: float | None = Field(None, description="RMS(int8 - float features) / RMS(float features) on "
+                                         "held-out good images")
+    parity_tolerance: float
+    labels: str = Field("", description="What the AUROC gate was measured on")
+    auroc_float: float | None = None
+    auroc_int8: float | None = None
+    auroc_max_drop: float = Field(description="int8 kept only if auroc_int8 >= auroc_float - this")
+    score_rel_error_median: float | None = Field(None, description="Median |int8 - float| / float image score, "
+                                                 "held-out good images")
+    score_correlation: float | None = Field(None, description="Pearson correlation of int8 and float image scores")
+    features_ms_float: float | None = Field(None, description="Feature extraction per image at fit, float graph")
+    features_ms_int8: float | None = Field(None, description="Same, int8 graph (informative)")
+
+
 class OnnxInfo(_Strict):
     input: str
     output: str
     opset: int
-    parity_max_abs_diff: float
+    parity_max_abs_diff: float = Field(description="torch vs float ONNX graph")
     parity_tolerance: float
+    precision: Literal["float32", "int8"] = Field("float32", description="Which graph backbone.onnx holds")
+    int8: Int8Info | None = Field(None, description="Set when int8 was asked for (kept or not)")
 
 
 class DatasetInfo(_Strict):

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 RELOAD_QUEUE = 8  # reload requests waiting at most; more are refused with a reason
 
 # (verdict, image, anomaly map, pixel threshold, full analysis for the ZMQ header or None)
-Publish = Callable[[dict, np.ndarray | None, np.ndarray | None, float | None, dict | None], None]
+Publish = Callable[[dict, np.ndarray | None, Callable[[], np.ndarray | None] | None, float | None, dict | None], None]
 Alarm = Callable[..., None]
 
 
@@ -126,7 +126,8 @@ class Pipeline:
         if fail_safe:
             self.counts[f"failsafe_{fail_safe}"] += 1
             self.alarm_limited(fail_safe, detail or fail_safe, seq=seq, part_id=v["part_id"])
-        amap = prediction.anomaly_map if prediction is not None else None
+        # the frame-size map is built only if an output asks for it (NG archive, heatmap feed): not for OK frames
+        amap = (lambda: prediction.anomaly_map) if prediction is not None else None
         thr = prediction.pixel_threshold if prediction is not None else None
         self.on_verdict(v)
         self._publish(v, frame.image, amap, thr, analysis[1])

@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -78,15 +79,17 @@ class Service:
         self._camera_up = True
 
     # ---------------------------------------------------------------- outputs
-    def _enqueue(self, verdict: dict, image: np.ndarray | None, amap: np.ndarray | None, _pixel_thr: float | None,
+    def _enqueue(self, verdict: dict, image: np.ndarray | None, amap: Callable[[], np.ndarray | None] | None,
+                 _pixel_thr: float | None,
                  analysis: dict | None) -> None:
         """Processing (and acquisition) thread: encode the verdict once for every output and hand it over;
         never waits (a full queue drops pictures, counted, see PublishQueue)."""
+        frame_hw = None if image is None else image.shape[:2]
         image = image if self._keep_image else None
         amap = amap if self._keep_map else None
         thr = verdict.get("threshold")
         pictures = None if image is None and amap is None else \
-            Pictures(image, amap, float(thr) if isinstance(thr, (int, float)) else None)
+            Pictures(image, amap, float(thr) if isinstance(thr, (int, float)) else None, frame_hw)
         self.pub_q.put(Outgoing(verdict, verdict_json(verdict), analysis, pictures))
         if self.pub_q.backlogged:  # an output hangs the publish thread: say so, keep the verdicts
             self.pipeline.alarm_limited("publish_stalled", f"{len(self.pub_q)} verdicts wait for the outputs: a "

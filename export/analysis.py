@@ -47,6 +47,7 @@ from linesight.config.inspection import (
     ShapeRule,
     Zone,
 )
+from linesight.export.views import MaskCrop
 
 if TYPE_CHECKING:
     from linesight.export.engine import Prediction
@@ -65,6 +66,7 @@ __all__ = [
     "classify_shape",
     "explain",
     "grade",
+    "locate_regions",
     "measure_regions",
     "nearest_normal",
     "to_header_dict",
@@ -190,17 +192,35 @@ def measure_regions(
     measurements; `zones` name each region by its centroid (first match, else "none"). `max_regions`
     measures only the N highest-scoring regions (bounds the time on a noisy map; None = all).
     """
+    return locate_regions(anomaly_map, pixel_threshold, image, px_per_mm=px_per_mm, zones=zones,
+                          min_area_px=min_area_px, polarity_tol=polarity_tol, ring_px=ring_px,
+                          max_regions=max_regions)[0]
+
+
+def locate_regions(
+    anomaly_map: np.ndarray,
+    pixel_threshold: float,
+    image: np.ndarray | None = None,
+    *,
+    px_per_mm: float | None = None,
+    zones: Sequence[Zone] = (),
+    min_area_px: int = 1,
+    polarity_tol: float = 0.02,
+    ring_px: int = 5,
+    max_regions: int | None = None,
+) -> tuple[list[DefectRegion], list[MaskCrop]]:
+    """measure_regions, plus each region's pixels as a crop of the same labelling: what typing needs, without a
+    second labelling or a frame-size mask per region."""
     amap = np.asarray(anomaly_map, dtype=np.float32)
     if amap.ndim != 2:
         raise ValueError(f"anomaly_map must be 2-D (H, W), got shape {amap.shape}")
     if px_per_mm is not None and not px_per_mm > 0:
         raise ValueError(f"px_per_mm must be > 0, got {px_per_mm}")
-    gray, tol = None, 0.0
+    tol = 0.0
     if image is not None:
         if image.shape[:2] != amap.shape:
             raise ValueError(f"image {image.shape[:2]} and anomaly map {amap.shape} differ in size; "
                              "pass the original image the map was computed for")
-        gray = _gray(image)
         tol = polarity_tol * _full_scale(image)
     anomalous = amap >= pixel_threshold
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(anomalous.astype(np.uint8), connectivity=8)
@@ -210,7 +230,7 @@ def measure_regions(
         np.maximum.at(peaks, labels[anomalous], amap[anomalous])
         keep = sorted(keep, key=lambda i: -peaks[i])[:max_regions]
         log.debug("regions capped", extra={"regions": n - 1, "measured": max_regions})
-    found: list[DefectRegion] = []
+    found: list[tuple[DefectRegion, MaskCrop]] = []
     H, W = amap.shape
     for i in keep:
         x, y, w, h, area = (int(v) for v in stats[i])
@@ -231,10 +251,10 @@ def measure_regions(
         length, width = max(s1, s2) + 1.0, min(s1, s2) + 1.0
         cx, cy = (float(c) for c in centroids[i])
         polarity: Polarity = "unknown"
-        if gray is not None:
-            polarity = _polarity(gray[y0:y1, x0:x1], own, anomalous[y0:y1, x0:x1], tol, ring_px)
+        if image is not None:  # gray of the window only: no frame-size float copy of the image
+            polarity = _polarity(_gray(image[y0:y1, x0:x1]), own, anomalous[y0:y1, x0:x1], tol, ring_px)
         scale = px_per_mm
-        found.append(DefectRegion(
+        found.append((DefectRegion(
             index=0, bbox=(x, y, w, h), area_px=area, length_px=length, width_px=width,
             elongation=length / width, orientation_deg=round(orientation, 2) % 180.0, centroid=(cx, cy),
             peak_xy=(int(peak[1]) + x0, int(peak[0]) + y0), max_score=float(scores.max()),
@@ -242,9 +262,9 @@ def measure_regions(
             area_mm2=None if scale is None else area / scale**2,
             length_mm=None if scale is None else length / scale,
             width_mm=None if scale is None else width / scale,
-        ))
-    found.sort(key=lambda r: -r.max_score)
-    return [replace(r, index=k) for k, r in enumerate(found)]
+        ), MaskCrop((H, W), y0, x0, own)))
+    found.sort(key=lambda rc: -rc[0].max_score)
+    return [replace(r, index=k) for k, (r, _) in enumerate(found)], [c for _, c in found]
 
 
 # --- 2. rule-based types -------------------------------------------------------------------------
@@ -298,13 +318,6 @@ def classify_regions(
         kind, conf = classify_shape(r, rules)
         out.append(replace(r, type=kind, type_confidence=conf, type_source="rules", shape_type=kind))
     return out
-
-
-def region_masks(anomaly_map: np.ndarray, pixel_threshold: float, regions: Sequence[DefectRegion]) -> list[np.ndarray]:
-    """Full-size boolean mask of each measured region (found again by the component under its peak)."""
-    anomalous = (np.asarray(anomaly_map, dtype=np.float32) >= pixel_threshold).astype(np.uint8)
-    _, labels = cv2.connectedComponents(anomalous, connectivity=8)
-    return [labels == labels[r.peak_xy[1], r.peak_xy[0]] for r in regions]
 
 
 def apply_learned_types(regions: Sequence[DefectRegion], answers: Sequence[Any]) -> list[DefectRegion]:
@@ -557,7 +570,7 @@ def analyze(
     the measured regions. `classifier` (learned types) needs `prediction.features`; without them the
     shape rules alone type the regions (logged).
     """
-    regions = measure_regions(
+    regions, pixels = locate_regions(
         prediction.anomaly_map, pixel_threshold, image,
         px_per_mm=None if spec is None else spec.px_per_mm,
         zones=() if spec is None else spec.zones,
@@ -569,8 +582,7 @@ def analyze(
             log.warning("learned types skipped: the prediction carries no patch features "
                         "(call Engine.predict_batch(..., keep_features=True))")
         else:
-            masks = region_masks(prediction.anomaly_map, pixel_threshold, regions)
-            answers = classifier.classify(prediction.features, masks, [r.peak_xy for r in regions],
+            answers = classifier.classify(prediction.features, pixels, [r.peak_xy for r in regions],
                                           view=getattr(prediction, "view", None))
             regions = apply_learned_types(regions, answers)
     verdict: Literal["OK", "NG"] = "NG" if prediction.verdict == "NG" else "OK"

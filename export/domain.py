@@ -9,7 +9,7 @@ import numpy as np
 
 from linesight.config.manifest import DomainInfo
 from linesight.errors import BundleError
-from linesight.export.preprocess import to_unit_rgb
+from linesight.export.preprocess import gray_u8
 
 
 class Domain:
@@ -46,8 +46,7 @@ class Domain:
 
 def foreground(image: np.ndarray, bright: bool = True) -> np.ndarray:
     """Otsu on a blurred gray copy, keep the largest component, fill its holes (defects inside stay in)."""
-    gray = (to_unit_rgb(image).mean(axis=2) * 255).astype(np.uint8)
-    gray = cv2.GaussianBlur(gray, (0, 0), 3)
+    gray = cv2.GaussianBlur(gray_u8(image), (0, 0), 3)
     _, m = cv2.threshold(gray, 0, 1, (cv2.THRESH_BINARY if bright else cv2.THRESH_BINARY_INV) + cv2.THRESH_OTSU)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
     if n <= 1:

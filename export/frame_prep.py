@@ -15,7 +15,6 @@ import numpy as np
 from linesight.config.frame import FrameInfo
 from linesight.errors import BundleError, DataError
 from linesight.export.align import Aligner, AlignResult, make_reference
-from linesight.export.images import check_image
 from linesight.export.photometric import normalise, reference_stats
 
 log = logging.getLogger(__name__)
@@ -72,9 +71,9 @@ class FramePrep:
         self.active = self.photometric_on or self.aligner is not None
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, FrameReport]:
+        """One frame, already validated by its caller (the engine's boundary, or read_image at fit)."""
         if not self.active:
             return image, FrameReport()
-        check_image(image)
         if self.photometric_on:
             image = normalise(image, self.info.photometric)
         if self.aligner is None:

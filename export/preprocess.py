@@ -1,6 +1,11 @@
-"""The one preprocessing implementation: trainer, export parity check, evaluation and daemon all call it."""
+"""The one preprocessing implementation: trainer, export parity check, evaluation and daemon all call it.
+
+Images are validated where they enter (read_image, the engine's boundary, `preprocess`); the per-tile and
+per-plane helpers below trust their input instead of re-checking it for every tile.
+"""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -38,7 +43,6 @@ class PreprocessSpec:
 
 def to_unit_rgb(image: np.ndarray) -> np.ndarray:
     """Any supported image (BGR/gray, 8/16-bit/float) -> float32 RGB in [0, 1], HxWx3."""
-    check_image(image)
     if image.dtype == np.uint8:
         img = image.astype(np.float32) / 255.0
     elif image.dtype == np.uint16:
@@ -52,10 +56,41 @@ def to_unit_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
 
 
+def gray_u8(image: np.ndarray) -> np.ndarray:
+    """8-bit gray (mean of the colour channels) of any supported image, made plane by plane from the image's own
+    dtype (a table for gray 8/16-bit): the values of (to_unit_rgb(image).mean(axis=2) * 255).astype(uint8),
+    without the frame-size float RGB copy."""
+    if image.ndim == 3 and image.shape[2] >= 3:
+        r, g, b = (_unit(image[:, :, c]) for c in (2, 1, 0))
+        return ((r + g + b) / 3 * 255).astype(np.uint8)
+    plane = image.reshape(image.shape[:2])
+    if plane.dtype == np.uint8:
+        return cv2.LUT(plane, _gray_table(np.uint8))
+    if plane.dtype == np.uint16:
+        return _gray_table(np.uint16)[plane]
+    v = _unit(plane)
+    return ((v + v + v) / 3 * 255).astype(np.uint8)
+
+
+def _unit(plane: np.ndarray) -> np.ndarray:
+    """One plane in [0, 1] float32, as to_unit_rgb scales it."""
+    if plane.dtype == np.uint8:
+        return plane.astype(np.float32) / 255.0
+    if plane.dtype == np.uint16:
+        return plane.astype(np.float32) / 65535.0
+    return np.clip(plane, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+@functools.cache
+def _gray_table(dtype: type) -> np.ndarray:
+    """gray_u8 of every value of an integer gray dtype."""
+    v = _unit(np.arange(np.iinfo(dtype).max + 1, dtype=dtype))
+    return ((v + v + v) / 3 * 255).astype(np.uint8)
+
+
 def resize_native(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Resize in the image's own dtype and channel count (area when shrinking, linear when growing), so a
     25 MP frame costs about as much as a small one: the float RGB copy is made at the small size only."""
-    check_image(image)
     h, w = image.shape[:2]
     if (h, w) == tuple(size_hw):
         return image
@@ -77,6 +112,7 @@ def normalise(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Image -> normalised CHW float32 tensor of the model's input size (stretched: the whole-frame view)."""
+    check_image(image)
     return normalise(resize_native(image, (spec.height, spec.width)), spec)
 
 

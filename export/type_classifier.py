@@ -9,8 +9,9 @@ same backbone features PatchCore scores with. torch-free (numpy/cv2), stored in 
 - `types/labels.npy`: (N,) int32 label index per row
 - `types/logreg.npy` (logreg only): (E + 1, C + 2) float32: input mean, std, weights; last row bias
 
-Region embedding: the engine's patch features (D, h, w), each patch L2-normalised; the region's mask is
-resized to the patch grid (area coverage per cell) and cells covered >= `min_cover` are pooled as
+Region embedding: the engine's patch features (D, h, w), each patch L2-normalised; the region's mask (a
+frame-size mask, or a crop of the region labelling: views.MaskCrop) is taken to the patch grid (area
+coverage per cell, the engine's view geometry) and cells covered >= `min_cover` are pooled as
 [mean ‖ max], each half L2-normalised, the whole scaled to unit length. A region covering no cell that
 much uses the single cell under its peak (or its best-covered cell). Measured on magnetic_tile (5 types,
 5-fold CV grouped by image, self-supervised bundle): mean ‖ max matched or beat mean or max alone (kNN
@@ -37,13 +38,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from linesight.config.manifest import ScaleInfo
 from linesight.errors import BundleError, LinesightError
 from linesight.export.preprocess import PreprocessSpec
-from linesight.export.views import View, make_view
+from linesight.export.views import MaskCrop, View, make_view
 
 if TYPE_CHECKING:
     from linesight.export.bundle import Bundle
@@ -78,45 +78,51 @@ def _unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
-def _to_grid(mask: np.ndarray, grid: tuple[int, int], input_hw: tuple[int, int] | None, resize: str,
+def _to_grid(crop: MaskCrop, grid: tuple[int, int], input_hw: tuple[int, int] | None, resize: str,
              view: View | None = None) -> np.ndarray:
-    """Frame-size {0,1} mask -> area coverage per cell of the features' patch grid.
+    """A region's pixels -> area coverage per cell of the features' patch grid.
 
     With the engine's `view` (Prediction.view) this is the engine's own geometry, tiles included; without
-    it, the whole-frame view of `input_hw`/`resize` is rebuilt with the same code (export.views).
+    it, the whole-frame view of `input_hw`/`resize` is rebuilt with the same code (export.views), or with
+    no geometry at all the frame is resized straight onto the grid.
     """
-    m = np.asarray(mask, np.float32)
-    if view is not None:
-        if view.grid_hw != tuple(grid):
-            raise ValueError(f"features grid {tuple(grid)} does not match the view's grid {view.grid_hw}")
-        return view.coverage(m)
     gh, gw = grid
-    if input_hw is None:
-        return cv2.resize(m, (gw, gh), interpolation=cv2.INTER_AREA)
-    spec = PreprocessSpec(int(input_hw[0]), int(input_hw[1]), resize=resize)
-    whole = ScaleInfo(name="whole", mode="whole", bank_file="-", n_bank=1)
-    return make_view(m.shape, whole, spec, spec.height // gh).coverage(m)
+    if view is None and input_hw is None:
+        view = View(crop.frame_hw, (gh, gw), (0, 0), (gh, gw), (gh, gw), 1, (0,), (0,))
+    elif view is None:
+        spec = PreprocessSpec(int(input_hw[0]), int(input_hw[1]), resize=resize)
+        whole = ScaleInfo(name="whole", mode="whole", bank_file="-", n_bank=1)
+        view = make_view(crop.frame_hw, whole, spec, spec.height // gh)
+    if view.grid_hw != tuple(grid):
+        raise ValueError(f"features grid {tuple(grid)} does not match the view's grid {view.grid_hw}")
+    return view.crop_coverage(crop)
 
 
-def grid_cells(mask: np.ndarray, grid: tuple[int, int], *, min_cover: float = 0.25,
+def _as_crop(mask: np.ndarray | MaskCrop) -> MaskCrop:
+    if isinstance(mask, MaskCrop):
+        return mask
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"region mask must be 2-D (H, W), got shape {m.shape}")
+    return MaskCrop.of(m)
+
+
+def grid_cells(mask: np.ndarray | MaskCrop, grid: tuple[int, int], *, min_cover: float = 0.25,
                peak_xy: tuple[int, int] | None = None, input_hw: tuple[int, int] | None = None,
                resize: str = "stretch", view: View | None = None) -> np.ndarray:
-    """Region mask (H, W) in image pixels -> (h, w) float weights on the patch grid (area coverage).
+    """Region mask (H, W) in image pixels, or its crop -> (h, w) float weights on the patch grid (area coverage).
 
     Cells covered less than `min_cover` drop out; if none is left, the cell under `peak_xy` (else the
     best-covered cell) gets weight 1, so even a 2-px defect has an embedding.
     """
-    m = np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"region mask must be 2-D (H, W), got shape {m.shape}")
-    cover = _to_grid(m, grid, input_hw, resize, view)
+    crop = _as_crop(mask)
+    cover = _to_grid(crop, grid, input_hw, resize, view)
     w = np.where(cover >= min_cover, cover, 0.0).astype(np.float32)
     if w.any():
         return w
     if peak_xy is not None:
-        dot = np.zeros(m.shape, np.float32)
-        x, y = peak_xy
-        dot[min(m.shape[0] - 1, max(0, int(y))), min(m.shape[1] - 1, max(0, int(x)))] = 1.0
+        (h, wd), (x, y) = crop.frame_hw, peak_xy
+        dot = MaskCrop(crop.frame_hw, min(h - 1, max(0, int(y))), min(wd - 1, max(0, int(x))), np.ones((1, 1), bool))
         at = _to_grid(dot, grid, input_hw, resize, view)
         if at.any():
             cover = at
@@ -138,10 +144,10 @@ def region_embedding(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (np.concatenate([mean, peak]) / math.sqrt(2.0)).astype(np.float32)
 
 
-def embed_regions(features: np.ndarray, masks: Sequence[np.ndarray], *, min_cover: float = 0.25,
+def embed_regions(features: np.ndarray, masks: Sequence[np.ndarray | MaskCrop], *, min_cover: float = 0.25,
                   peaks: Sequence[tuple[int, int] | None] | None = None, input_hw: tuple[int, int] | None = None,
                   resize: str = "stretch", view: View | None = None) -> np.ndarray:
-    """Embeddings (n, 2D) of several regions of one image (full-size boolean masks); `input_hw`/`resize`
+    """Embeddings (n, 2D) of several regions of one image (full-size boolean masks or crops); `input_hw`/`resize`
     are the bundle's preprocess geometry (manifest `preprocess.input_size` / `resize`)."""
     grid = tuple(np.asarray(features).shape[1:])
     peaks = peaks if peaks is not None else [None] * len(masks)
@@ -299,7 +305,7 @@ class TypeClassifier:
         return clf
 
     # -------------------------------------------------------------- inference
-    def embed(self, features: np.ndarray, masks: Sequence[np.ndarray],
+    def embed(self, features: np.ndarray, masks: Sequence[np.ndarray | MaskCrop],
               peaks: Sequence[tuple[int, int] | None] | None = None, view: View | None = None) -> np.ndarray:
         if 2 * np.asarray(features).shape[0] != self.embeddings.shape[1]:
             raise ValueError(f"features have {np.asarray(features).shape[0]} channels, the type classifier was "
@@ -324,10 +330,11 @@ class TypeClassifier:
                                   self.labels[j]))
         return out
 
-    def classify(self, features: np.ndarray, masks: Sequence[np.ndarray],
+    def classify(self, features: np.ndarray, masks: Sequence[np.ndarray | MaskCrop],
                  peaks: Sequence[tuple[int, int] | None] | None = None, view: View | None = None) -> list[TypeAnswer]:
-        """Type answers for full-size region masks of one image, given its (D, h, w) patch features and the
-        engine's view they came from (Prediction.view)."""
+        """Type answers for the regions of one image (full-size masks, or crops of the region labelling:
+        analysis.locate_regions), given its (D, h, w) patch features and the engine's view they came from
+        (Prediction.view)."""
         if not len(masks):
             return []
         return self.predict_embeddings(self.embed(features, masks, peaks, view))

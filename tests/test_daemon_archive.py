@@ -72,3 +72,34 @@ def test_a_failing_archive_alarms_and_degrades_health(small_bundle, tmp_path, mo
     assert "cannot scan the archive" in alarm["message"] and str(blocker) in alarm["message"]
     assert health["status"] == "degraded" and health["reason"].startswith("archive: cannot scan")
     assert svc.pipeline.counts["verdicts"] >= 10 and not runner.is_alive()
+
+
+def test_ok_frames_build_no_frame_size_map_in_the_daemon(small_bundle, tmp_path, monkeypatch):
+    """The verdict needs only the cell grid: with the archive keeping NG frames only and no heatmap feed, the
+    frame-size anomaly map is built for NG frames (archived with their heatmap) and never for OK ones."""
+    from linesight.export.bundle import load_bundle, write_bundle
+    from linesight.export.engine import Engine
+
+    b = load_bundle(small_bundle)
+    b.manifest.thresholds.image = 1e9  # every frame OK ...
+    ok_bundle = write_bundle(tmp_path / "ok.zip", b)
+    built = []
+    real = Engine._frame_map
+
+    def counting(self, *a, **k):  # counts builds; the real method does the work
+        built.append(1)
+        return real(self, *a, **k)
+    monkeypatch.setattr(Engine, "_frame_map", counting)
+    frames = folder(tmp_path, 6, 64)
+    svc = service(ok_bundle, frames, tmp_path / "archive")
+    svc.cfg.outputs.archive.save_ok_fraction = 0.0  # read when run() starts the archive
+    verdicts: list[dict] = []
+    svc.pipeline.on_verdict = verdicts.append
+    svc.run()
+    assert [v["verdict"] for v in verdicts] == ["OK"] * 6 and built == []
+    b.manifest.thresholds.image, b.manifest.thresholds.pixel = 0.0, 1e-6  # ... and now every frame NG
+    ng_bundle = write_bundle(tmp_path / "ng.zip", b)
+    svc = service(ng_bundle, frames, tmp_path / "archive-ng")
+    svc.run()
+    assert svc.pipeline.counts["verdict_NG"] == 6 and len(built) >= 6
+    assert len(list((tmp_path / "archive-ng").glob("*/*.heatmap.png"))) == 6

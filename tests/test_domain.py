@@ -67,3 +67,20 @@ def test_roi_verb_sets_domain_and_keeps_golden_consistent(small_bundle, tmp_path
     r = subprocess.run([sys.executable, "-m", "linesight", "roi", str(b), "--mask", str(tmp_path / "black.png")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "all black" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gray_in_native_dtype_equals_the_float_rgb_path():
+    """Automatic foreground takes its gray plane by plane from the frame's dtype: bit for bit what the
+    frame-size float RGB copy gave, so existing bundles see the same domain."""
+    from linesight.export.preprocess import gray_u8, to_unit_rgb
+
+    rng = np.random.default_rng(0)
+    for shape, dtype in [((150, 200), np.uint8), ((150, 200, 1), np.uint8), ((150, 200), np.uint16),
+                         ((150, 200, 3), np.uint8), ((150, 200, 4), np.uint8), ((150, 200, 3), np.uint16),
+                         ((150, 200), np.float32), ((150, 200, 3), np.float32)]:
+        if dtype == np.float32:
+            img = rng.uniform(-0.2, 1.2, shape).astype(np.float32)
+        else:
+            img = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True, dtype=dtype)
+        want = (to_unit_rgb(img).mean(axis=2) * 255).astype(np.uint8)
+        assert np.array_equal(gray_u8(img), want), (shape, dtype)

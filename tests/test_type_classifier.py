@@ -166,6 +166,45 @@ def test_analyze_uses_learned_types_and_falls_back_on_unknown(typed_bundle):
     assert all(r.type_source == "rules" and r.learned_type is None for r in c.regions)
 
 
+def test_typing_from_the_labelling_matches_frame_size_region_masks(typed_bundle, monkeypatch):
+    """Regions are typed from crops of the one labelling: the same pixels as the frame-size mask of each
+    region, and the same types as typing with those masks through cv2's coverage (the former path)."""
+    import cv2
+
+    from linesight.export import analysis as A
+    from linesight.export.engine import Engine
+    from linesight.export.images import read_image
+    from linesight.export.views import View
+
+    bundle, data, _, _ = typed_bundle
+    engine = Engine(bundle)
+    clf = TypeClassifier.from_bundle(engine.bundle)
+    paths = [sorted((data / "test" / kind).iterdir())[0] for kind in ("blowhole", "crack", "uneven")]
+    preds = [(read_image(p), engine.predict_batch([read_image(p)], keep_features=True)[0]) for p in paths]
+    runs = []
+    for img, pred in preds:
+        thr = float(np.quantile(pred.anomaly_map, 0.97))
+        regions, crops = A.locate_regions(pred.anomaly_map, thr, img)
+        _, labels = cv2.connectedComponents((pred.anomaly_map >= thr).astype(np.uint8), connectivity=8)
+        for r, c in zip(regions, crops):
+            full = np.zeros(c.frame_hw, bool)
+            full[c.y:c.y + c.mask.shape[0], c.x:c.x + c.mask.shape[1]] = c.mask
+            assert np.array_equal(full, labels == labels[r.peak_xy[1], r.peak_xy[0]])
+        runs.append((img, pred, thr))
+    now = [[(r.type, r.type_confidence) for r in A.analyze(p, t, i, classifier=clf).regions] for i, p, t in runs]
+
+    def frame_size(self, crop):  # the former path: the region's frame-size mask through cv2's resizes
+        full = np.zeros(crop.frame_hw, np.float32)
+        full[crop.y:crop.y + crop.mask.shape[0], crop.x:crop.x + crop.mask.shape[1]] = crop.mask
+        return self.coverage(full)
+
+    monkeypatch.setattr(View, "crop_coverage", frame_size)
+    before = [[(r.type, r.type_confidence) for r in A.analyze(p, t, i, classifier=clf).regions] for i, p, t in runs]
+    assert sum(map(len, now)) >= 3
+    assert [[t for t, _ in img] for img in now] == [[t for t, _ in img] for img in before]
+    assert np.allclose([c for img in now for _, c in img], [c for img in before for _, c in img], atol=1e-5)
+
+
 def test_daemon_verdicts_carry_learned_types(typed_bundle, tmp_path):
     """The daemon's pipeline (real engine, frames handed in) types NG regions with the bundle's classifier."""
     import time

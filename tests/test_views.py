@@ -147,3 +147,29 @@ def test_ivf_index_matches_exact_scores_closely(small_dataset, tmp_path):
     b = np.array([p.score for p in ivf.predict_batch(imgs)])
     assert np.all(b >= a - 1e-4)  # approximate neighbours are never nearer than the exact ones
     assert np.allclose(a, b, rtol=0.15)
+
+
+@pytest.mark.parametrize("hw, scale, spec", [
+    ((2048, 2448), ScaleInfo(name="whole", mode="whole", bank_file="x", n_bank=1), PreprocessSpec(224, 224)),
+    ((2048, 2448), TILES.model_copy(update={"pixels_per_input": 4.0}), PreprocessSpec(224, 224)),
+    ((50, 70), ScaleInfo(name="whole", mode="whole", bank_file="x", n_bank=1), SPEC),  # enlarged
+    ((1000, 60), ScaleInfo(name="whole", mode="whole", bank_file="x", n_bank=1), SPEC),  # one axis each way
+    ((60, 500), ScaleInfo(name="whole", mode="whole", bank_file="x", n_bank=1), PreprocessSpec(96, 96, resize="letterbox")),
+    ((150, 420), TILES, SPEC),
+    ((333, 200), TILES.model_copy(update={"pixels_per_input": 1.5}), SPEC),
+], ids=["whole-5mp", "tiles-5mp", "whole-up", "whole-mixed", "letterbox", "tiles-up", "tiles-down"])
+def test_crop_coverage_is_the_frame_mask_coverage(hw, scale, spec):
+    """A region given as a crop covers the grid exactly as its frame-size mask does (cv2's resizes), in every
+    resize regime cv2 has: region typing needs no frame-size mask per region."""
+    from linesight.export.views import MaskCrop
+
+    v = make_view(hw, scale, spec, 8)
+    rng = np.random.default_rng(hw[0])
+    for _ in range(4):
+        m = np.zeros(hw, bool)
+        y, x = int(rng.integers(0, hw[0])), int(rng.integers(0, hw[1]))
+        m[y:y + int(rng.integers(1, hw[0] // 2 + 2)), x:x + int(rng.integers(1, hw[1] // 2 + 2))] = True
+        m &= rng.random(hw) < 0.7
+        crop = MaskCrop.of(m)
+        assert crop.mask.size < m.size or m.all()
+        assert np.allclose(v.crop_coverage(crop), v.coverage(m), rtol=0, atol=1e-6)

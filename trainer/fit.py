@@ -27,10 +27,12 @@ from linesight.export.frame_prep import FramePrep, prepare_frame_info
 from linesight.export.engine import Engine
 from linesight.export.features import OnnxFeatures
 from linesight.export.preprocess import PreprocessSpec, preprocess_batch
-from linesight.export.views import iter_tiles, make_view, render
+from linesight.export.views import make_view, scan
 from linesight.trainer import onnx_export
 from linesight.trainer.backbones import BACKBONES, NOT_PRETRAINED, build_backbone, input_spec, load_weights
 from linesight.trainer.augment import augment, augment_sources
+from linesight.trainer.compute import (check_features, check_set, choose_index, fused_scores, int8_candidate,
+                                       int8_verdict)
 from linesight.trainer.coreset import greedy_coreset
 from linesight.trainer.data import fingerprint, holdout_split, load_images, open_dataset
 from linesight.trainer.features import PatchFeatures
@@ -52,40 +54,24 @@ def software_versions() -> dict[str, str]:
 
 def extract(features: OnnxFeatures, frames: list[np.ndarray], masks: list[np.ndarray | None], scale: ScaleInfo,
             spec: PreprocessSpec, stride: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Patch embeddings of the frames at one scale, through the exported graph and the engine's view geometry:
-    (N, D) features of the cells on the frame and inside the domain, and (N, 3) (image, cell y, cell x)."""
+    """Patch embeddings of the frames at one scale, through the exported graph and the engine's own tile loop
+    (views.scan): (N, D) features of the cells on the frame and inside the domain, and (N, 3) (image, cell y,
+    cell x)."""
     views = [make_view(f.shape[:2], scale, spec, stride) for f in frames]
-    use = [v.valid_cells() & (v.cells_of(m) if m is not None else True) for v, m in zip(views, masks)]
-    owned = [v.keep() for v in views]
+    use = [v.cells_in(m) for v, m in zip(views, masks)]
     prog = Progress(f"features {scale.name}", sum(len(v.tiles) for v in views))
     feats, locs, done = [], [], 0
-    for s in range(0, len(frames), batch):  # render a few frames at a time: bounded memory
-        planes = [render(f, v) for f, v in zip(frames[s:s + batch], views[s:s + batch])]
-        for tiles, chunk in iter_tiles(planes, views[s:s + batch], spec, batch):
-            f = features(tiles)
-            for j, (i, t) in enumerate(chunk):
-                i += s
-                gy, gx, ty, tx = owned[i][t]
-                ok = use[i][gy, gx]
-                ys, xs = np.nonzero(ok)
-                feats.append(f[j][:, ty, tx][:, ys, xs].T)
-                locs.append(np.stack([np.full(len(ys), i), ys + gy.start, xs + gx.start], 1))
-            done += len(chunk)
-            prog(done)
+    for f, tiles in scan(frames, views, spec, features, batch):
+        for j, tile in enumerate(tiles):
+            (gy, gx), (ty, tx) = tile.grid, tile.local
+            ys, xs = np.nonzero(use[tile.image][gy, gx])
+            feats.append(f[j][:, ty, tx][:, ys, xs].T)
+            locs.append(np.stack([np.full(len(ys), tile.image), ys + gy.start, xs + gx.start], 1))
+        done += len(tiles)
+        prog(done)
     if not feats:
         raise DataError(f"scale {scale.name}: no training patch inside the domain")
     return (np.concatenate(feats).astype(np.float32, copy=False), np.concatenate(locs).astype(np.int32))
-
-
-def ivf_centroids(bank: np.ndarray, cfg: FitConfig) -> np.ndarray:
-    """k-means centroids of a bank, stored in the bundle so every load builds the same inverted lists."""
-    import faiss
-
-    nlist = cfg.ivf_nlist or int(np.clip(np.sqrt(len(bank)), 16, 1024))
-    nlist = min(nlist, max(1, len(bank) // 4))
-    km = faiss.Kmeans(bank.shape[1], nlist, niter=20, seed=cfg.seed, verbose=False)
-    km.train(np.ascontiguousarray(bank, dtype=np.float32))
-    return km.centroids.astype(np.float32)
 
 
 def plan_scales(cfg: FitConfig, frames: list[np.ndarray]) -> tuple[list[ScaleInfo], PlanInfo]:
@@ -212,6 +198,8 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         onnx_bytes = onnx_export.export_onnx(module, spec.height, spec.width)
     probe = preprocess_batch(bank_imgs[:4], spec)
     diff, tol = onnx_export.parity(module, onnx_bytes, probe)
+    int8, int8_info = int8_candidate(cfg, onnx_bytes, bank_imgs, hold_imgs, spec) if cfg.quantize == "int8" \
+        else (None, None)
 
     features = OnnxFeatures(onnx_bytes, where="exported graph")
     grid_h, grid_w = features(probe[:1]).shape[2:]
@@ -221,6 +209,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     masks = [Domain(domain, extras).of(f) for f in bank_imgs] if domain.mode != "none" else [None] * len(bank_imgs)
     scales, plan = plan_scales(cfg, bank_imgs)
     banks: dict[str, np.ndarray] = {}
+    rows: dict[str, np.ndarray] = {}  # per bank: its rows' positions among the scale's extracted patches
     coreset_s = 0.0
     rng = np.random.default_rng(cfg.seed)
     for k, sc in enumerate(scales):
@@ -241,16 +230,40 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         bank_file, loc_file = (BANK_FILE, LOCATIONS_FILE) if k == 0 else (f"banks/scale{k}.npy",
                                                                           f"banks/scale{k}_locations.npy")
         banks[bank_file] = np.ascontiguousarray(patches[picks])
+        rows[bank_file] = keep[picks] if n_patches > cfg.max_patches else picks
         extras[loc_file] = bank_bytes(locations[picks], np.int32)
-        if k:
-            extras[bank_file] = bank_bytes(banks[bank_file])
-        ivf_file = None
-        if cfg.knn_index == "ivf":
-            ivf_file = f"banks/scale{k}_ivf_centroids.npy"
-            extras[ivf_file] = bank_bytes(ivf_centroids(banks[bank_file], cfg))
-        scales[k] = sc.model_copy(update={"bank_file": bank_file, "locations_file": loc_file, "ivf_file": ivf_file,
+        scales[k] = sc.model_copy(update={"bank_file": bank_file, "locations_file": loc_file,
                                           "n_patches": n_patches, "n_bank": n_bank})
         del patches
+    check = check_set(hold_imgs, FramePrep(frame_info, frame_extras),
+                      Domain(domain, extras) if domain.mode != "none" else None, cfg.seed)
+    graphs = {"float32": onnx_bytes, **({"int8": int8} if int8 is not None else {})}
+    check_feats = {p: [check_features(OnnxFeatures(g, where=f"{p} graph"), check, sc, spec, stride, cfg.batch_size)
+                       for sc in scales] for p, g in graphs.items()}
+    precision = "float32"
+    if int8 is not None:  # the int8 bank: the same rows, through the graph the engine will run
+        run8 = OnnxFeatures(int8, where="int8 graph")
+        banks8 = {sc.bank_file: np.ascontiguousarray(extract(run8, bank_imgs, masks, sc, spec, stride,
+                                                              cfg.batch_size)[0][rows[sc.bank_file]]) for sc in scales}
+        int8_verdict(int8_info, *(fused_scores([b[sc.bank_file] for sc in scales], check_feats[p], check.labels, cfg.k)
+                                  for b, p in ((banks, "float32"), (banks8, "int8"))), check.labels)
+        if int8_info.kept:
+            precision, onnx_bytes, banks = "int8", int8, banks8
+    if int8_info is not None:
+        log.info("int8: %s", int8_info.reason)
+        if not int8_info.kept:
+            warnings.append(f"int8 refused, the float graph runs: {int8_info.reason}")
+    for k, sc in enumerate(scales):
+        index, stored, warning = choose_index(banks[sc.bank_file], *check_feats[precision][k], len(check.frames),
+                                              cfg, where=f"scale {sc.name}")
+        files = {"ivf_file": f"banks/scale{k}_ivf_centroids.npy" if index.kind == "ivf" else None,
+                 "hnsw_file": f"banks/scale{k}_hnsw_graph.npy" if index.kind == "hnsw" else None}
+        for name in filter(None, files.values()):
+            extras[name] = bank_bytes(stored, stored.dtype.type)
+        if k:
+            extras[sc.bank_file] = bank_bytes(banks[sc.bank_file])
+        warnings += [warning] if warning else []
+        scales[k] = sc.model_copy(update={**files, "index": index})
     bank = banks[BANK_FILE]
     names = [bank_paths[src].name + ("" if k < len(bank_paths) else " (augmented copy)") for k, src in enumerate(sources)]
     extras[TRAIN_IMAGES_FILE] = json.dumps(names).encode()
@@ -267,15 +280,15 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
                           n_bank=len(bank), coreset_ratio=cfg.coreset_ratio,
                           projection_dim=cfg.coreset_projection_dim, chunk_size=cfg.coreset_chunk, seed=cfg.seed,
                           seconds=round(coreset_s, 2)),
-        scoring=ScoringInfo(k=cfg.k, reweight=cfg.reweight, sigma=cfg.sigma, index=cfg.knn_index,
-                            nprobe=cfg.ivf_nprobe),
+        scoring=ScoringInfo(k=cfg.k, reweight=cfg.reweight, sigma=cfg.sigma, index=scales[0].index.kind,
+                            **({"nprobe": scales[0].index.nprobe} if scales[0].index.nprobe else {})),
         thresholds=Thresholds(image=float("inf"), pixel=float("inf"), policy="unset", source="none"),
         domain=domain,
         frame=frame_info,
         scales=scales,
         plan=plan,
         onnx=OnnxInfo(input=onnx_export.INPUT, output=onnx_export.OUTPUT, opset=onnx_export.OPSET,
-                      parity_max_abs_diff=diff, parity_tolerance=tol),
+                      parity_max_abs_diff=diff, parity_tolerance=tol, precision=precision, int8=int8_info),
         dataset=DatasetInfo(name=ds.name, fingerprint=fingerprint(bank_paths + hold_paths, ds.root),
                             n_train=len(bank_paths), n_holdout=len(hold_paths), skipped=skipped,
                             augment=cfg.augment.model_dump() if cfg.augment.active else None,

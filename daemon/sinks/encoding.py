@@ -83,20 +83,33 @@ class Pictures:
     whichever output asks first, on that output's thread, and handed to the other; one nobody asks for
     costs nothing. Thread-safe; the arrays must not be modified after construction."""
 
-    def __init__(self, image: np.ndarray | None = None, amap: np.ndarray | None = None,
-                 threshold: float | None = None) -> None:
-        self.image, self.amap, self.threshold = image, amap, threshold
+    def __init__(self, image: np.ndarray | None = None,
+                 amap: np.ndarray | Callable[[], np.ndarray | None] | None = None,
+                 threshold: float | None = None, frame_hw: tuple[int, int] | None = None) -> None:
+        # `amap` may be a function: the frame-size map is then built only if an output asks for it (an OK frame
+        # the archive does not sample never builds one), on that output's thread
+        self.image, self._amap, self.threshold = image, amap, threshold
+        self._frame_hw = frame_hw or (None if image is None else image.shape[:2])
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[Any, ...], threading.Lock] = {}
         self._made: dict[tuple[Any, ...], Any] = {}
 
     @property
+    def amap(self) -> np.ndarray | None:
+        src = self._amap
+        return self._once(("map",), src) if callable(src) else src
+
+    @property
     def nbytes(self) -> int:
-        """Memory held: the arrays, plus the 8-bit BGR colouring of the map (made once an output asks)."""
+        """Memory held: the arrays, plus the 8-bit BGR colouring of the map (made once an output asks); a map
+        not built yet counts as the float32 frame-size map it would be."""
         n = 0 if self.image is None else self.image.nbytes
-        if self.amap is not None:
-            n += self.amap.nbytes + 3 * int(np.prod(self.amap.shape[:2]))
-        return n
+        if self._amap is None:
+            return n
+        if callable(self._amap) and ("map",) not in self._made:
+            return n + 7 * int(np.prod(self._frame_hw)) if self._frame_hw else n
+        amap = self.amap
+        return n if amap is None else n + amap.nbytes + 3 * int(np.prod(amap.shape[:2]))
 
     def _once(self, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
         """make() at most once per key: a second caller waits for the first one's result. A failure is not
