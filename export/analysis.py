@@ -174,27 +174,10 @@ def _zone_of(x: float, y: float, zones: Sequence[Zone]) -> str:
     return NO_ZONE
 
 
-def measure_regions(
-    anomaly_map: np.ndarray,
-    pixel_threshold: float,
-    image: np.ndarray | None = None,
-    *,
-    px_per_mm: float | None = None,
-    zones: Sequence[Zone] = (),
-    min_area_px: int = 1,
-    polarity_tol: float = 0.02,
-    ring_px: int = 5,
-    max_regions: int | None = None,
-) -> list[DefectRegion]:
-    """Connected components (8-connected) of `anomaly_map >= pixel_threshold`, measured, worst first.
-
-    `image` (same height/width as the map, gray or colour) enables contrast polarity. `px_per_mm` adds mm
-    measurements; `zones` name each region by its centroid (first match, else "none"). `max_regions`
-    measures only the N highest-scoring regions (bounds the time on a noisy map; None = all).
-    """
-    return locate_regions(anomaly_map, pixel_threshold, image, px_per_mm=px_per_mm, zones=zones,
-                          min_area_px=min_area_px, polarity_tol=polarity_tol, ring_px=ring_px,
-                          max_regions=max_regions)[0]
+def measure_regions(anomaly_map: np.ndarray, pixel_threshold: float, image: np.ndarray | None = None,
+                    **options: Any) -> list[DefectRegion]:
+    """The regions of `locate_regions` without their pixel crops (options as there)."""
+    return locate_regions(anomaly_map, pixel_threshold, image, **options)[0]
 
 
 def locate_regions(
@@ -209,8 +192,11 @@ def locate_regions(
     ring_px: int = 5,
     max_regions: int | None = None,
 ) -> tuple[list[DefectRegion], list[MaskCrop]]:
-    """measure_regions, plus each region's pixels as a crop of the same labelling: what typing needs, without a
-    second labelling or a frame-size mask per region."""
+    """Connected components (8-connected) of `anomaly_map >= pixel_threshold`, measured, worst first, plus each
+    region's pixels as a crop of the same labelling (what typing needs: no second labelling, no frame-size mask
+    per region). `image` (same height/width as the map) enables contrast polarity; `px_per_mm` adds mm
+    measurements; `zones` name each region by its centroid (first match, else "none"); `max_regions` measures
+    only the N highest-scoring regions (bounds the time on a noisy map; None = all)."""
     amap = np.asarray(anomaly_map, dtype=np.float32)
     if amap.ndim != 2:
         raise ValueError(f"anomaly_map must be 2-D (H, W), got shape {amap.shape}")
