@@ -448,9 +448,16 @@ def git(repo: Path, *args: str) -> str:
 
 def sync(source: Path, clone: Path) -> None:
     """CLONE = SOURCE's HEAD + its uncommitted and untracked (not ignored) files. SOURCE is only read."""
+    marker = clone / ".git" / "mutbench-clone"  # reset --hard/clean below: only in a clone this script made
     if not (clone / ".git").is_dir():
+        if clone.exists() and any(clone.iterdir()):
+            raise SystemExit(f"{clone} exists and is not a clone made by this script: pick a new folder")
         clone.parent.mkdir(parents=True, exist_ok=True)
         sh(["git", "clone", "-q", str(source), str(clone)])
+        marker.write_text("made by bench/bench_mutation.py\n")
+    elif not marker.exists():
+        raise SystemExit(f"{clone} is a git tree this script did not make; it resets and cleans its clone, "
+                         "so pick a new folder")
     git(clone, "fetch", "-q", str(source), "HEAD")
     git(clone, "reset", "-q", "--hard", "FETCH_HEAD")
     git(clone, "clean", "-fdq")  # untracked copies of an earlier sync; .venv is ignored, so kept
