@@ -3,8 +3,10 @@
 Prints figures; asserts nothing. Usage:
     .venv/bin/python bench/bench_compute.py int8 [--size 224] [--frames 100]
     .venv/bin/python bench/bench_compute.py equal-work [--frames 60]
-int8: the fast preset (lite0, installed ImageNet weights) at SIZE, fitted twice (float, --quantize int8); engine
-median per frame of both in one run (child processes, same frames) and image AUROC of both on the test set.
+int8: the fast preset (lite0, installed ImageNet weights) at SIZE, fitted twice (float; int8 with its AUROC gate
+open, so both graphs run; the default gate's verdict is printed); engine median per frame of both in one run (child
+processes, same frames, two passes) and image AUROC of both on the whole test set. --ef pins HNSW efSearch for both
+(equal kNN work).
 equal-work: anomalib's shapes (ResNet18 layer2+3 = 384-d, 256² input -> 32x32 = 1024 patches per frame, a 76.7k-row
 bank from the 749 good images); ResNet18 is random-init (no download here), so the FLOPs are the same but the
 feature geometry is not ImageNet's. kNN alone (flat / IVF nprobe sweep / HNSW efSearch sweep: ms per frame,
@@ -84,7 +86,8 @@ def index_line(m) -> str:
               f"{c.image_error_max:.4f}, patch error mean {c.patch_error_mean:.4f} p99 {c.patch_error_p99:.4f}, "
               f"{c.ms_per_1k:.1f} ms per 1k patches (exact {c.exact_ms_per_1k:.1f})")
     for t in i.tried:
-        s += f"\n    tried {t.setting}: recall@1 {t.recall_at_1:.3f}, image error {t.image_error_max:.4f}, patch mean {t.patch_error_mean:.4f}"
+        s += (f"\n    tried {t.setting}: recall@1 {t.recall_at_1:.3f}, image error {t.image_error_max:.4f}, patch mean "
+              f"{t.patch_error_mean:.4f}")
     return s
 
 
@@ -96,7 +99,7 @@ def run_int8(a) -> None:
     for q in ("none", "int8"):
         # int8 with its AUROC gate open, so both graphs are measured; the gate's verdict is printed below
         cfg = preset("fast", weights="imagenet", input_size=a.size, quantize=q, model_id=f"bench-{q}",
-                     int8_max_auroc_drop=1.0 if q == "int8" else None)
+                     int8_max_auroc_drop=1.0 if q == "int8" else None, hnsw_ef_search=a.ef)
         b, sec = fit_quiet(a.data, tmp / f"{q}.zip", cfg)
         m = b.manifest
         print(f"[{q}] fit {sec:.1f} s, bank {list(b.bank.shape)}, onnx {m.onnx.precision}; index {index_line(m)}",
@@ -104,8 +107,9 @@ def run_int8(a) -> None:
         if m.onnx.int8 is not None:
             r = m.onnx.int8
             drop = r.auroc_float - r.auroc_int8 if r.auroc_int8 is not None else float("nan")
-            print(f"[{q}] int8 record: {r.model_dump()}\n[{q}] the default gate (drop <= "
-                  f"{preset('fast').int8_max_auroc_drop}) would {'keep' if drop <= 0.005 else 'refuse'} it "
+            bound = preset("fast").int8_max_auroc_drop
+            print(f"[{q}] int8 record: {r.model_dump()}\n[{q}] the default gate (drop <= {bound}) would "
+                  f"{'keep' if drop <= bound else 'refuse'} it "
                   f"(synthetic-defect AUROC drop {drop:+.4f})", flush=True)
         res[q] = m.onnx.precision
     lat = {q: child("engine_latency", str(tmp / f"{q}.zip"), a.data, a.frames, 8) for q in ("none", "int8")}
@@ -114,7 +118,8 @@ def run_int8(a) -> None:
     for q in ("none", "int8"):
         med = [lat[q]["single_median_ms"], lat2[q]["single_median_ms"]]
         print(f"[{a.size}² {res[q]}] engine single median {med[0]:.1f} / {med[1]:.1f} ms (two passes, alternating), "
-              f"p99 {lat[q]['single_p99_ms']:.1f} ms, stages {lat[q]['stages_ms']}; image AUROC {acc[q]['auroc']:.4f} ({acc[q]['n']})",
+              f"p99 {lat[q]['single_p99_ms']:.1f} ms, stages {lat[q]['stages_ms']}; image AUROC {acc[q]['auroc']:.4f} "
+              f"({acc[q]['n']})",
               flush=True)
     f, i = np.array(acc["none"]["scores"]), np.array(acc["int8"]["scores"])
     print(f"[{a.size}²] int8 vs float: AUROC {acc['int8']['auroc'] - acc['none']['auroc']:+.4f}; speed-up "
@@ -188,7 +193,8 @@ def knn_sweep(bank: np.ndarray, frames: list[np.ndarray], label: str, hnsw: bool
     for p in (1, 2, 4, 8, 16, 32):
         index, exact, _quantizer = make_index(bank, cent, p)
         ms, res = timed(index, exact)
-        print(f"[{label}]   ivf nprobe {p:2d}: {ms:6.1f} ms/frame ({t_flat / ms:4.1f}x flat), {errors(res)}", flush=True)
+        print(f"[{label}]   ivf nprobe {p:2d}: {ms:6.1f} ms/frame ({t_flat / ms:4.1f}x flat), {errors(res)}",
+              flush=True)
         if p in (4, 8):  # the same search with the frame's patches ordered by inverted list (cache locality)
             ms, _ = timed(ListOrdered(index), exact)
             print(f"[{label}]   ivf nprobe {p:2d}, patches ordered by list: {ms:6.1f} ms/frame", flush=True)
@@ -224,7 +230,8 @@ def knn_sweep(bank: np.ndarray, frames: list[np.ndarray], label: str, hnsw: bool
         for ef in (16, 32, 64, 128):
             h.hnsw.efSearch = ef
             ms, res = timed(h, None)
-            print(f"[{label}]   hnsw M {m} ef {ef:3d} (build {build:.1f} s): {ms:6.1f} ms/frame ({t_flat / ms:4.1f}x flat), "
+            print(f"[{label}]   hnsw M {m} ef {ef:3d} (build {build:.1f} s): {ms:6.1f} ms/frame "
+                  f"({t_flat / ms:4.1f}x flat), "
                   f"{errors(res)}", flush=True)
 
 
@@ -275,7 +282,8 @@ def run_equal_work(a) -> None:
     n_train = len(open_dataset(a.data).train)
     hold = 0.1
     n_bank_imgs = n_train - round(n_train * hold)
-    ratio = min(1.0, 76_700 / (n_bank_imgs * 1024))  # anomalib's 10 % of 749 x 1024 patches, from the images left for the bank
+    # anomalib's 10 % of 749 x 1024 patches, from the images left for the bank
+    ratio = min(1.0, 76_700 / (n_bank_imgs * 1024))
     cfg = preset("fast", backbone="resnet18", weights="none", input_size=256, embedding_dim=384, coreset_ratio=ratio,
                  holdout_fraction=hold, model_id="bench-equal", quantize=a.quantize)
     if a.bundle:  # an earlier run's auto.zip: the same fit, not repeated
@@ -305,7 +313,8 @@ def run_equal_work(a) -> None:
     for k in ("flat", "auto"):
         ms = lat[k]["single_median_ms"]
         print(f"[equal-work engine, {k}] single median {ms:.1f} ms p99 {lat[k]['single_p99_ms']:.1f} ms, stages "
-              f"{lat[k]['stages_ms']}, image AUROC {acc[k]['auroc']:.4f} ({acc[k]['n']}); vs anomalib {ANOMALIB_MS:.0f} ms: "
+              f"{lat[k]['stages_ms']}, image AUROC {acc[k]['auroc']:.4f} ({acc[k]['n']}); vs anomalib "
+              f"{ANOMALIB_MS:.0f} ms: "
               f"{ANOMALIB_MS / ms:.1f}x, vs the recorded exact engine {LINESIGHT_EXACT_MS:.0f} ms: "
               f"{LINESIGHT_EXACT_MS / ms:.1f}x", flush=True)
     f, i = np.array(acc["flat"]["scores"]), np.array(acc["auto"]["scores"])
@@ -319,6 +328,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["int8", "equal-work"])
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--ef", type=int, default=None, help="int8: pin HNSW efSearch for both bundles (equal kNN work; "
+                    "default: each fit tunes its own)")
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--quantize", default="none", choices=["none", "int8"], help="equal-work: also int8")
     ap.add_argument("--parts", nargs="+", default=["sweep", "crossover", "engine"],

@@ -39,8 +39,9 @@ class ModelHolder:
         self._stamp = None
         self._lock = threading.Lock()  # one load at a time
 
-    def load(self, path: Path | None = None) -> Engine:
-        """Load and verify a bundle, then make it current. Raises ModelRefused; the old model stays."""
+    def load(self, path: Path | None = None, *, only_if_new: bool = False) -> Engine | None:
+        """Load and verify a bundle, then make it current. Raises ModelRefused; the old model stays.
+        only_if_new (the file watcher): the same content rewritten or touched is no model change -> None."""
         path = Path(path or self.path)
         with self._lock:
             stamp = _stamp(path)
@@ -51,6 +52,10 @@ class ModelHolder:
             except Exception as exc:  # never let a load failure end the reload thread or the start-up
                 log.exception("unexpected error loading bundle %s", path)
                 raise ModelRefused(f"bundle {path} refused: {type(exc).__name__}: {exc}") from exc
+            if only_if_new and self.engine is not None and engine.bundle.digest == self.engine.bundle.digest:
+                self._stamp = stamp
+                log.debug("bundle %s rewritten with the active content; nothing to reload", path)
+                return None
             if self.min_defect_px is not None and engine.smallest_defect_px() > self.min_defect_px * 1.001:
                 raise ModelRefused(f"bundle {path} refused: its finest scale sees defects from "
                                    f"{engine.smallest_defect_px():.0f} px, the station needs "

@@ -285,10 +285,12 @@ class Pipeline:
             raise ValueError(f"{RELOAD_QUEUE} reloads are already waiting; retry after their outcomes") from None
         return job
 
-    def _reload(self, job: int | None, path: str | None, rollback: bool) -> None:
+    def _reload(self, job: int | None, path: str | None, rollback: bool, *, only_if_new: bool = False) -> None:
         ctx = {} if job is None else {"job": job}
         try:
-            engine = self.holder.rollback() if rollback else self.holder.load(path)
+            engine = self.holder.rollback() if rollback else self.holder.load(path, only_if_new=only_if_new)
+            if engine is None:
+                return
             self._alarm("model_changed", f"model {engine.bundle.label} active", severity="info", **ctx)
             self.warn_model(engine, **ctx)
         except ModelRefused as exc:
@@ -314,7 +316,7 @@ class Pipeline:
                 next_check = time.monotonic() + interval
                 if self.holder.changed():
                     log.info("bundle %s changed on disk: reloading", self.holder.path)
-                    self._reload(None, None, False)
+                    self._reload(None, None, False, only_if_new=True)
 
     def run(self) -> None:
         """The processing loop (caller's thread). Returns when stopped or the source has ended."""

@@ -112,7 +112,8 @@ def hnsw_index(bank: np.ndarray, graph: np.ndarray, m: int, ef_search: int, entr
     index = faiss.IndexHNSWFlat(bank.shape[1], m)
     g = index.hnsw
     levels = graph[:n]
-    if graph.ndim != 1 or len(graph) < n or levels.min(initial=1) < 1 or levels.max(initial=1) >= g.cum_nneighbor_per_level.size():
+    if graph.ndim != 1 or len(graph) < n or levels.min(initial=1) < 1 \
+            or levels.max(initial=1) >= g.cum_nneighbor_per_level.size():
         raise ValueError(f"HNSW graph of {graph.shape} does not describe {n} rows with M {m}")
     per_level = np.array([g.cum_nb_neighbors(i) for i in range(g.cum_nneighbor_per_level.size())], np.uint64)
     offsets = np.concatenate([[0], np.cumsum(per_level[levels])]).astype(np.uint64)

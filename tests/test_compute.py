@@ -19,10 +19,13 @@ def clustered(n: int, dim: int, centres: int, seed: int) -> tuple[np.ndarray, np
     return (c[lab] + rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float32), lab
 
 
-def queries(bank_like: tuple[np.ndarray, np.ndarray], n_images: int, per: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def queries(bank_like: tuple[np.ndarray, np.ndarray], n_images: int, per: int,
+            seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n_images x per query patches near the data, and the image each belongs to."""
     x, _ = bank_like
     rng = np.random.default_rng(seed)
-    q = x[rng.choice(len(x), n_images * per)] + rng.standard_normal((n_images * per, x.shape[1])).astype(np.float32) * 0.5
+    n = n_images * per
+    q = x[rng.choice(len(x), n)] + rng.standard_normal((n, x.shape[1])).astype(np.float32) * 0.5
     return np.ascontiguousarray(q, dtype=np.float32), np.repeat(np.arange(n_images), per)
 
 
@@ -242,7 +245,8 @@ def test_int8_bundle_loads_and_scores_in_the_engine(small_dataset, tmp_path):
     b = fit(small_dataset, tmp_path / "int8", preset("fast", weights="imagenet", input_size=96, quantize="int8",
                                                      holdout_fraction=0.25, int8_max_auroc_drop=1.0))
     m = b.manifest
-    assert m.onnx.precision == "int8" and m.onnx.int8.kept and m.onnx.int8.parity_rel_rms <= m.onnx.int8.parity_tolerance
+    assert m.onnx.precision == "int8" and m.onnx.int8.kept
+    assert m.onnx.int8.parity_rel_rms <= m.onnx.int8.parity_tolerance
     assert m.onnx.int8.auroc_float is not None and m.onnx.int8.calibration_images == 12
     ops = {n.op_type for n in onnx.load_from_string((tmp_path / "int8" / "backbone.onnx").read_bytes()).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # the bundle runs the int8 graph

@@ -260,6 +260,11 @@ def test_watch_on_reloads_a_replaced_bundle_exactly_once_and_an_unchanged_one_ne
         time.sleep(0.6)
         assert rec.codes().count("model_changed") == 1
         assert p.holder.engine.bundle.identity["hash"] == load_bundle(zips["b"]).identity["hash"]
+        shutil.copy(zips["b"], path)  # the same content rewritten and touched is no model change
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+        time.sleep(0.8)
+        assert rec.codes().count("model_changed") == 1
     finally:
         p.stop_event.set()
         t.join(5)

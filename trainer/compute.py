@@ -108,8 +108,9 @@ def _check(setting: str, index, exact, feats: np.ndarray, image: np.ndarray, n: 
     rel = (pa - pe) / np.maximum(pe, 1e-12)
     ie, ia = image_scores(pe, image, n), image_scores(pa, image, n)
     img_err = float(np.max(np.abs(ia - ie) / np.maximum(ie, 1e-12))) if n else 0.0
-    chk = IndexCheck(setting=setting, n_images=n, n_queries=len(feats), recall_at_1=float(np.mean(rows[:, 0] == r_ex[:, 0])),
-                     patch_error_mean=float(np.mean(np.abs(rel))), patch_error_p99=float(np.percentile(np.abs(rel), 99)),
+    chk = IndexCheck(setting=setting, n_images=n, n_queries=len(feats),
+                     recall_at_1=float(np.mean(rows[:, 0] == r_ex[:, 0])), patch_error_mean=float(np.mean(np.abs(rel))),
+                     patch_error_p99=float(np.percentile(np.abs(rel), 99)),
                      image_error_max=img_err, ms_per_1k=sec * 1e6 / max(len(feats), 1),
                      exact_ms_per_1k=sec_ex * 1e6 / max(len(feats), 1), passed=False)
     chk.passed = chk.image_error_max <= bound and chk.patch_error_mean <= bound

@@ -50,9 +50,11 @@ def parity(module: torch.nn.Module, onnx_bytes: bytes, batch: np.ndarray, rel_to
     return diff, tol
 
 
-#: RMS(int8 - float) / RMS(float) above which an int8 graph is refused. Measured on magnetic_tile with the
-#: installed ImageNet lite0-2 weights (bench/bench_compute.py): 0.05-0.10; a corrupted scale or a graph whose
-#: activation ranges do not fit the images lands far above it.
+#: RMS(int8 - float) / RMS(float) above which an int8 graph is refused. Measured on magnetic_tile held-out images
+#: with lite0's ImageNet weights: 0.18 at 128 px, 0.20-0.21 at 96 and 224 px (the error builds up over the
+#: depthwise blocks; percentile / entropy calibration and float aggregation layers did not lower it); ResNet18
+#: 0.02. The first conv's weight scale x8 gives 1.9 (tests/test_compute.py); whether the scores still hold is the
+#: AUROC gate's call.
 INT8_PARITY_TOLERANCE = 0.3
 INT8_FORMAT = "QDQ, per-channel int8 weights, uint8 activations (MinMax calibration), onnxruntime static"
 
