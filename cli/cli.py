@@ -40,7 +40,7 @@ def _fit(a: argparse.Namespace) -> int:
     flags = dict(model_id=a.model_id, backbone=a.backbone, weights=a.weights, input_size=a.input_size,
                  embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
                  reweight=True if a.reweight else None, adapt=a.adapt if a.adapt != "none" else None,
-                 knn_index=a.knn,
+                 knn_index=a.knn, quantize=a.quantize,
                  selfsup_minutes=a.selfsup_minutes, selfsup_steps=a.selfsup_steps, selfsup_save=a.save_weights,
                  resize=a.resize,
                  defect_size=tuple(a.defect_size) if a.defect_size else None, px_per_mm=a.px_per_mm,
@@ -215,9 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--coreset-ratio", type=float, default=None, help="override the fraction of patches kept")
     f.add_argument("--k", type=int, default=None, help="override the number of neighbours per patch score")
     f.add_argument("--reweight", action="store_true", help="anomalib-style image-score reweighting")
-    f.add_argument("--knn", choices=["flat", "ivf"], default=None,
-                   help="flat: exact nearest neighbours (default); ivf: approximate inverted lists, much faster "
-                        "on big banks and tiled frames (measured accuracy cost: docs/benchmarks.md)")
+    f.add_argument("--knn", choices=["auto", "flat", "ivf", "hnsw"], default=None,
+                   help="auto (default): exact search below 4096 bank rows, else an HNSW graph tuned at fit; flat: "
+                        "always exact; ivf/hnsw: approximate. An approximate index that scores the check images "
+                        "more than 1 %% off exact search is replaced by flat, loudly (figures: docs/benchmarks.md)")
+    f.add_argument("--quantize", choices=["none", "int8"], default=None,
+                   help="int8: a static int8 feature graph calibrated on good images, kept only if it matches the "
+                        "float graph (parity) and loses at most 0.005 image AUROC on synthetic defects; else the "
+                        "float graph ships with a warning (default none)")
     f.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     f.add_argument("--config", metavar="FIT.yaml", help="all fit options in a YAML file (config/examples/fit.yaml); "
                    "the preset fills what the file leaves out, flags given here override the file")
