@@ -42,7 +42,7 @@ class Resume(Command):
 
 
 class Feedback(Command):
-    seq: int = Field(ge=0, description="The verdict's seq")
+    seq: int = Field(ge=1, description="The verdict's seq (seqs start at 1)")
     label: Literal["OK", "NG"] = Field(description="What the part really was")
     part_id: str | None = Field(None, max_length=200)
     note: str | None = Field(None, max_length=1000)

@@ -266,8 +266,8 @@ class Pipeline:
                 found = (None, None)
             if found[0] is not None:
                 self.on_stage("analysis", time.perf_counter() - t_an)
-            if pred.failure:  # e.g. the frame did not register to the reference: not inspected as trained
-                self._emit(item, prediction=pred, fail_safe=pred.failure.split(":")[0], inference_ms=ms,
+            if pred.failure_code is not None:  # e.g. the frame did not align: not inspected as trained
+                self._emit(item, prediction=pred, fail_safe=pred.failure_code, inference_ms=ms,
                            detail=pred.failure)
             elif time.time_ns() > frame.host_ts_ns + self.deadline_ns:
                 self._emit(item, prediction=pred, fail_safe="deadline_missed", inference_ms=ms,

@@ -136,13 +136,15 @@ class Service:
         thread = next((t for t in self._threads if t.name == "archive"), None)
         if thread is None:
             return
+        ended = True  # the end marker got into the queue (it is no record)
         try:
             self.arch_q.put(None, timeout=timeout_s)
         except queue.Full:
-            pass
+            ended = False
         thread.join(timeout=timeout_s)
         if thread.is_alive():
-            log.error("archive still writing after %.0f s: %d records not archived", timeout_s, self.arch_q.qsize())
+            log.error("archive still writing after %.1f s: %d queued records not archived", timeout_s,
+                      self.arch_q.qsize() - int(ended))
 
     def alarm(self, code: str, message: str, **context: Any) -> None:
         """Log, count (linesight_alarms_total{code}: alerting must not depend on MQTT being up) and publish."""
@@ -203,6 +205,10 @@ class Service:
                                                     if k.startswith("failsafe_")},
                 "queue_depth": self.pipeline.in_q.qsize(), "camera": {"up": st.up, "reconnects": st.reconnects,
                                                                        "last_error": st.last_error},
+                # what went wrong without a verdict saying so: source reads that raised, refused model loads,
+                # frames that got an `unassigned-` id (part_id.mode external, no cmd/part id waiting)
+                "source_errors": c["source_errors"], "reload_refused": c["reload_refused"],
+                "part_id_missing": c["part_id_missing"],
                 "model": self.holder.info, "paused": self.pipeline.paused.is_set()}
 
     def health(self) -> dict:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import faiss
@@ -30,6 +31,8 @@ from linesight.export.preprocess import PreprocessSpec
 from linesight.export.views import View, make_view, scan, sees
 
 log = logging.getLogger(__name__)
+#: Why a frame could not be inspected as trained; the daemon's fail-safe reason (daemon.verdict) for it.
+FailureCode = Literal["alignment_failed"]
 
 
 class _BuiltOnRead:
@@ -63,9 +66,14 @@ class Prediction:
     features: np.ndarray | None = None  # (D, h, w) patch features of the first scale's view, when asked for
     view: View | None = None  # that view's geometry (frame <-> feature grid), with the features
     frame: dict | None = None  # what frame preparation did (alignment shift/angle/quality), when it is on
-    failure: str | None = None  # set when the frame could not be inspected as trained (e.g. alignment_failed)
+    failure: str | None = None  # set when the frame could not be inspected as trained: the detail, for people
+    failure_code: FailureCode | None = None  # set with `failure`: the reason as a code, for programs
     model: dict | None = None  # identity (id, version, hash) of the bundle that decided: a hot swap cannot relabel it
     pixel_threshold: float | None = None  # that bundle's map threshold
+
+    def __post_init__(self) -> None:
+        if (self.failure is None) != (self.failure_code is None):  # a failure without its code would be decided
+            raise ValueError("Prediction: failure and failure_code are set together or not at all")
 
     def to_dict(self) -> dict:
         out = {"score": round(self.score, 4), "verdict": self.verdict, "threshold": round(self.threshold, 4),
@@ -485,7 +493,10 @@ class Engine:
                               nearest=self.nearest_normal(worst[1], worst[2], worst[0]),
                               features=seen[0].features, view=seen[0].view if keep_features else None,
                               frame=reports[i].to_dict() if self.frame_prep.active else None,
-                              failure=reports[i].failure, model=self.identity, pixel_threshold=self.pixel_threshold)
+                              failure=reports[i].failure,
+                              # frame preparation fails a frame only when it does not align
+                              failure_code=None if reports[i].failure is None else "alignment_failed",
+                              model=self.identity, pixel_threshold=self.pixel_threshold)
             if regions and verdict == "NG":
                 pred.regions = self.regions(pred.anomaly_map, img)
             results.append(pred)

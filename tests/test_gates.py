@@ -6,36 +6,46 @@ No network output is started: MQTT, ZeroMQ and metrics are disabled (Service is 
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 from linesight.config.daemon import DaemonConfig
+from linesight.daemon import verdict as V
 from linesight.daemon.commands import MODELS, Dispatcher, Reload
+from linesight.daemon.identity import BLOCK, SeqStore, StateError
 from linesight.daemon.model import ModelHolder, ModelRefused
 from linesight.daemon.notify import Notifier
 from linesight.daemon.pipeline import Pipeline
 from linesight.daemon.service import Service
+from linesight.daemon.sinks.archive import Archive
+from linesight.daemon.sinks.verdict_log import VerdictLog
 from linesight.daemon.sources.base import EndOfStream, Frame
 from linesight.daemon.sources.synthetic import SyntheticSource
 from linesight.errors import BundleError
 from linesight.export import bundle as bundle_mod
 from linesight.export.bundle import load_bundle, write_bundle
-from linesight.export.engine import Engine
+from linesight.export.engine import Engine, FailureCode, Prediction
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def config(bundle: Path, *, model: dict | None = None, source: dict | None = None, **pipeline) -> DaemonConfig:
+def config(bundle: Path, *, model: dict | None = None, source: dict | None = None, outputs: dict | None = None,
+           **pipeline) -> DaemonConfig:
     return DaemonConfig.model_validate({
         "model": {"bundle": str(bundle), **(model or {})},
         "source": source or {"type": "synthetic", "name": "s", "width": 96, "height": 80, "rate_hz": None},
         "pipeline": {"deadline_ms": 60000, **pipeline},
-        "outputs": {"mqtt": {"enabled": False}, "zmq": {"enabled": False}, "metrics": {"enabled": False}},
+        "outputs": {"mqtt": {"enabled": False}, "zmq": {"enabled": False}, "metrics": {"enabled": False},
+                    **(outputs or {})},
     })
 
 
@@ -383,7 +393,8 @@ def test_plain_reload_reaches_the_handler_with_rollback_false():
 @pytest.mark.parametrize(("name", "payload", "reason"), [
     ("reload", {"bundle": ""}, "at least 1 character"),                                 # #2
     ("reload", {"bundle": "x" * 4097}, "at most 4096 characters"),                      # #2
-    ("feedback", {"seq": -1, "label": "OK"}, "greater than or equal to 0"),            # #4 (either bound)
+    ("feedback", {"seq": 0, "label": "OK"}, "greater than or equal to 1"),             # #4: seqs start at 1
+    ("feedback", {"seq": -1, "label": "OK"}, "greater than or equal to 1"),            # #4
     ("feedback", {"seq": 1, "label": "OK", "part_id": "p" * 201}, "at most 200 characters"),  # #5, #6
 ])
 def test_command_field_limits_are_refused_with_the_reason(name, payload, reason):
@@ -420,3 +431,197 @@ def test_a_missing_golden_image_does_not_end_the_check_of_the_others(small_bundl
     problems = Engine(b).check_golden()
     assert any(f"golden image {first.file} missing" in p for p in problems)
     assert any(second.file in p and "manifest recorded" in p for p in problems)
+
+
+# ------------------------------------------------------------------------------------------------ 10. G5 failures
+def test_a_prediction_with_a_failure_gets_the_fail_safe_verdict_with_its_code_and_one_alarm(small_bundle):
+    """The prediction's typed failure code is the verdict's reason and the alarm's code; its text is the detail."""
+    # kills #37 (the code was cut out of the text with split(":"); it is now Prediction.failure_code)
+    p, rec = pipeline(config(small_bundle))
+    real = p.holder.engine.predict_batch
+    text = "alignment_failed: offset 41 px > 20 px"
+
+    def second_does_not_align(images, **kw):  # no real frame fails to align under the session's bundle
+        preds = real(images, **kw)
+        preds[1] = replace(preds[1], failure=text, failure_code="alignment_failed")
+        return preds
+
+    p.holder.engine.predict_batch = second_does_not_align
+    p.process([p.admit(frame(i)) for i in range(3)])  # one micro-batch: one predict_batch call
+    by_source = {v["camera"]["source_seq"]: v for v in rec.verdicts}
+    failed = by_source[1]
+    assert failed["fail_safe"] is True and failed["verdict"] == "NG"
+    assert failed["reason"] == "alignment_failed" and failed["detail"] == text
+    assert "score" in failed  # the prediction still travels with it
+    assert by_source[0]["fail_safe"] is False and by_source[2]["fail_safe"] is False
+    alarms = [a for a in rec.alarms if a[0] == "alignment_failed"]
+    assert len(alarms) == 1 and alarms[0][1] == text and alarms[0][2]["seq"] == failed["seq"]
+    assert p.counts["failsafe_alignment_failed"] == 1
+
+
+def test_failure_codes_are_fail_safe_reasons_and_come_with_their_text():
+    """Every code the engine can give must be a reason a verdict accepts; a failure without its code (or the
+    reverse) would be decided as if inspected, so it cannot be built."""
+    assert set(get_args(FailureCode)) <= set(V.FAIL_SAFE_REASONS)
+    with pytest.raises(ValueError, match="failure and failure_code"):
+        Prediction(1.0, "OK", 2.0, failure="alignment_failed: no match")
+    with pytest.raises(ValueError, match="failure and failure_code"):
+        Prediction(1.0, "OK", 2.0, failure_code="alignment_failed")
+
+
+# ------------------------------------------------------------------------------------------------ 11. G8 latency
+def test_acquire_latency_is_observed_once_per_frame_in_seconds(small_bundle):
+    """linesight_stage_seconds{stage="acquire"}: one observation per frame, in seconds (not ns, not renamed)."""
+    # kills #46 (stage "acquire" renamed) and #47 (`/ 1e9` -> `* 1e9`)
+    p, rec = pipeline(config(small_bundle, deadline_ms=10000, queue_size=8))
+    seen: list[tuple[str, float]] = []
+    p.on_stage = lambda stage, seconds: seen.append((stage, seconds))
+    for i in range(6):  # more than max_batch (4): two batches
+        p.in_q.put_nowait(p.admit(frame(i, age_s=0.05)))
+    p.acquisition_done.set()
+    p.run()
+    acquire = [s for stage, s in seen if stage == "acquire"]
+    assert len(rec.verdicts) == 6 and len(acquire) == 6
+    assert all(0.05 <= s <= 10.0 for s in acquire), acquire  # each frame was 50 ms old when taken; deadline 10 s
+
+
+# ------------------------------------------------------------------------------------------------ 12. G17 / G18 outputs
+def test_a_failing_verdict_log_degrades_health_and_keeps_the_stats(small_bundle, tmp_path):
+    """/healthz must say when the trace of decisions has a gap, and still carry the counts."""
+    # kills #52 (`status` key renamed), #53 (reason text), #54 (`**self._stats()` -> `*self._stats()`)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")  # a file where the log's folder should be: every write fails
+    svc = Service(config(small_bundle, outputs={"verdict_log": {"path": str(blocker / "verdicts.jsonl")}}),
+                  notifier=Notifier(None))
+    svc.holder.load()
+    svc.source.open()
+    svc.verdict_log = VerdictLog(svc.cfg.outputs.verdict_log)  # as start() does
+    svc._start_thread(svc._publish_loop, "publish")
+    try:
+        svc.pipeline.last_tick = time.monotonic()  # no processing loop runs here; it has just turned
+        assert svc.health()["status"] == "ok"  # before the first write: nothing wrong yet
+        p = svc.pipeline
+        p.process([p.admit(frame(0))])
+        svc.pub_q.close()
+        svc._threads[0].join(10)
+        h = svc.health()
+        assert h["status"] == "degraded"
+        assert h["reason"].startswith("verdict log: ") and "cannot write verdict seq=" in h["reason"]
+        assert {"frames", "verdicts", "ok", "ng", "failsafe", "queue_depth", "camera", "model", "paused"} <= set(h)
+        assert h["verdicts"] == 1 and h["camera"]["up"] is True
+        alarms = svc.metrics.registry.get_sample_value("linesight_alarms_total", {"code": "verdict_log_error"})
+        assert alarms == 1
+    finally:
+        svc.source.close()
+        svc.seqs.close()
+
+
+def test_archive_drain_gives_up_after_its_timeout_and_says_what_was_not_archived(small_bundle, tmp_path, caplog):
+    """A stuck archive disk must not hold the stop past systemd's timeout; the records left behind are logged."""
+    # kills #48 (the drain-timeout log never ran)
+    svc = Service(config(small_bundle, outputs={"archive": {"dir": str(tmp_path / "archive"),
+                                                            "save_ok_fraction": 1.0}}), notifier=Notifier(None))
+    svc.holder.load()
+    svc.archive = Archive(svc.cfg.outputs.archive)  # as start() does
+    entered, gate = threading.Event(), threading.Event()
+    real_save = svc.archive.save
+
+    def stuck_save(*a, **k):  # a disk that hangs (NFS, dying drive): no real one can be made to on demand
+        entered.set()
+        gate.wait(30)
+        return real_save(*a, **k)
+
+    svc.archive.save = stuck_save
+    svc._start_thread(svc._archive_loop, "archive")
+    svc._start_thread(svc._publish_loop, "publish")
+    archive_thread = svc._threads[0]
+    try:
+        p = svc.pipeline
+        for i in range(4):  # the first is held in save(), 3 wait in the archive queue
+            p.process([p.admit(frame(i))])
+        deadline = time.monotonic() + 10
+        while not (entered.is_set() and svc.arch_q.qsize() == 3) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert entered.is_set() and svc.arch_q.qsize() == 3
+        svc.pub_q.close()
+        svc._threads[1].join(10)
+        t0 = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="linesight.daemon.service"):
+            svc._drain_archive(timeout_s=0.2)
+        assert time.monotonic() - t0 < 1.0
+        assert archive_thread.is_alive()
+        assert "archive still writing after 0.2 s: 3 queued records not archived" in caplog.text
+    finally:
+        gate.set()
+        archive_thread.join(10)
+        svc.seqs.close()
+    assert not archive_thread.is_alive() and svc.archive.counters["saved"] == 4  # released: it wrote them all
+
+
+# ------------------------------------------------------------------------------------------------ 13. G19 state dir
+def test_seq_store_creates_a_nested_state_dir(tmp_path):
+    """A fresh box: StateDirectory= may name a folder whose parents do not exist yet."""
+    # kills #10 (`mkdir(parents=True)` -> `False`)
+    store = SeqStore(tmp_path / "a" / "b" / "c", "st")
+    try:
+        assert store.next() == 1
+    finally:
+        store.close()
+    assert (tmp_path / "a" / "b" / "c").is_dir() and store.path.is_file()
+
+
+def test_seq_store_under_a_regular_file_is_refused_naming_the_setting(tmp_path):
+    """A file where the state folder should be: refused at start naming the setting (works as root, unlike chmod)."""
+    # kills #11 (the "state directory unusable" refusal never ran)
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(StateError, match=r"pipeline\.state_dir"):
+        SeqStore(f / "x", "st")
+
+
+def test_seq_store_that_cannot_persist_logs_and_keeps_counting(tmp_path, monkeypatch, caplog):
+    """A full disk must not stop the line: seqs stay unique in this run, the failure to persist is logged."""
+    # kills #13 (next() log text) and #14 (close() log text)
+    store = SeqStore(tmp_path / "state", "st")
+
+    def disk_full(*_a, **_k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with caplog.at_level(logging.ERROR, logger="linesight.daemon.identity"):
+        seqs = [store.next() for _ in range(BLOCK + 1)]  # the last one crosses into the next block: a write
+        assert seqs == list(range(1, BLOCK + 2))
+        assert caplog.text.count("cannot persist seq") == 1
+        assert store.next() == BLOCK + 2  # counting goes on
+        store.close()
+        assert caplog.text.count("cannot persist seq") == 2
+    assert "No space left on device" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------ 14. counters
+def test_stats_expose_source_errors_refused_reloads_and_missing_part_ids(small_bundle, tmp_path):
+    """Counts no verdict carries reach the operator through the stats (MQTT `stats`, /healthz body)."""
+    # kills #29-30 (part_id_missing), #39-41 (reload_refused): write-only counters until they were exposed
+    svc = Service(config(small_bundle, max_frames=3, part_id={"mode": "external"}), notifier=Notifier(None))
+    try:
+        svc.holder.load()
+        p = svc.pipeline
+        assert svc._commands()("part", {"part_id": "X-1"}) == {"queued": 1}
+        verdicts: list[dict] = []
+        p.on_verdict = verdicts.append
+        p.source = FlakySource(n=5)  # two reads raise, then 3 frames
+        t = threading.Thread(target=p.acquire_loop, daemon=True)
+        t.start()
+        t.join(10)
+        assert not t.is_alive()
+        p.run()
+        assert [v["part_id"] for v in verdicts] == ["X-1", "unassigned-00000002", "unassigned-00000003"]
+        for _ in range(2):
+            p._reload(None, str(tmp_path / "missing.zip"), False)
+        s = svc._stats()
+        assert (s["source_errors"], s["reload_refused"], s["part_id_missing"]) == (2, 2, 2)
+        svc.pipeline.last_tick = time.monotonic()
+        h = svc.health()
+        assert (h["source_errors"], h["reload_refused"], h["part_id_missing"]) == (2, 2, 2)
+    finally:
+        svc.seqs.close()
