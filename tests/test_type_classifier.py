@@ -281,3 +281,33 @@ def test_knn_temperature_is_fitted_so_confidence_tracks_accuracy():
     noisy = rng.normal(0.95, 0.01, (400, 3))  # similarities say nothing -> humble (large temperature)
     t_clean, t_noisy = fit_temperature(clean, y), fit_temperature(noisy, y)
     assert t_clean < 0.005 < t_noisy
+
+
+def test_a_region_spread_by_the_receptive_field_is_typed_by_its_core(monkeypatch):
+    """Types are learned from tight ground-truth masks; a map region spreads far past the defect (bench_daemon:
+    one scratch lifted ~60 % of a 224² frame). Typing the whole region averages in normal texture."""
+    from linesight.export import analysis as A
+    from linesight.export.engine import Prediction
+
+    rng = np.random.default_rng(3)
+    protos = _protos(rng)
+    emb, labels = [], []
+    for i in range(30):
+        f, m = _scene(rng, protos, ["crack", "pit", "stain"][i % 3])
+        emb.append(embed_regions(f, [m])[0])
+        labels.append(["crack", "pit", "stain"][i % 3])
+    clf = TypeClassifier.fit(np.stack(emb), labels, list(range(30)), input_hw=(S, S))
+    answers = {}
+    for core in (A.TYPE_CORE, 0.0):
+        monkeypatch.setattr(A, "TYPE_CORE", core)
+        right = 0
+        for kind in ("crack", "pit", "stain") * 3:
+            f, m = _scene(rng, protos, kind)
+            amap = np.zeros((S, S), np.float32)
+            amap[4:60, 4:60] = 1.0  # the halo: one region, most of the frame
+            amap[m] = 3.0  # the defect itself
+            pred = Prediction(score=3.0, verdict="NG", threshold=2.0, anomaly_map=amap, features=f)
+            (r,) = A.analyze(pred, 0.5, classifier=clf).regions
+            right += r.type == kind
+        answers[core] = right
+    assert answers[0.85] == 9 and answers[0.0] <= 3, answers
