@@ -52,7 +52,8 @@ def main() -> None:
                 messages[f"{kind}: {str(exc).split(': ', 1)[-1][:90]}"] += 1
                 continue
             outcome["harmless" if engine.bundle.digest == digest else "silent"] += 1
-    print(json.dumps({"bundle": a.bundle, "bytes": len(original), "flips": a.flips, "outcome": dict(outcome)}, indent=2))
+    print(json.dumps({"bundle": a.bundle, "bytes": len(original), "flips": a.flips, "outcome": dict(outcome)},
+                     indent=2))
     for msg, n in messages.most_common(12):
         print(f"{n:4d}  {msg}")
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
 from bench_tiling import texture
 
 H, W = 2048, 2448
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from linesight.export import analysis as A
     from linesight.export.engine import Engine, Prediction
-    from linesight.export.type_classifier import TypeClassifier
+    from linesight.trainer.type_training import fit_classifier
 
     plain, auto = bundles(args.work)
     rng = np.random.default_rng(1)
@@ -115,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     # any classifier of the right width costs the same: 3 types of embeddings taken from the frame's own cells
     emb = np.stack([_embed(pred, r) for r in many])
     labels = [("pit", "crack", "stain")[k % 3] for k in range(len(emb))]
-    clf = TypeClassifier.fit(emb + rng.normal(0, 0.01, emb.shape).astype(np.float32), labels, list(range(len(emb))),
-                             input_hw=(224, 224))
+    clf = fit_classifier(emb + rng.normal(0, 0.01, emb.shape).astype(np.float32), labels, list(range(len(emb))),
+                         input_hw=(224, 224))
 
     def ng_path() -> None:
         p = eng.predict_batch([ng], regions=False, keep_features=True)[0]

@@ -146,10 +146,10 @@ def main() -> None:
         print(f"[{name}] fit {fit_s:.1f} s (coreset {r['coreset_s']:.1f} s, {r['n_patches']} patches -> bank "
               f"{r['bank']}), fit peak RSS {r['fit_peak_rss_mb']:.0f} MB", flush=True)
         print(f"[{name}] engine single median {r['single_median_ms']:.1f} ms p99 {r['single_p99_ms']:.1f} ms; batched "
-              f"x{r['batch']} {r['batched_per_frame_median_ms']:.1f} ms/frame; stages {r['stages_ms']}; engine peak RSS "
-              f"{r['peak_rss_mb']:.0f} MB", flush=True)
-        print(f"[{name}] torch eager median {r['torch_eager_median_ms']:.1f} ms p99 {r['torch_eager_p99_ms']:.1f} ms -> "
-              f"engine is {r['speedup_vs_torch_eager']:.1f}x faster", flush=True)
+              f"x{r['batch']} {r['batched_per_frame_median_ms']:.1f} ms/frame; stages {r['stages_ms']}; "
+              f"engine peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        print(f"[{name}] torch eager median {r['torch_eager_median_ms']:.1f} ms p99 {r['torch_eager_p99_ms']:.1f} ms "
+              f"-> engine is {r['speedup_vs_torch_eager']:.1f}x faster", flush=True)
         if name == "fast":
             from linesight.export.engine import Engine
             from linesight.trainer.data import load_images, open_dataset

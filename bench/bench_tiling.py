@@ -32,7 +32,8 @@ def texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(128 + 14 * grain + 8 * shade, 0, 255).astype(np.uint8)
 
 
-def paint(frame: np.ndarray, sizes: list[int], rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+def paint(frame: np.ndarray, sizes: list[int],
+          rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Defects of the given sizes at random places; returns the frame and (size, bool mask) per defect."""
     from linesight.trainer.synth import DefectSynth
 

@@ -27,15 +27,9 @@ every verb has --help. Errors in your input (files, configs, bundles) are report
 """
 
 
-def _fit(a: argparse.Namespace) -> int:
-    from linesight.config.fit import preset
-    from linesight.trainer.fit import fit
-
-    if a.adapt == "self" and a.weights in ("self", "none"):
-        raise LinesightError(f"--adapt self fine-tunes loaded weights; with --weights {a.weights} use "
-                             "--weights self (training from scratch) instead")
-    from pydantic import ValidationError
-
+def fit_overrides(a: argparse.Namespace) -> dict:
+    """FitConfig fields from the fit flags over those of --config FIT.yaml (flags win). Every fit flag lands in a
+    field here or is a verb option (tests/test_cli_fit.py keeps the two lists in step: no flag is ignored)."""
     domain = "mask" if a.roi else "auto" if a.auto_foreground else None
     flags = dict(model_id=a.model_id, backbone=a.backbone, weights=a.weights, input_size=a.input_size,
                  embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
@@ -59,8 +53,21 @@ def _fit(a: argparse.Namespace) -> int:
         if a.align:
             frame["align"] = {**frame.get("align", {}), "mode": a.align}
         from_file["frame"] = frame
+    return {**from_file, **{k: v for k, v in flags.items() if v is not None}}
+
+
+def _fit(a: argparse.Namespace) -> int:
+    from linesight.config.fit import preset
+    from linesight.trainer.fit import fit
+
+    if a.adapt == "self" and a.weights in ("self", "none"):
+        raise LinesightError(f"--adapt self fine-tunes loaded weights; with --weights {a.weights} use "
+                             "--weights self (training from scratch) instead")
+    from pydantic import ValidationError
+
+    overrides = fit_overrides(a)
     try:
-        cfg = preset(a.preset, **{**from_file, **{k: v for k, v in flags.items() if v is not None}})
+        cfg = preset(a.preset, **overrides)
     except ValidationError as exc:
         raise LinesightError(f"invalid fit options: {validation_problems(exc, 'options')}") from None
     bundle = fit(a.dataset, a.output, cfg, force=a.force)
@@ -244,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--scales", nargs="+", type=float, metavar="R",
                    help="explicit scales instead of a plan: 0 = whole frame, R > 0 = tiles at R frame px per "
                         "input px (e.g. --scales 0 1)")
-    v.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in input pixels (default 2/7 of the input: 64 at 224)")
+    v.add_argument("--tile-overlap", type=int, default=None,
+                   help="tile overlap in input pixels (default 2/7 of the input: 64 at 224)")
     d = f.add_argument_group("domain: where defects count (or set later with `linesight roi`)")
     dx = d.add_mutually_exclusive_group()
     dx.add_argument("--roi", metavar="PNG", help="ROI mask, white = inspect (stretched to each image)")

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 
 from linesight.errors import DataError
+from linesight.export.images import read_image, read_mask
 from linesight.outputs import output_folder
 
 REPO = "https://github.com/abin24/Magnetic-tile-defect-datasets."
@@ -97,15 +98,12 @@ def _copy(image: Path, target: Path, counts: dict[str, int], key: str) -> None:
 
 def _write_mask(image: Path, target: Path) -> None:
     """The repository's mask (<stem>.png beside the image) as 0/255, checked to match the image's size."""
-    mask_path = image.with_suffix(".png")
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise DataError(f"prepare-magnetic-tile: mask {mask_path} for {image.name} is missing or unreadable")
-    shape = cv2.imread(str(image), cv2.IMREAD_GRAYSCALE)
-    if shape is None or shape.shape != mask.shape:
-        raise DataError(f"prepare-magnetic-tile: {image} is unreadable or not the size of its mask {mask_path}")
+    try:
+        mask = read_mask(image.with_suffix(".png"), read_image(image).shape[:2], threshold=0.5)
+    except DataError as exc:
+        raise DataError(f"prepare-magnetic-tile: {image.name}: {exc}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(target), (mask > 127).astype("uint8") * 255)
+    cv2.imwrite(str(target), mask * 255)
 
 
 def _prepare(a: argparse.Namespace) -> int:

@@ -68,8 +68,8 @@ def demo(out: Path, data: Path | None, weights: str, frames: int) -> int:
                "report": str(out / "eval" / "report.html"),
                "image_auroc": metrics["image_auroc"], "pixel_auroc": metrics["pixel_auroc"], "aupro": metrics["aupro"],
                "daemon": {"frames": svc.pipeline.frames_in, "verdicts": counts["verdicts"], "OK": counts["verdict_OK"],
-                          "NG": counts["verdict_NG"], "against_labels": truth, "verdicts_file": str(out / "verdicts.jsonl"),
-                          "archive": str(out / "archive")},
+                          "NG": counts["verdict_NG"], "against_labels": truth,
+                          "verdicts_file": str(out / "verdicts.jsonl"), "archive": str(out / "archive")},
                "warnings": metrics["model"]["warnings"]}
     print(json.dumps(summary, indent=2))
     if summary["warnings"]:

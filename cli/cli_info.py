@@ -75,7 +75,8 @@ def info_text(bundle: Bundle, where: str) -> str:
               "auto": f"automatic foreground (part {'darker' if d.auto_polarity == 'dark' else 'brighter'} than "
                       "the background)"}[d.mode] + (f", shrunk by {d.erode_px} px" if d.erode_px else "")
     ph, al = m.frame.photometric, m.frame.align
-    frame = [f"lighting: {ph.mode}" + (f" (clip {ph.clahe_clip:g}, {ph.clahe_tile} tiles)" if ph.mode == "clahe" else ""),
+    frame = [f"lighting: {ph.mode}"
+             + (f" (clip {ph.clahe_clip:g}, {ph.clahe_tile} tiles)" if ph.mode == "clahe" else ""),
              f"alignment: {al.mode}" + (f" ({al.method}, max shift {100 * al.max_shift_frac:g} %, max angle "
                                         f"{al.max_angle_deg:g} deg, min quality {al.min_quality:g}, on failure "
                                         f"{al.on_failure})" if al.mode != "none" else "")]
@@ -91,7 +92,8 @@ def info_text(bundle: Bundle, where: str) -> str:
         ("features", [(f"{m.features.embedding_dim}-dim patches on a {m.features.grid[0]}x{m.features.grid[1]} grid "
                       f"(one per {m.features.stride} input px)")]),
         ("scoring", [f"kNN {m.scoring.index}" + (f" (nprobe {m.scoring.nprobe})" if m.scoring.index == "ivf" else "")
-                     + f", k {m.scoring.k}, map blur sigma {m.scoring.sigma:g}, reweight {'on' if m.scoring.reweight else 'off'}; "
+                     + f", k {m.scoring.k}, map blur sigma {m.scoring.sigma:g}, "
+                     f"reweight {'on' if m.scoring.reweight else 'off'}; "
                      f"coreset {100 * m.memory.coreset_ratio:g} %"]),
         ("scales", scales),
         ("plan", plan),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 import cv2
+
 from linesight.errors import DataError
 from linesight.export.images import IMAGE_SUFFIXES, read_image
 
@@ -37,7 +38,8 @@ def _images_under(folder: Path) -> list[Path]:
 def _expand_one(arg: str) -> list[Path]:
     if glob.has_magic(arg):
         hits = [Path(h) for h in sorted(glob.glob(arg, recursive=True))]
-        found = [p for h in hits for p in (_images_under(h) if h.is_dir() else [h]) if p.suffix.lower() in IMAGE_SUFFIXES]
+        found = [p for h in hits for p in (_images_under(h) if h.is_dir() else [h])
+                 if p.suffix.lower() in IMAGE_SUFFIXES]
         if not found:
             raise DataError(f"no image matches {arg!r} (looked for {' '.join(IMAGE_SUFFIXES)})")
         return found

@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 
 from linesight.daemon.sources.synthetic import make_texture
+from linesight.export.images import to_unit
 from linesight.outputs import output_folder
-from linesight.trainer.synth import DefectSynth, to_unit
+from linesight.trainer.synth import DefectSynth
 
 log = logging.getLogger(__name__)
 

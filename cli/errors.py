@@ -33,6 +33,8 @@ class DataError(LinesightError):
     """A dataset folder or image cannot be used."""
 
 
-def validation_problems(exc, whole: str) -> str:
-    """A pydantic ValidationError as one line: `field.path: message; ...` (`whole` names a model-level error)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors())
+def validation_problems(exc, whole: str, prefix: str = "") -> str:
+    """A pydantic ValidationError as one line: `prefix.field.path: message; ...` (`whole` names a model-level
+    error). The one formatter for models built from code and flags; YAML files get file:line (config.loader)."""
+    return "; ".join(f"{'.'.join([prefix, *map(str, e['loc'])] if prefix else map(str, e['loc'])) or whole}: "
+                     f"{e['msg']}" for e in exc.errors(include_url=False))

@@ -4,14 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from linesight.config.base import Strict
+from linesight.config.inspection import MAX_REGIONS
 from linesight.config.outputs import OutputsConfig
 from linesight.config.sources import SourceConfig
 
 
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ModelConfig(Strict):
 
     bundle: Path = Field(description="Bundle folder or .zip written by `linesight fit`")
     watch: bool = Field(True, description="Reload automatically when the bundle file/folder changes")
@@ -26,8 +27,7 @@ class ModelConfig(BaseModel):
                                         "--defect-size)")
 
 
-class PartIdConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PartIdConfig(Strict):
 
     mode: Literal["counter", "filename", "chunk", "external"] = Field(
         "counter", description="counter: prefix + sequence; filename: the frame's file name; chunk: a chunk "
@@ -37,8 +37,7 @@ class PartIdConfig(BaseModel):
     chunk_key: str = Field("", description="Chunk/metadata key holding the part id (mode chunk)")
 
 
-class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PipelineConfig(Strict):
 
     deadline_ms: float = Field(500, gt=0, description="Trigger-to-verdict budget; a frame not decided in time gets "
                                                       "the fail-safe verdict")
@@ -62,19 +61,17 @@ class PipelineConfig(BaseModel):
                                    "$STATE_DIRECTORY; without either, seq restarts at 1 and run is the start time)")
 
 
-class AnalysisConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class AnalysisConfig(Strict):
 
     enabled: bool = Field(True, description="Measure, type and grade the regions of every NG frame")
     spec: Path | None = Field(None, description="Inspection spec YAML (types, zones, limits -> grade and OK/NG); "
                                                 "without one the score threshold decides")
     knowledge: Path | None = Field(None, description="Knowledge base YAML (type x zone x trend -> causes, actions)")
-    max_regions: int = Field(32, ge=1, description="Regions measured per frame (bounds work on noisy maps)")
+    max_regions: int = Field(MAX_REGIONS, ge=1, description="Regions measured per frame (bounds work on noisy maps)")
     trend_window: int = Field(50, ge=1, description="Recent parts kept for trend conditions (NG rate, repeats)")
 
 
-class DaemonConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DaemonConfig(Strict):
 
     model: ModelConfig = Field(description="The bundle to run")
     source: SourceConfig = Field(description="Where frames come from")

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from linesight.config.base import Strict
 from linesight.config.frame import AugmentConfig, FrameInfo
 
 BackboneName = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "wide_resnet50_2"]
 BACKBONE_NAMES: tuple[str, ...] = get_args(BackboneName)  # trainer/backbones.py builds each (tested)
 
 
-class FitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class FitConfig(Strict):
 
     model_id: str = Field("linesight-model", description="Name recorded in the bundle and every verdict")
     backbone: BackboneName = Field("efficientnet_lite0", description="Feature extractor")
@@ -24,7 +24,8 @@ class FitConfig(BaseModel):
     input_size: int = Field(224, ge=32, le=2048, description="Square input size in pixels (multiple of 8)")
     embedding_dim: int = Field(192, ge=2, description="Patch embedding size after projection")
     coreset_ratio: float = Field(0.01, gt=0, le=1, description="Fraction of training patches kept in the bank")
-    coreset_projection_dim: int = Field(128, ge=0, description="Random projection used for coreset distances (0 = none)")
+    coreset_projection_dim: int = Field(128, ge=0, description="Random projection used for coreset distances "
+                                        "(0 = none)")
     coreset_chunk: int = Field(1024, ge=16, description="Greedy chunk size (>= patches gives exact greedy)")
     k: int = Field(1, ge=1, description="Neighbours averaged into a patch score")
     reweight: bool = Field(False, description="anomalib-style softmax reweighting of the image score")
@@ -47,7 +48,8 @@ class FitConfig(BaseModel):
     int8_max_auroc_drop: float = Field(0.005, ge=0, description="int8 is refused if its image AUROC (synthetic "
                                        "defects on the held-out good images) is lower than float's by more")
     sigma: float = Field(4.0, ge=0, description="Gaussian blur of the anomaly map (input pixels)")
-    holdout_fraction: float = Field(0.1, ge=0, lt=0.5, description="Good images kept out of the bank to set the default threshold")
+    holdout_fraction: float = Field(0.1, ge=0, lt=0.5, description="Good images kept out of the bank to set the "
+                                    "default threshold")
     batch_size: int = Field(16, ge=1)
     seed: int = Field(0)
     selfsup_steps: int = Field(4000, ge=1, description="Self-supervised training: max optimiser steps")
@@ -65,7 +67,8 @@ class FitConfig(BaseModel):
                                    "(17: the whole magnetic_tile fit stays under 20 min on 2 cores)")
     selfsup_val_every: int = Field(150, ge=1, description="Steps between validations (held-out good + synthetic)")
     selfsup_patience: int = Field(8, ge=1, description="Validations without improvement before early stopping")
-    golden_images: int = Field(3, ge=0, le=16, description="Held-out good images stored in the bundle to verify it on load")
+    golden_images: int = Field(3, ge=0, le=16, description="Held-out good images stored in the bundle to verify it "
+                               "on load")
     resize: Literal["stretch", "letterbox"] = Field("stretch", description="Whole-frame view: stretch to the "
                                                     "square input, or letterbox (keep the aspect ratio, pad)")
     defect_size: tuple[float, float] | None = Field(None, description="Smallest and largest defect that matters "
@@ -97,7 +100,7 @@ class FitConfig(BaseModel):
         return max(16, (self.input_size * 2 // 7) // 16 * 16)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "FitConfig":
+    def _consistent(self) -> FitConfig:
         if self.overlap % 16 or self.overlap >= self.input_size // 2:
             raise ValueError(f"tile_overlap {self.overlap}: use a multiple of 16 below half the input size")
         if self.domain == "mask" and not self.domain_mask:

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from linesight.config.base import Strict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PhotometricInfo(_Strict):
+class PhotometricInfo(Strict):
     """Lighting compensation applied to every frame (training and inference) before alignment and features."""
 
     mode: Literal["none", "gain_offset", "clahe"] = Field(
@@ -33,7 +31,7 @@ class PhotometricInfo(_Strict):
                                                                 "full scale")
 
 
-class AlignInfo(_Strict):
+class AlignInfo(Strict):
     """Software de-jitter: register each frame to the training reference, then warp it once at full size."""
 
     mode: Literal["none", "translation", "rigid"] = Field(
@@ -61,14 +59,14 @@ class AlignInfo(_Strict):
                                                          "(16-bit grayscale PNG at the work size)")
 
 
-class FrameInfo(_Strict):
+class FrameInfo(Strict):
     """Per-frame preparation: photometric normalisation first, then alignment."""
 
     photometric: PhotometricInfo = Field(default_factory=PhotometricInfo)
     align: AlignInfo = Field(default_factory=AlignInfo)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     """Extra good images made from the training images before the memory bank is built.
 
     Only use transforms the real parts can show: a bank that learned flipped parts will accept flipped parts.
@@ -89,7 +87,7 @@ class AugmentConfig(_Strict):
     seed: int = Field(0, ge=0, description="Random seed: the same seed gives the same copies")
 
     @model_validator(mode="after")
-    def _copies_match_transforms(self) -> "AugmentConfig":
+    def _copies_match_transforms(self) -> AugmentConfig:
         has_transform = (self.hflip or self.vflip or self.rot90 or self.rotate_deg > 0 or self.brightness > 0
                          or self.contrast > 0)
         if self.copies > 0 and not has_transform:

@@ -12,9 +12,10 @@ import difflib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
+from linesight.config.base import Strict
 from linesight.config.loader import format_path, load_model, parse_yaml
 from linesight.errors import ConfigError
 
@@ -34,17 +35,16 @@ __all__ = [
     "load_knowledge_base",
 ]
 
-#: Type given to a region that no shape rule matches.
+#: Type given to a region that no shape rule matches, and the learned classifier's "nothing close" answer.
 UNKNOWN_TYPE = "unknown"
+#: Regions measured per frame, worst first, by the engine, the daemon's analysis and evaluation alike: bounds the
+#: work on a map that lights up everywhere (the daemon's analysis.max_regions may lower or raise it).
+MAX_REGIONS = 32
 
 Polarity = Literal["darker", "brighter", "mixed", "none", "unknown"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Range(_Strict):
+class Range(Strict):
     """Closed interval; an omitted bound is open. `{min: 2}` means ">= 2", `{max: 5}` means "<= 5"."""
 
     min: float | None = Field(default=None, description="Inclusive lower bound (None = no lower bound).")
@@ -70,7 +70,7 @@ class Range(_Strict):
         return f"{name} >= {self.min:g}" if self.min is not None else f"{name} <= {self.max:g}"
 
 
-class Zone(_Strict):
+class Zone(Strict):
     """A named area of the part in image pixels; a region belongs to the first zone holding its centroid."""
 
     name: str = Field(min_length=1, max_length=64, description="Zone name used by rules (e.g. 'edge', 'face').")
@@ -92,7 +92,7 @@ class Zone(_Strict):
         return self
 
 
-class ShapeRule(_Strict):
+class ShapeRule(Strict):
     """Label-free defect typing: the first rule whose conditions all hold names the region's type."""
 
     type: str = Field(min_length=1, max_length=64, description="Defect type assigned when the rule matches.")
@@ -125,7 +125,7 @@ DEFAULT_SHAPE_RULES: tuple[ShapeRule, ...] = (
 )
 
 
-class GradeRule(_Strict):
+class GradeRule(Strict):
     """Limits -> grade. Region-level unless `count` is set (then it grades the image by how many match)."""
 
     name: str = Field(min_length=1, max_length=80, description="Rule name, reported as the verdict's basis.")
@@ -148,7 +148,7 @@ class GradeRule(_Strict):
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
-class InspectionSpec(_Strict):
+class InspectionSpec(Strict):
     """Per-product acceptance spec: zones, how shapes map to types, and which limits give which grade."""
 
     grades: list[str] = Field(
@@ -197,6 +197,13 @@ class InspectionSpec(_Strict):
     @model_validator(mode="after")
     def _cross_references(self) -> InspectionSpec:
         problems: list[tuple[tuple[str | int, ...], str, object]] = []
+        self._check_grades(problems)
+        zone_names = self._check_zones(problems)
+        self._check_rules(problems, zone_names)
+        _raise_located(type(self).__name__, problems)
+        return self
+
+    def _check_grades(self, problems: list) -> None:
         grades = set(self.grades)
         if len(grades) != len(self.grades):
             problems.append((("grades",), "grade names must be unique", self.grades))
@@ -216,17 +223,22 @@ class InspectionSpec(_Strict):
         if self.default_grade is not None and self.default_grade not in grades:
             problems.append((("default_grade",), f"grade '{self.default_grade}' is not in grades {self.grades}",
                              self.default_grade))
+
+    def _check_zones(self, problems: list) -> list[str]:
         zone_names = [z.name for z in self.zones]
         for i, name in enumerate(zone_names):
             if name in zone_names[:i] or name == "none":
                 problems.append((("zones", i, "name"), f"zone name '{name}' is reserved or used twice", name))
-        types = self.known_types()
         for i, sr in enumerate(self.shape_rules or []):
             for j, z in enumerate(sr.zones or []):
                 if z not in zone_names:
                     problems.append((("shape_rules", i, "zones", j), f"unknown zone '{z}' (zones: {zone_names})", z))
+        return zone_names
+
+    def _check_rules(self, problems: list, zone_names: list[str]) -> None:
+        types = self.known_types()
         for i, rule in enumerate(self.rules):
-            if rule.grade not in grades:
+            if rule.grade not in self.grades:
                 problems.append((("rules", i, "grade"),
                                  f"grade '{rule.grade}' is not in the declared grade order {self.grades}"
                                  f"{_hint(rule.grade, self.grades)}", rule.grade))
@@ -247,11 +259,9 @@ class InspectionSpec(_Strict):
         for i, n in enumerate(names):
             if n in names[:i]:
                 problems.append((("rules", i, "name"), f"rule name '{n}' is used twice", n))
-        _raise_located(type(self).__name__, problems)
-        return self
 
 
-class RepeatCondition(_Strict):
+class RepeatCondition(Strict):
     """The same defect type on at least `min_count` of the last `n` parts, the current part included."""
 
     n: int = Field(ge=1, le=100_000, description="Window: number of most recent parts looked at.")
@@ -264,7 +274,7 @@ class RepeatCondition(_Strict):
         return self
 
 
-class KnowledgeEntry(_Strict):
+class KnowledgeEntry(Strict):
     """type x zone x optional trend -> likely causes and what to do. Written by process engineers."""
 
     id: str = Field(min_length=1, max_length=80, description="Stable id, logged with each advice.")
@@ -281,7 +291,7 @@ class KnowledgeEntry(_Strict):
     actions: list[str] = Field(min_length=1, description="Suggested actions for the operator / maintenance.")
 
 
-class KnowledgeBase(_Strict):
+class KnowledgeBase(Strict):
     """Per-product list of knowledge entries; all matching entries are returned, most specific first."""
 
     product: str = Field(min_length=1, description="Product the notes are written for (e.g. 'magnetic_tile').")

@@ -3,24 +3,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from linesight.config.base import Strict
 from linesight.config.frame import FrameInfo
 
 BUNDLE_SCHEMA = "linesight.bundle/1"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelInfo(_Strict):
+class ModelInfo(Strict):
     id: str = Field(description="Model id, e.g. the product or station name")
     version: int = Field(ge=1, description="Increases with every bundle written for this id")
     created_at: str = Field(description="UTC ISO-8601 time the bundle was written")
 
 
-class WeightsInfo(_Strict):
+class WeightsInfo(Strict):
     source: Literal["imagenet", "none", "file", "self"] = Field(description="Where the backbone weights came from")
     pretrained: bool = Field(description="False means random-init features: accuracy will be poor")
     detail: str = Field("", description="URL, file path or training recipe")
@@ -30,20 +27,20 @@ class WeightsInfo(_Strict):
                                                     "[(step, held-out synthetic AUROC)], best_step, stopped, seconds")
 
 
-class BackboneInfo(_Strict):
+class BackboneInfo(Strict):
     name: str
     layers: list[str]
     weights: WeightsInfo
 
 
-class FeatureInfo(_Strict):
+class FeatureInfo(Strict):
     embedding_dim: int = Field(gt=0)
     grid: tuple[int, int] = Field(description="Patch grid (h, w) of the ONNX output")
     stride: int = Field(gt=0, description="Input pixels per patch")
     neighbourhood: int = Field(3, description="Local aggregation window (PatchCore: 3x3)")
 
 
-class MemoryInfo(_Strict):
+class MemoryInfo(Strict):
     n_patches: int = Field(description="Patches extracted from the training images")
     n_bank: int = Field(description="Rows kept in memory_bank.npy")
     coreset_ratio: float
@@ -53,7 +50,7 @@ class MemoryInfo(_Strict):
     seconds: float
 
 
-class ScoringInfo(_Strict):
+class ScoringInfo(Strict):
     k: int = Field(1, ge=1, description="Patch score = mean distance to the k nearest bank rows")
     reweight: bool = Field(False, description="anomalib-style softmax reweighting of the image score")
     reweight_neighbors: int = Field(9, ge=1)
@@ -67,7 +64,7 @@ class ScoringInfo(_Strict):
 IndexKind = Literal["flat", "ivf", "hnsw"]
 
 
-class IndexCheck(_Strict):
+class IndexCheck(Strict):
     """One index setting against exact search on held-out patches at fit: what approximate search costs in scores."""
 
     setting: str = Field(description="e.g. 'ivf nlist 277 nprobe 4'")
@@ -82,7 +79,7 @@ class IndexCheck(_Strict):
     passed: bool = Field(description="image_error_max and patch_error_mean within the bound")
 
 
-class IndexInfo(_Strict):
+class IndexInfo(Strict):
     """The kNN index a scale runs, why, and its measured accuracy against exact search."""
 
     kind: IndexKind
@@ -106,7 +103,7 @@ DEFAULT_MAX_FALSE_REJECT = 0.01
 DEFAULT_MAX_FALSE_PIXEL_AREA = 0.001
 
 
-class Rate(_Strict):
+class Rate(Strict):
     """count of n parts, with the Wilson 95 % interval: what a rate measured on only n parts can claim."""
 
     count: int = Field(ge=0)
@@ -119,7 +116,7 @@ class Rate(_Strict):
         return self.rate * 1e6
 
 
-class CalibrationTarget(_Strict):
+class CalibrationTarget(Strict):
     """What the line can afford, as a quality engineer states it (fractions of the labeled parts or pixels)."""
 
     max_false_reject: float = Field(DEFAULT_MAX_FALSE_REJECT, ge=0, lt=1, description="Good parts the image "
@@ -131,7 +128,7 @@ class CalibrationTarget(_Strict):
                                         "good-image pixels at or above the pixel threshold")
 
 
-class CalibrationResult(_Strict):
+class CalibrationResult(Strict):
     """The targets calibrate was given and what its thresholds achieve on the labeled set it scored."""
 
     target: CalibrationTarget
@@ -142,7 +139,7 @@ class CalibrationResult(_Strict):
     forced: bool = Field(False, description="Written with --force although a target was not met")
 
 
-class Thresholds(_Strict):
+class Thresholds(Strict):
     image: float = Field(description="Image score at or above which the part is NG")
     pixel: float = Field(description="Anomaly-map value at or above which a pixel belongs to a defect region")
     policy: str = Field(description="How `image` was chosen")
@@ -154,7 +151,7 @@ class Thresholds(_Strict):
                                                   "calibration set (None: not calibrated, or before targets)")
 
 
-class DomainInfo(_Strict):
+class DomainInfo(Strict):
     """Where on the image defects count. Scores outside the domain are zero and cannot raise a verdict."""
 
     mode: Literal["none", "mask", "auto"] = Field("none", description="none: whole image; mask: a fixed ROI mask "
@@ -165,7 +162,7 @@ class DomainInfo(_Strict):
     erode_px: int = Field(0, ge=0, description="Shrink the domain by this many input pixels (ignore part edges)")
 
 
-class ScaleInfo(_Strict):
+class ScaleInfo(Strict):
     """One view of the frame with its own memory bank (export/views.py draws the geometry)."""
 
     name: str = Field(description="Label in logs, timings and evidence, e.g. 'whole' or 'tiles@0.8'")
@@ -188,7 +185,7 @@ class ScaleInfo(_Strict):
     good_max: float | None = Field(None, description="Mean image score of held-out good images (fusion)")
 
 
-class PlanInfo(_Strict):
+class PlanInfo(Strict):
     """Why these scales: the defect size range the engineer asked for, turned into views."""
 
     defect_size_px: tuple[float, float] | None = Field(None, description="Smallest and largest defect, frame px")
@@ -201,12 +198,12 @@ class PlanInfo(_Strict):
     reasoning: list[str] = Field(default_factory=list)
 
 
-class GoldenImage(_Strict):
+class GoldenImage(Strict):
     file: str
     score: float
 
 
-class Int8Info(_Strict):
+class Int8Info(Strict):
     """Static int8 quantization tried at fit and the figures that kept or refused it (float runs when refused)."""
 
     kept: bool = Field(description="backbone.onnx is the int8 graph")
@@ -227,7 +224,7 @@ class Int8Info(_Strict):
     features_ms_int8: float | None = Field(None, description="Same, int8 graph (informative)")
 
 
-class OnnxInfo(_Strict):
+class OnnxInfo(Strict):
     input: str
     output: str
     opset: int
@@ -237,7 +234,7 @@ class OnnxInfo(_Strict):
     int8: Int8Info | None = Field(None, description="Set when int8 was asked for (kept or not)")
 
 
-class DatasetInfo(_Strict):
+class DatasetInfo(Strict):
     name: str
     fingerprint: str
     n_train: int
@@ -247,7 +244,7 @@ class DatasetInfo(_Strict):
     n_bank_images: int | None = Field(None, description="Images the bank was built from (originals + copies)")
 
 
-class Manifest(_Strict):
+class Manifest(Strict):
     schema_: str = Field(alias="schema")
     model: ModelInfo
     backbone: BackboneInfo
@@ -269,4 +266,4 @@ class Manifest(_Strict):
     warnings: list[str] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file in the bundle")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)

@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from linesight.config.base import Strict
 
 # One MQTT topic level: no separators, wildcards, NUL or leading '$' (reserved for broker topics).
 _TOPIC_LEVEL = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -32,10 +34,9 @@ def _topic_level(value: str, field: str) -> str:
     return value
 
 
-class MqttTlsConfig(BaseModel):
+class MqttTlsConfig(Strict):
     """TLS for the broker connection; the broker's certificate is always verified unless `insecure`."""
 
-    model_config = ConfigDict(extra="forbid")
 
     ca_file: Path | None = Field(
         default=None,
@@ -59,10 +60,9 @@ class MqttTlsConfig(BaseModel):
         return self
 
 
-class MqttConfig(BaseModel):
+class MqttConfig(Strict):
     """Verdicts, alarms, status and commands over MQTT v5 (the PLC gateway / MES path)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="Publish to an MQTT broker (a section that is present is on; "
                           "`enabled: false` or no section turns it off).")
@@ -157,10 +157,9 @@ class MqttConfig(BaseModel):
         return self.client_id or f"linesight-{self.site}-{self.line}-{self.station}"
 
 
-class ZmqConfig(BaseModel):
+class ZmqConfig(Strict):
     """Low-latency local feed for HMIs: verdicts and (optionally) images over ZeroMQ PUB sockets."""
 
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="Publish on ZeroMQ.")
     verdict_endpoint: str = Field(
@@ -197,10 +196,9 @@ class ZmqConfig(BaseModel):
         return self
 
 
-class MetricsConfig(BaseModel):
+class MetricsConfig(Strict):
     """Prometheus `/metrics` and `/healthz` HTTP endpoint."""
 
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="Serve /metrics and /healthz.")
     host: str = Field(
@@ -209,10 +207,9 @@ class MetricsConfig(BaseModel):
     port: int = Field(default=9108, ge=0, le=65535, description="Listen port (0 = any free port).")
 
 
-class ArchiveConfig(BaseModel):
+class ArchiveConfig(Strict):
     """On-disk archive of inspected frames for audits and re-training, bounded in size and age."""
 
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="Write frames to the archive (a section that is present is on; "
                           "`enabled: false` or no section turns it off).")
@@ -238,11 +235,10 @@ class ArchiveConfig(BaseModel):
     jpeg_quality: int = Field(default=95, ge=1, le=100, description="JPEG quality when image_format=jpeg.")
 
 
-class VerdictLogConfig(BaseModel):
+class VerdictLogConfig(Strict):
     """Every verdict as one JSON line on local disk (traceability: which part got which decision, when, from
     which model), kept whatever MQTT does; size-rotated like logrotate: path, path.1 ... path.<keep>."""
 
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(default=True, description="Write the verdict log (a section that is present is on; "
                           "`enabled: false` or no section turns it off).")
@@ -253,12 +249,11 @@ class VerdictLogConfig(BaseModel):
     keep: int = Field(default=10, ge=1, le=1000, description="Rotated files kept; the oldest is deleted.")
 
 
-class OutputsConfig(BaseModel):
+class OutputsConfig(Strict):
     """All outputs of one daemon instance. A section that is present is on unless it says `enabled: false`
     (an `mqtt:` block with a host was silently off before); a section left out keeps its default: mqtt,
     archive and verdict_log off, zmq and metrics (loopback-only) on."""
 
-    model_config = ConfigDict(extra="forbid")
 
     mqtt: MqttConfig = Field(default_factory=lambda: MqttConfig(enabled=False), description="MQTT v5 output.")
     zmq: ZmqConfig = Field(default_factory=ZmqConfig, description="ZeroMQ HMI feed.")

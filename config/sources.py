@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from linesight.config.base import Strict
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _SFNC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-FeatureValue = Union[bool, int, float, str]
+FeatureValue = bool | int | float | str
 
 
-class _SourceBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _SourceBase(Strict):
 
     name: str = Field(
         default="cam0",
@@ -46,7 +47,7 @@ class _SourceBase(BaseModel):
         return value
 
 
-class _Backoff(BaseModel):
+class _Backoff(Strict):
     """Shared reconnect backoff fields (exponential from min to max)."""
 
     reconnect_backoff_min_s: float = Field(
@@ -67,10 +68,9 @@ class _Backoff(BaseModel):
         return self
 
 
-class DeviceSelector(BaseModel):
+class DeviceSelector(Strict):
     """Which camera to open; set at most one key. None set = the only device found (error if several)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     serial: str | None = Field(default=None, min_length=1, description="Device serial number (DeviceSerialNumber).")
     user_id: str | None = Field(
@@ -89,10 +89,9 @@ class DeviceSelector(BaseModel):
         return self
 
 
-class TriggerConfig(BaseModel):
+class TriggerConfig(Strict):
     """How frames are started (SFNC TriggerSelector=FrameStart)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["free_run", "software", "hardware"] = Field(
         default="free_run",
@@ -296,6 +295,6 @@ class SyntheticSourceConfig(_SourceBase):
 
 
 SourceConfig = Annotated[
-    Union[GenICamSourceConfig, FolderSourceConfig, VideoSourceConfig, SyntheticSourceConfig],
+    GenICamSourceConfig | FolderSourceConfig | VideoSourceConfig | SyntheticSourceConfig,
     Field(discriminator="type"),
 ]

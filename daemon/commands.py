@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from linesight.config.base import Strict
 from linesight.config.outputs import MQTT_COMMANDS
 from linesight.errors import validation_problems
 
 
-class Command(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+class Command(Strict):
+    model_config = ConfigDict(strict=True, frozen=True)
 
     id: str | int | None = Field(None, description="Echoed in the reply, so the sender can match it")
 

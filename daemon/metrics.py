@@ -1,4 +1,7 @@
-"""Prometheus metrics and the `/metrics` + `/healthz` HTTP endpoint of the daemon.
+"""Prometheus metrics of the daemon (served with /healthz by daemon.metrics_http).
+
+Longer than 400 lines because the catalogue of series (name, help text, bounded label set) stays beside the
+one class that writes them: a series and its only writer are read together.
 
 Why a private CollectorRegistry: the process-global registry would leak series between daemon
 instances in tests and pick up unrelated library metrics; each `Metrics` owns exactly what it exposes.
@@ -16,20 +19,17 @@ private registry does not get them by itself), linesight_build_info says which r
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
 import platform
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -43,14 +43,15 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from linesight import __version__
+from linesight.daemon.metrics_http import HealthFn, listen_http, make_handler
+from linesight.daemon.verdict import FAIL_SAFE_REASONS
 from linesight.errors import ConfigError
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # process-wide in prometheus_client; nothing in linesight reads _created
 
 VERDICTS = ("OK", "NG")
-FAILSAFE_REASONS = ("deadline_missed", "frame_dropped", "inference_error", "no_model", "camera_error", "bad_frame",
-                    "alignment_failed")
+FAILSAFE_REASONS = FAIL_SAFE_REASONS  # the `reason` labels: daemon.verdict.FailSafe, the one definition
 FRAME_DROP_REASONS = ("queue_full", "incomplete", "timeout", "bad_frame", "camera_error", "other")
 #: acquire: trigger (or arrival) to the start of processing: transfer, decoding and waiting in the inference
 #: queue; with preprocess, inference, analysis and publish it adds up to trigger_to_verdict.
@@ -119,9 +120,6 @@ SINK_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                                       "early, to keep archive.min_free_bytes free)."), ("reason",)),
 }
 SINKS = ("mqtt", "zmq", "archive", "verdict_log", "publish")  # publish: the queue in front of them all
-HEALTH_OK = ("ok", "degraded")  # answered with 200; anything else -> 503
-
-HealthFn = Callable[[], Mapping[str, Any]]
 
 
 def _dist_version(dist: str) -> str:
@@ -129,20 +127,6 @@ def _dist_version(dist: str) -> str:
         return version(dist)
     except PackageNotFoundError:
         return "none"
-
-
-def listen_http(host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
-    """Bind the metrics HTTP server (SO_REUSEADDR, like every http.server); the start-up check binds and
-    closes it the same way, so a port it passes is one `serve` can take. ConfigError names the fix."""
-    try:
-        return ThreadingHTTPServer((host, port), handler)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            why = f"port {port} on {host} is in use (another linesight or exporter?); stop it or change metrics.port"
-        else:
-            why = (f"cannot listen on {host}:{port} ({exc.strerror or exc}); metrics.host must be an address of "
-                   "this machine (127.0.0.1, or the plant-network address) and metrics.port a free port")
-        raise ConfigError(why, field="outputs.metrics.port") from None
 
 
 class _SinkCollector(Collector):
@@ -158,7 +142,8 @@ class _SinkCollector(Collector):
 
     @staticmethod
     def _families() -> dict[str, CounterMetricFamily]:
-        return {key: CounterMetricFamily(name, doc, labels=labels) for key, (name, doc, labels) in SINK_FAMILIES.items()}
+        return {key: CounterMetricFamily(name, doc, labels=labels)
+                for key, (name, doc, labels) in SINK_FAMILIES.items()}
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         yield from self._families().values()
@@ -306,7 +291,8 @@ class Metrics:
         self._warn_once(metric, value, f"is not one of {tuple(allowed)}; counted as 'other' where possible")
         return "other" if "other" in allowed else None
 
-    def _warn_once(self, metric: str, value: str, why: str = "is unknown to metrics.SINK_COUNTERS; not exported") -> None:
+    def _warn_once(self, metric: str, value: str,
+                   why: str = "is unknown to metrics.SINK_COUNTERS; not exported") -> None:
         if (metric, value) not in self._warned and len(self._warned) < 100:
             self._warned.add((metric, value))
             log.warning("metrics: %s label %r %s", metric, value, why)
@@ -340,8 +326,7 @@ class Metrics:
 
     def record_verdict(self, verdict: Mapping[str, Any]) -> None:
         """Count one published verdict (schema linesight.verdict/1): verdict, fail-safe reason,
-        deadline miss, inference time (latency_ms.inference) and trigger-to-verdict (latency_ms.total).
-        Do not also call observe_inference/observe_trigger_to_verdict for the same verdict."""
+        deadline miss, inference time (latency_ms.inference) and trigger-to-verdict (latency_ms.total)."""
         label = self._bounded("linesight_verdicts_total", str(verdict.get("verdict")), VERDICTS)
         if label is not None:
             self.verdicts.labels(label).inc()
@@ -362,12 +347,6 @@ class Metrics:
             types = {d.get("type") for d in verdict.get("defects") or () if isinstance(d, Mapping)} - {None}
             for t in types or {UNTYPED}:
                 self.ng_parts.labels(t if t in self._defect_types else "other").inc()
-
-    def observe_inference(self, seconds: float) -> None:
-        self.inference_seconds.observe(seconds)
-
-    def observe_trigger_to_verdict(self, seconds: float) -> None:
-        self.trigger_to_verdict.observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         label = self._bounded("linesight_stage_seconds", stage, STAGES)
@@ -434,7 +413,7 @@ class Metrics:
         """
         if self._server is not None:
             raise RuntimeError("Metrics.serve() called twice")
-        server = listen_http(host, port, _make_handler(self, health))
+        server = listen_http(host, port, make_handler(self.exposition, health or self.default_health))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -455,42 +434,3 @@ class Metrics:
 
     def default_health(self) -> dict[str, Any]:
         return {"status": "ok" if self._up else "unhealthy"}
-
-
-def _make_handler(metrics: Metrics, health: HealthFn | None) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "linesight-metrics"
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, metrics.exposition())
-            elif path == "/healthz":
-                code, body = _health_response(metrics, health)
-                self._send(code, "application/json", body)
-            else:
-                self._send(404, "text/plain; charset=utf-8", b"not found; try /metrics or /healthz\n")
-
-        def _send(self, code: int, ctype: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # keep scrapes out of stderr
-            log.debug("metrics http %s " + fmt, self.client_address[0], *args)
-
-    return Handler
-
-
-def _health_response(metrics: Metrics, health: HealthFn | None) -> tuple[int, bytes]:
-    try:
-        report = dict(health() if health is not None else metrics.default_health())
-        status = report.get("status")
-    except Exception as exc:
-        log.exception("metrics: health callback failed")
-        report, status = {"status": "unhealthy", "error": f"health check failed: {type(exc).__name__}"}, "unhealthy"
-    code = 200 if status in HEALTH_OK else 503
-    return code, json.dumps(report, default=str).encode()

@@ -131,14 +131,6 @@ class Notifier:
         """Shutdown began; systemd stops expecting watchdog pings."""
         return self._send("STOPPING=1", status)
 
-    def reloading(self, status: str | None = None) -> bool:
-        """Config reload began; call ready() when done.
-
-        MONOTONIC_USEC is required by Type=notify-reload (systemd >= 253) and ignored before.
-        """
-        now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        return self._send(f"RELOADING=1\nMONOTONIC_USEC={now_usec}", status)
-
     def watchdog(self) -> bool:
         """Feed the watchdog. Call from the processing loop so a stalled loop stops feeding."""
         if self._watchdog_timeout_s is None:

@@ -93,34 +93,38 @@ class Pipeline:
             self._types = (engine, clf)
         return self._types[1]
 
-    def _analyse(self, frame: Frame, pred, pixel_threshold: float, classifier=None) -> tuple[dict | None, dict | None]:
+    def _analyse(self, frame: Frame, pred, pixel_threshold: float,
+                 classifier=None) -> tuple[V.VerdictAnalysis | None, dict | None]:
         """NG frames only: measure, type (learned with `classifier`, else rules), grade (spec), advise
-        (knowledge base). -> (compact, full)."""
+        (knowledge base). -> (the verdict's part, full)."""
         from linesight.export import analysis as A
+        from linesight.export.analysis.advice import Trend
 
         if not self.cfg.analysis.enabled or pred.verdict != "NG":
             self.history.append([])
             self.recent_ng.append(False)
             return None, None
-        trend = {"ng_rate": sum(self.recent_ng) / len(self.recent_ng) if self.recent_ng else 0.0,
-                 "history": list(self.history)}
-        evidence = A.NearestNormal(**pred.nearest) if pred.nearest else None
+        trend = Trend(ng_rate=sum(self.recent_ng) / len(self.recent_ng) if self.recent_ng else 0.0,
+                      history=list(self.history))
         a = A.analyze(pred, pixel_threshold, frame.image, spec=self.spec, kb=self.kb, trend=trend,
-                      evidence=evidence, max_regions=self.cfg.analysis.max_regions, classifier=classifier)
+                      evidence=pred.nearest, max_regions=self.cfg.analysis.max_regions, classifier=classifier)
         self.history.append([r.type for r in a.regions])
         self.recent_ng.append(a.decision.verdict == "NG")
-        return {**A.to_verdict_dict(a), "verdict": a.decision.verdict}, A.to_header_dict(a)
+        part = V.VerdictAnalysis.model_validate({**A.to_verdict_dict(a), "verdict": a.decision.verdict})
+        return part, A.to_header_dict(a)
 
     # ---------------------------------------------------------------- verdicts
     def _emit(self, item: Acquired, *, prediction=None, fail_safe: str | None = None, detail: str | None = None,
-              inference_ms: float | None = None, analysis: tuple[dict | None, dict | None] = (None, None)) -> dict:
+              inference_ms: float | None = None,
+              analysis: tuple[V.VerdictAnalysis | None, dict | None] = (None, None)) -> dict:
         frame, seq = item.frame, item.seq
         # the model and thresholds that decided travel with the prediction: a swap in between cannot relabel it
         model = prediction.model if prediction is not None else self.holder.info
+        failure = None if fail_safe is None else V.Failure(V.FailSafe(fail_safe), detail)  # unknown: ValueError
         v = V.build(frame, seq=seq, run=self.seqs.run, part_id=item.part_id, station=self.station, model=model,
-                    deadline_ms=self.cfg.pipeline.deadline_ms, prediction=prediction, fail_safe=fail_safe,
-                    fail_safe_verdict=self.cfg.pipeline.fail_safe_verdict, detail=detail, inference_ms=inference_ms,
-                    analysis=analysis[0])
+                    deadline_ms=self.cfg.pipeline.deadline_ms, prediction=prediction, failure=failure,
+                    fail_safe_verdict=self.cfg.pipeline.fail_safe_verdict, inference_ms=inference_ms,
+                    analysis=analysis[0]).to_dict()
         self.counts["verdicts"] += 1
         self.counts[f"verdict_{v['verdict']}"] += 1
         if fail_safe:

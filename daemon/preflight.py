@@ -115,7 +115,7 @@ def preflight(cfg: DaemonConfig, doc: YamlDocument | None = None) -> list[Proble
         if out.metrics.enabled:
             from http.server import BaseHTTPRequestHandler
 
-            from linesight.daemon.metrics import listen_http
+            from linesight.daemon.metrics_http import listen_http
 
             server = found.run("outputs.metrics.port", listen_http, out.metrics.host, out.metrics.port,
                                BaseHTTPRequestHandler)
@@ -215,7 +215,7 @@ def _yaml_file(found: _Found, field: str, what: str, path: Path, load: Callable[
 
 
 def _mqtt(found: _Found, mqtt: MqttConfig) -> None:
-    from linesight.daemon.sinks.mqtt_sink import (
+    from linesight.daemon.sinks.mqtt_secrets import (
         read_password,
         tls_context,
         tls_file_problems,
@@ -233,6 +233,7 @@ def _mqtt(found: _Found, mqtt: MqttConfig) -> None:
 
 def _zmq(found: _Found, cfg: ZmqConfig, held: contextlib.ExitStack) -> None:
     import zmq
+
     from linesight.daemon.sinks.zmq_sink import bind_socket, sockets
 
     ctx = zmq.Context()

@@ -18,8 +18,8 @@ import queue
 import signal
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,7 @@ class Service:
         self.mqtt = self.zmq = self.archive = self.verdict_log = None
         self.pub_q = PublishQueue(int(cfg.pipeline.publish_queue_mb * 2**20), PUBLISH_QUEUE_ITEMS)
         self.arch_q: queue.Queue[Outgoing | None] = queue.Queue(maxsize=16)
+        self.archive_prune_s = 60.0  # age retention between records (a test shortens it)
         # which pictures any output uses: the others are never held in the queue
         images_out = out.zmq.enabled and out.zmq.image_endpoint is not None
         self._keep_image = images_out or out.archive.enabled
@@ -122,7 +123,22 @@ class Service:
             self.pub_q.release(item)
 
     def _archive_loop(self) -> None:
-        while (item := self.arch_q.get()) is not None:
+        """Writes queued records; between them, age retention runs every `archive_prune_s` so max_age_days
+        holds on a stopped line too (save() alone only prunes when frames arrive)."""
+        next_prune = time.monotonic() + self.archive_prune_s
+        while True:
+            try:
+                item = self.arch_q.get(timeout=min(1.0, self.archive_prune_s))
+            except queue.Empty:
+                item = False
+            if item is None:
+                return
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.archive_prune_s
+                self.archive.prune()
+                self.metrics.set_archive_bytes(self.archive.size_bytes)
+            if item is False:
+                continue
             errors = self.archive.counters["errors"]
             self.archive.save(item.verdict, item.pictures, item.payload)
             self.pub_q.release(item)
@@ -375,9 +391,3 @@ def run_service(cfg: DaemonConfig, doc: Any = None) -> int:
     signal.signal(signal.SIGINT, svc.stop)
     return svc.run()
 
-
-def load_config(path: str | Path) -> DaemonConfig:
-    """The station config, relative paths resolved (see `preflight.load_station`, which also keeps lines)."""
-    from linesight.daemon.preflight import load_station
-
-    return load_station(path)[0]

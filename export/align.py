@@ -17,7 +17,7 @@ import numpy as np
 
 from linesight.config.frame import AlignInfo
 from linesight.errors import DataError
-from linesight.export.images import check_image
+from linesight.export.images import check_image, to_gray_unit
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,6 @@ class AlignResult:
     matrix: np.ndarray | None = None  # 2x3: aligned pixel p shows frame pixel matrix @ (p, 1); None = unaligned
 
 
-def to_gray_unit(image: np.ndarray) -> np.ndarray:
-    """Any supported image -> float32 grayscale in [0, 1] (same size)."""
-    check_image(image)
-    img = image
-    if img.ndim == 3 and img.shape[2] in (3, 4):
-        img = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_BGR2GRAY)
-    img = img.reshape(img.shape[0], img.shape[1])
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    if img.dtype == np.uint16:
-        return img.astype(np.float32) / 65535.0
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
-
-
 def _work_gray(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize first (in the image's own dtype, area filter when shrinking), then convert: cheap on big frames."""
     h, w = image.shape[:2]
@@ -68,6 +54,7 @@ def _work_gray(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
             small = small[:, :, :3]
         interp = cv2.INTER_AREA if h * w > shape[0] * shape[1] else cv2.INTER_LINEAR
         image = cv2.resize(np.ascontiguousarray(small), (shape[1], shape[0]), interpolation=interp)
+    check_image(image)
     return to_gray_unit(image)
 
 
@@ -181,6 +168,7 @@ class Aligner:
         if info.mode == "none":
             raise ValueError("Aligner needs align.mode translation or rigid")
         self.info = info
+        check_image(reference)
         self.ref = to_gray_unit(reference)
         self.shape = self.ref.shape
         h, w = self.shape

@@ -14,7 +14,7 @@ import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ class Bundle:
 def new_revision(manifest: Manifest, change: str) -> None:
     """Any change to a bundle (calibrate, roi, types) is a new version, so no two contents share one."""
     manifest.model.version += 1
-    manifest.model.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.model.created_at = datetime.now(UTC).isoformat(timespec="seconds")
     log.info("bundle %s: %s -> version %d", manifest.model.id, change, manifest.model.version)
 
 

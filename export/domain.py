@@ -9,7 +9,7 @@ import numpy as np
 
 from linesight.config.manifest import DomainInfo
 from linesight.errors import BundleError
-from linesight.export.preprocess import gray_u8
+from linesight.export.images import gray_u8
 
 
 class Domain:

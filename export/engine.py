@@ -8,169 +8,30 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import faiss
 import numpy as np
 
-from linesight.errors import BundleError
+from linesight.config.inspection import MAX_REGIONS
 from linesight.config.manifest import ScaleInfo
-from linesight.export.analysis import DefectRegion, measure_regions
+from linesight.errors import BundleError
+from linesight.export.analysis.regions import measure_regions
 from linesight.export.bundle import BANK_FILE, Bundle, load_bundle
 from linesight.export.domain import Domain
-from linesight.export.features import OnnxFeatures
+from linesight.export.features import OnnxFeatures, thread_count
 from linesight.export.frame_prep import FramePrep
 from linesight.export.images import check_image
+from linesight.export.knn import hnsw_index, knn_search, make_index
+from linesight.export.prediction import DefectRegion, NearestNormal, Prediction
 from linesight.export.preprocess import PreprocessSpec
 from linesight.export.views import View, make_view, scan, sees
 
 log = logging.getLogger(__name__)
-#: Why a frame could not be inspected as trained; the daemon's fail-safe reason (daemon.verdict) for it.
-FailureCode = Literal["alignment_failed"]
-
-
-class _BuiltOnRead:
-    """A field set to a value or to a zero-argument function making it; the function runs on the first read and
-    its result is kept, so what nobody reads (an OK frame's anomaly map) is never built."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = f"_{name}"
-
-    def __get__(self, obj: object, objtype: type | None = None):
-        if obj is None:
-            return None  # the dataclass default
-        value = obj.__dict__[self.slot]
-        if callable(value):
-            value = obj.__dict__[self.slot] = value()
-        return value
-
-    def __set__(self, obj: object, value) -> None:
-        obj.__dict__[self.slot] = value
-
-
-@dataclass
-class Prediction:
-    score: float
-    verdict: str  # "OK" | "NG"
-    threshold: float
-    anomaly_map: np.ndarray = _BuiltOnRead()  # float32, original image size; the engine's is built on first read
-    regions: list[DefectRegion] = field(default_factory=list)  # NG only, worst first, at most MAX_REGIONS
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    nearest: dict | None = None  # the bank row closest to the worst patch, and where it came from
-    features: np.ndarray | None = None  # (D, h, w) patch features of the first scale's view, when asked for
-    view: View | None = None  # that view's geometry (frame <-> feature grid), with the features
-    frame: dict | None = None  # what frame preparation did (alignment shift/angle/quality), when it is on
-    failure: str | None = None  # set when the frame could not be inspected as trained: the detail, for people
-    failure_code: FailureCode | None = None  # set with `failure`: the reason as a code, for programs
-    model: dict | None = None  # identity (id, version, hash) of the bundle that decided: a hot swap cannot relabel it
-    pixel_threshold: float | None = None  # that bundle's map threshold
-
-    def __post_init__(self) -> None:
-        if (self.failure is None) != (self.failure_code is None):  # a failure without its code would be decided
-            raise ValueError("Prediction: failure and failure_code are set together or not at all")
-
-    def to_dict(self) -> dict:
-        out = {"score": round(self.score, 4), "verdict": self.verdict, "threshold": round(self.threshold, 4),
-               "regions": [r.to_dict() for r in self.regions], "timings_ms": self.timings_ms}
-        if self.frame is not None:
-            out["frame"] = self.frame
-        if self.failure is not None:
-            out["failure"] = self.failure
-        return out
-
-
-def make_index(bank: np.ndarray, centroids: np.ndarray | None = None, nprobe: int = 1, *,
-               graph: np.ndarray | None = None, hnsw_m: int = 32, ef_search: int = 32, entry_point: int = 0
-               ) -> tuple[faiss.Index, faiss.IndexFlatL2 | None, faiss.IndexFlatL2 | None]:
-    """(index, exact fallback, quantizer) over a bank: exact search, IVF over stored centroids, or HNSW over a
-    stored graph. Fit measures an index's error with this same function, so the engine runs what was checked."""
-    bank = np.ascontiguousarray(bank, dtype=np.float32)
-    if graph is not None:
-        return hnsw_index(bank, graph, hnsw_m, ef_search, entry_point), None, None
-    flat = faiss.IndexFlatL2(bank.shape[1])
-    flat.add(bank)
-    if centroids is None:
-        return flat, None, None
-    quantizer = faiss.IndexFlatL2(bank.shape[1])
-    quantizer.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    ivf = faiss.IndexIVFFlat(quantizer, bank.shape[1], centroids.shape[0])
-    ivf.is_trained = True
-    ivf.add(bank)
-    ivf.nprobe = min(nprobe, centroids.shape[0])
-    return ivf, flat, quantizer
-
-
-def hnsw_graph(index: faiss.IndexHNSWFlat) -> np.ndarray:
-    """A built HNSW index's graph as one int32 array: each row's level, then every row's neighbour lists. Stored
-    in the bundle because faiss builds the graph in parallel, so a rebuild at load would differ from the checked
-    one."""
-    g = index.hnsw
-    return np.concatenate([faiss.vector_to_array(g.levels), faiss.vector_to_array(g.neighbors)]).astype(np.int32)
-
-
-def hnsw_index(bank: np.ndarray, graph: np.ndarray, m: int, ef_search: int, entry_point: int) -> faiss.IndexHNSWFlat:
-    """The HNSW index of hnsw_graph(), rebuilt without a search; ValueError when the graph does not fit the bank."""
-    n = bank.shape[0]
-    index = faiss.IndexHNSWFlat(bank.shape[1], m)
-    g = index.hnsw
-    levels = graph[:n]
-    if graph.ndim != 1 or len(graph) < n or levels.min(initial=1) < 1 \
-            or levels.max(initial=1) >= g.cum_nneighbor_per_level.size():
-        raise ValueError(f"HNSW graph of {graph.shape} does not describe {n} rows with M {m}")
-    per_level = np.array([g.cum_nb_neighbors(i) for i in range(g.cum_nneighbor_per_level.size())], np.uint64)
-    offsets = np.concatenate([[0], np.cumsum(per_level[levels])]).astype(np.uint64)
-    neighbors = graph[n:]
-    if offsets[-1] != len(neighbors) or neighbors.min(initial=0) < -1 or neighbors.max(initial=0) >= n \
-            or not 0 <= entry_point < n or levels[entry_point] != levels.max():
-        raise ValueError(f"HNSW graph does not describe {n} rows with M {m} and entry point {entry_point}")
-    faiss.copy_array_to_vector(np.ascontiguousarray(levels), g.levels)
-    faiss.copy_array_to_vector(offsets, g.offsets)
-    faiss.copy_array_to_vector(np.ascontiguousarray(neighbors), g.neighbors)
-    g.entry_point, g.max_level, g.efSearch = entry_point, int(levels.max()) - 1, ef_search
-    index.storage.add(bank)
-    index.ntotal = n
-    return index
-
-
-#: HNSW: per image (or tile), its REFINE_TOP highest patch scores are searched again with REFINE_EF x efSearch.
-#: The image score is the max patch score, and a narrow search errs most on exactly those far patches. Measured
-#: on a 76.7k x 384 bank, 199 magnetic_tile test frames, efSearch 16: alone 24 frames off by > 1 % (worst 27 %);
-#: refined 16 x 8: worst 0.003 %, for 8 % more time (8 x 16 and 16 x 4 still left one frame off by 5 % / 2.3 %).
-REFINE_TOP, REFINE_EF = 16, 8
-
-
-def top_per_group(score: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the n highest scores of every group (all of a smaller group)."""
-    order = np.lexsort((-score, groups))
-    g = groups[order]
-    rank = np.arange(len(g)) - np.searchsorted(g, g, side="left")
-    return order[rank < n]
-
-
-def knn_search(index: faiss.Index, exact: faiss.IndexFlatL2 | None, x: np.ndarray, k: int,
-               groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) float32 queries -> L2 distances (N, k) and bank rows (N, k); an approximate index's queries whose
-    probed lists held fewer than k rows are searched exactly (a missing neighbour must not read as distance 0).
-    `groups` (image of each query): HNSW refines each image's top patches (REFINE_TOP)."""
-    dist, idx = index.search(x, k)
-    if exact is not None:
-        short = np.nonzero(idx[:, -1] < 0)[0]
-        if len(short):
-            dist[short], idx[short] = exact.search(x[short], k)
-    if groups is not None and isinstance(index, faiss.IndexHNSWFlat):
-        top = top_per_group(dist.mean(axis=1), groups, REFINE_TOP)
-        params = faiss.SearchParametersHNSW()
-        params.efSearch = index.hnsw.efSearch * REFINE_EF
-        d2, i2 = index.search(np.ascontiguousarray(x[top]), k, params=params)
-        closer = d2.mean(axis=1) < dist[top].mean(axis=1)
-        dist[top[closer]], idx[top[closer]] = d2[closer], i2[closer]
-    return np.sqrt(np.maximum(dist, 0.0)), idx
 
 
 @dataclass
@@ -200,7 +61,7 @@ class Engine:
     """Runs a bundle. Thread-compatible: one Engine per inference thread."""
 
     MAX_TILES = 16  # tiles per ONNX call: working memory stays bounded whatever the frame size
-    MAX_REGIONS = 32  # regions measured per NG frame (a noisy map must not cost unbounded time)
+    MAX_REGIONS = MAX_REGIONS
 
     def __init__(self, bundle: Bundle | str | Path, *, threads: int | None = None, prefer_gpu: bool = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -216,7 +77,7 @@ class Engine:
         if self.features.channels != m.features.embedding_dim:
             raise BundleError(f"bundle {self.bundle.path}: ONNX output has {self.features.channels} channels, "
                               f"manifest says {m.features.embedding_dim}")
-        threads = threads or int(os.environ.get("LINESIGHT_THREADS", "0")) or None
+        threads = thread_count(threads)
         if threads:
             faiss.omp_set_num_threads(threads)
         self.identity = self.bundle.identity
@@ -229,7 +90,6 @@ class Engine:
         if self.fusion == "max_normalised" and any(s.info.good_max is None for s in self.scales):
             raise BundleError(f"bundle {self.bundle.path}: fusion max_normalised needs good_median/good_max "
                               "on every scale")
-        self.index, self.locations = self.scales[0].index, self.scales[0].locations  # first scale, for tools
         self._fixed_masks: dict[tuple[int, int], np.ndarray | None] = {}  # ROI domain, per frame shape
         self._fixed_cells: dict[View, np.ndarray] = {}  # its inspected cells, per view
         log.info("engine ready", extra={"model": self.bundle.label, "provider": self.provider,
@@ -303,15 +163,14 @@ class Engine:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"bundle {self.bundle.path}: bad {TRAIN_IMAGES_FILE}: {exc}") from exc
 
-    def nearest_normal(self, row: int, distance: float, scale: int = 0) -> dict:
+    def nearest_normal(self, row: int, distance: float, scale: int = 0) -> NearestNormal:
         """Evidence for an engineer: 'this looked most like that normal patch, and was still this far'."""
-        out = {"row": int(row), "distance": float(distance), "image_index": None, "image_name": None,
-               "patch_yx": None}
+        out = NearestNormal(int(row), float(distance))
         loc = self.scales[scale].locations
         if loc is not None:
             i, y, x = (int(v) for v in loc[row])
-            out.update(image_index=i, image_name=self.train_images[i] if i < len(self.train_images) else None,
-                       patch_yx=(y, x))
+            out.image_index, out.patch_yx = i, (y, x)
+            out.image_name = self.train_images[i] if i < len(self.train_images) else None
         return out
 
     def smallest_defect_px(self, frame_hw: tuple[int, int] | None = None) -> float:
@@ -327,21 +186,6 @@ class Engine:
     @property
     def pixel_threshold(self) -> float:
         return self.manifest.thresholds.pixel
-
-    def patch_scores(self, feats: np.ndarray, inside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(B, D, h, w) features of whole-frame inputs -> patch scores (B, h, w) and image scores (B,) against
-        the first scale's bank (a tool for tests and notebooks; predict_batch is the inference path)."""
-        b, d, h, w = feats.shape
-        cells, rows, _ = self._knn(feats, self.scales[0])
-        if inside is not None:
-            cells = cells * inside
-        flat = cells.reshape(b, -1)
-        top = flat.argmax(axis=1)
-        image = flat[np.arange(b), top]
-        if self.manifest.scoring.reweight:
-            fv = feats.transpose(0, 2, 3, 1).reshape(b, h * w, d)[np.arange(b), top]
-            image = image * self._reweight(self.scales[0], fv, rows.reshape(b, -1)[np.arange(b), top])
-        return cells, image
 
     def _knn(self, feats: np.ndarray, scale: _Scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(B, D, h, w) -> cell scores, nearest bank row, distance to it; each (B, h, w)."""

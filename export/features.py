@@ -7,7 +7,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from linesight.errors import BundleError
+from linesight.errors import BundleError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +19,24 @@ def providers(prefer_gpu: bool = True) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def thread_count(threads: int | None) -> int | None:
+    """`threads`, else LINESIGHT_THREADS (the one place it is read), else None: the libraries' default."""
+    if threads:
+        return threads
+    raw = os.environ.get("LINESIGHT_THREADS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ConfigError(f"LINESIGHT_THREADS={raw!r}: use a whole number of threads (0 = library default)")
+    return int(raw) or None
+
+
 class OnnxFeatures:
     """(B, 3, H, W) normalised float32 -> (B, D, h, w) patch embeddings."""
 
     def __init__(self, onnx: bytes, *, threads: int | None = None, prefer_gpu: bool = True, where: str = "bundle"):
         opts = ort.SessionOptions()
-        threads = threads or int(os.environ.get("LINESIGHT_THREADS", "0")) or None
+        threads = thread_count(threads)
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

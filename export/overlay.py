@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from linesight.export.preprocess import to_unit_rgb
+from linesight.export.images import to_unit_rgb
 
 if TYPE_CHECKING:
     from linesight.export.analysis import DefectRegion

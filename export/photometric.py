@@ -14,16 +14,12 @@ import numpy as np
 
 from linesight.config.frame import PhotometricInfo
 from linesight.errors import BundleError, DataError
-from linesight.export.images import check_image
+from linesight.export.images import check_image, full_scale, to_gray_unit
 
 log = logging.getLogger(__name__)
 
 _STAT_PIXELS = 65536  # subsample for statistics: plenty for percentiles, keeps 25 MP frames cheap
 _GAIN_LIMITS = (0.25, 4.0)  # a nearly flat frame must not get its noise amplified without bound
-
-
-def _full_scale(dtype: np.dtype) -> float:
-    return 255.0 if dtype == np.uint8 else 65535.0 if dtype == np.uint16 else 1.0
 
 
 def _colour(image: np.ndarray) -> bool:
@@ -34,13 +30,7 @@ def _unit_luminance_sample(image: np.ndarray) -> np.ndarray:
     """Luminance of a strided pixel subsample as float32 in [0, 1]."""
     h, w = image.shape[:2]
     step = max(1, int(np.sqrt(h * w / _STAT_PIXELS)))
-    sub = np.ascontiguousarray(image[::step, ::step])
-    if _colour(sub):
-        sub = cv2.cvtColor(np.ascontiguousarray(sub[:, :, :3]), cv2.COLOR_BGR2GRAY)
-    sub = sub.reshape(sub.shape[0], sub.shape[1]).astype(np.float32)
-    if image.dtype != np.float32:
-        sub /= _full_scale(image.dtype)
-    return np.clip(sub, 0.0, 1.0)
+    return to_gray_unit(image[::step, ::step])
 
 
 def robust_stats(image: np.ndarray) -> tuple[float, float]:
@@ -118,7 +108,7 @@ def clahe(image: np.ndarray, info: PhotometricInfo) -> np.ndarray:
         lab[:, :, 0] = _clahe_plane(lab[:, :, 0], info)
         out3 = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
     else:  # uint16 / float32: float LAB (L in 0..100), L equalised as 16-bit
-        unit = bgr.astype(np.float32) / np.float32(_full_scale(dtype)) if dtype == np.uint16 else np.clip(bgr, 0, 1)
+        unit = bgr.astype(np.float32) / np.float32(full_scale(dtype)) if dtype == np.uint16 else np.clip(bgr, 0, 1)
         lab = cv2.cvtColor(unit, cv2.COLOR_BGR2LAB)
         l16 = (lab[:, :, 0] * (65535.0 / 100.0) + 0.5).astype(np.uint16)
         lab[:, :, 0] = _clahe_plane(l16, info).astype(np.float32) * (100.0 / 65535.0)

@@ -5,13 +5,12 @@ per-plane helpers below trust their input instead of re-checking it for every ti
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from linesight.export.images import check_image
+from linesight.export.images import check_image, to_unit_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,59 +32,12 @@ class PreprocessSpec:
                 "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
+    def from_dict(cls, d: dict) -> PreprocessSpec:
         h, w = d["input_size"]
         resize = d.get("resize", "stretch")
         if resize not in ("stretch", "letterbox"):
             raise ValueError(f"preprocess.resize {resize!r} is not one of stretch, letterbox")
         return cls(height=int(h), width=int(w), mean=tuple(d["mean"]), std=tuple(d["std"]), resize=resize)
-
-
-def to_unit_rgb(image: np.ndarray) -> np.ndarray:
-    """Any supported image (BGR/gray, 8/16-bit/float) -> float32 RGB in [0, 1], HxWx3."""
-    if image.dtype == np.uint8:
-        img = image.astype(np.float32) / 255.0
-    elif image.dtype == np.uint16:
-        img = image.astype(np.float32) / 65535.0
-    else:
-        img = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
-    if img.ndim == 2 or img.shape[2] == 1:
-        img = np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
-    elif img.shape[2] == 4:
-        img = img[:, :, :3]
-    return np.ascontiguousarray(img[:, :, ::-1])  # BGR -> RGB
-
-
-def gray_u8(image: np.ndarray) -> np.ndarray:
-    """8-bit gray (mean of the colour channels) of any supported image, made plane by plane from the image's own
-    dtype (a table for gray 8/16-bit): the values of (to_unit_rgb(image).mean(axis=2) * 255).astype(uint8),
-    without the frame-size float RGB copy."""
-    if image.ndim == 3 and image.shape[2] >= 3:
-        r, g, b = (_unit(image[:, :, c]) for c in (2, 1, 0))
-        return ((r + g + b) / 3 * 255).astype(np.uint8)
-    plane = image.reshape(image.shape[:2])
-    if plane.dtype == np.uint8:
-        return cv2.LUT(plane, _gray_table(np.uint8))
-    if plane.dtype == np.uint16:
-        return _gray_table(np.uint16)[plane]
-    v = _unit(plane)
-    return ((v + v + v) / 3 * 255).astype(np.uint8)
-
-
-def _unit(plane: np.ndarray) -> np.ndarray:
-    """One plane in [0, 1] float32, as to_unit_rgb scales it."""
-    if plane.dtype == np.uint8:
-        return plane.astype(np.float32) / 255.0
-    if plane.dtype == np.uint16:
-        return plane.astype(np.float32) / 65535.0
-    return np.clip(plane, 0.0, 1.0).astype(np.float32, copy=False)
-
-
-@functools.cache
-def _gray_table(dtype: type) -> np.ndarray:
-    """gray_u8 of every value of an integer gray dtype."""
-    v = _unit(np.arange(np.iinfo(dtype).max + 1, dtype=dtype))
-    return ((v + v + v) / 3 * 255).astype(np.uint8)
 
 
 def resize_native(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

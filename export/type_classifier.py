@@ -20,7 +20,7 @@ did not help (kNN 0.867), so features are used as they are.
 
 kNN: a class scores its most similar example (1-NN decision, which beat 5- and 10-NN votes on
 magnetic_tile: types are few-shot and clustered); confidence = softmax of the class scores at a
-`temperature` fitted on the labeled examples (leave-one-image-out log loss, see fit_temperature).
+`temperature` fitted on the labeled examples (leave-one-image-out log loss: trainer.type_training).
 logreg: class-balanced softmax regression; confidence = its probability.
 
 Unknown: the answer is "unknown" when the query's best cosine similarity to any labeled example is below
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from linesight.config.inspection import UNKNOWN_TYPE
 from linesight.config.manifest import ScaleInfo
-from linesight.errors import BundleError, LinesightError
+from linesight.errors import BundleError
 from linesight.export.preprocess import PreprocessSpec
 from linesight.export.views import MaskCrop, View, make_view
 
@@ -53,27 +53,29 @@ __all__ = [
     "METHODS",
     "TypeAnswer",
     "TypeClassifier",
+    "class_scores",
     "embed_regions",
     "grid_cells",
+    "pack_logreg",
     "region_embedding",
+    "softmax",
+    "unit",
 ]
-
-log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CLASSIFIER_FILE = "types/classifier.json"
 EMBEDDINGS_FILE = "types/embeddings.npy"
 LABELS_FILE = "types/labels.npy"
 LOGREG_FILE = "types/logreg.npy"
-FILES = (CLASSIFIER_FILE, EMBEDDINGS_FILE, LABELS_FILE, LOGREG_FILE)
 METHODS = ("knn", "logreg")
-UNKNOWN = "unknown"
+UNKNOWN = UNKNOWN_TYPE
 
 
 # --- embeddings ----------------------------------------------------------------------------------
 
 
-def _unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
+def unit(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Vectors scaled to unit L2 length, so a dot product is their cosine similarity."""
     n = np.linalg.norm(x, axis=axis, keepdims=True)
     return x / np.maximum(n, 1e-12)
 
@@ -137,10 +139,10 @@ def region_embedding(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if f.ndim != 3 or f.shape[1:] != weights.shape:
         raise ValueError(f"features {f.shape} and grid weights {weights.shape} do not match (need (D, h, w) / (h, w))")
     sel = weights > 0
-    x = _unit(f[:, sel].T)  # (n, D)
+    x = unit(f[:, sel].T)  # (n, D)
     wt = weights[sel][:, None]
-    mean = _unit((x * wt).sum(0) / wt.sum())
-    peak = _unit(x.max(0))
+    mean = unit((x * wt).sum(0) / wt.sum())
+    peak = unit(x.max(0))
     return (np.concatenate([mean, peak]) / math.sqrt(2.0)).astype(np.float32)
 
 
@@ -174,36 +176,16 @@ class TypeAnswer:
                 "guess": self.guess}
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by each row's maximum so large scores cannot overflow."""
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, *, l2: float = 1e-2, steps: int = 400,
-               lr: float = 0.5) -> np.ndarray:
-    """Class-balanced multinomial logistic regression (full-batch gradient descent with momentum).
-
-    Returns the parameter block of `_pack`; inputs are standardised first.
-    """
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    z = (x - mu) / sd
-    n, e = z.shape
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    sw = (n / (n_classes * np.maximum(counts, 1)))[y][:, None]  # rare types weigh as much as common ones
-    onehot = np.eye(n_classes)[y]
-    W, b = np.zeros((e, n_classes)), np.zeros(n_classes)
-    vW, vb = np.zeros_like(W), np.zeros_like(b)
-    for _ in range(steps):
-        g = sw * (_softmax(z @ W + b) - onehot) / n
-        gW, gb = z.T @ g + l2 * W, g.sum(0)
-        vW, vb = 0.9 * vW - lr * gW, 0.9 * vb - lr * gb
-        W, b = W + vW, b + vb
-    return _pack(mu, sd, W, b)
-
-
-def _pack(mu: np.ndarray, sd: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """One (E + 1, C + 2) float32 block: column 0 = input mean, 1 = input std, 2.. = W; last row = bias."""
+def pack_logreg(mu: np.ndarray, sd: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """One (E + 1, C + 2) float32 block: column 0 = input mean, 1 = input std, 2.. = W; last row = bias.
+    Written by the trainer, read by _logreg_proba: the layout of types/logreg.npy lives here with its reader."""
     block = np.zeros((W.shape[0] + 1, W.shape[1] + 2), np.float32)
     block[:-1, 0], block[:-1, 1], block[:-1, 2:] = mu, sd, W
     block[-1, 2:] = b
@@ -212,10 +194,10 @@ def _pack(mu: np.ndarray, sd: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.nd
 
 def _logreg_proba(block: np.ndarray, x: np.ndarray) -> np.ndarray:
     mu, sd, W, b = block[:-1, 0], block[:-1, 1], block[:-1, 2:], block[-1, 2:]
-    return _softmax(((x - mu) / sd) @ W + b)
+    return softmax(((x - mu) / sd) @ W + b)
 
 
-def _class_scores(sims: np.ndarray, targets: np.ndarray, n_classes: int) -> np.ndarray:
+def class_scores(sims: np.ndarray, targets: np.ndarray, n_classes: int) -> np.ndarray:
     """(n, N) similarities -> (n, C): each class's most similar example (-inf for a class with none)."""
     out = np.full((len(sims), n_classes), -np.inf, np.float32)
     for c in range(n_classes):
@@ -225,38 +207,10 @@ def _class_scores(sims: np.ndarray, targets: np.ndarray, n_classes: int) -> np.n
     return out
 
 
-def loo_image_scores(emb: np.ndarray, groups: np.ndarray, targets: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per example, each class's best cosine similarity among the examples of *other* images (n, C).
-
-    Row blocks keep memory at 1024 x N whatever the number of examples."""
-    out = np.empty((len(emb), n_classes), np.float32)
-    for s in range(0, len(emb), 1024):
-        sims = emb[s:s + 1024] @ emb.T
-        sims[groups[s:s + 1024, None] == groups[None, :]] = -np.inf
-        out[s:s + 1024] = _class_scores(sims, targets, n_classes)
-    return out
-
-
-def fit_temperature(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Temperature of the kNN softmax minimising the leave-one-image-out log loss (temperature scaling),
-    so a confidence of 0.9 means about 9 in 10 right on new images. Cosine similarities of one backbone
-    sit in a narrow band, so a fixed temperature would be badly calibrated."""
-    ok = np.isfinite(scores[np.arange(len(targets)), targets])
-    if not ok.any():
-        return 0.05
-    s, y = scores[ok].astype(np.float64), targets[ok]
-    best, best_t = np.inf, 0.05
-    for t in np.geomspace(1e-4, 0.5, 60):
-        p = _softmax(np.where(np.isfinite(s), s / t, -1e30))
-        nll = -np.mean(np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)))
-        if nll < best:
-            best, best_t = nll, float(t)
-    return best_t
-
-
 @dataclass
 class TypeClassifier:
-    """Few-shot type classifier over unit region embeddings. Build with `fit`, store with `to_extras`."""
+    """Few-shot type classifier over unit region embeddings. Built by trainer.type_training.fit_classifier,
+    stored with `to_extras`, loaded on the line with `from_bundle`."""
 
     labels: list[str]
     embeddings: np.ndarray  # (N, E) float32 unit rows
@@ -271,39 +225,6 @@ class TypeClassifier:
     logreg: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)  # fingerprints, CV figures, counts (for reports)
 
-    # -------------------------------------------------------------- training
-    @classmethod
-    def fit(cls, embeddings: np.ndarray, labels: Sequence[str], groups: Sequence[int], *,
-            method: str = "knn", temperature: float | None = None, min_cover: float = 0.25,
-            floor_quantile: float = 0.02,
-            input_hw: tuple[int, int] | None = None, resize: str = "stretch",
-            info: dict[str, Any] | None = None) -> TypeClassifier:
-        """`labels` per row (type names), `groups` per row (image id: the floor and the kNN temperature are
-        measured across images). `temperature` None = fitted (kNN)."""
-        if method not in METHODS:
-            raise LinesightError(f"unknown type classifier method {method!r}; choose one of {', '.join(METHODS)}")
-        emb = _unit(np.asarray(embeddings, np.float32))
-        if emb.ndim != 2 or len(emb) != len(labels) or len(emb) != len(groups) or len(emb) == 0:
-            raise LinesightError(f"type classifier: need matching, non-empty embeddings ({emb.shape}), labels "
-                                 f"({len(labels)}) and image groups ({len(groups)})")
-        names = sorted(set(labels))
-        if UNKNOWN in names:
-            raise LinesightError(f"'{UNKNOWN}' is the classifier's answer for 'nothing close'; rename that type")
-        y = np.array([names.index(t) for t in labels], np.int32)
-        loo = loo_image_scores(emb, np.asarray(groups), y, len(names))
-        best = loo.max(axis=1)
-        known = best[np.isfinite(best)]
-        floor = float(np.quantile(known, floor_quantile)) if known.size else -1.0
-        if method == "knn" and temperature is None:
-            temperature = fit_temperature(loo, y)
-        block = fit_logreg(emb, y, len(names)) if method == "logreg" else None
-        clf = cls(names, emb, y, method, floor, 0.05 if temperature is None else temperature,
-                  None if input_hw is None else tuple(input_hw), resize, min_cover, floor_quantile, block,
-                  dict(info or {}))
-        log.info("type classifier fitted", extra={"method": method, "types": names, "examples": len(emb),
-                                                  "floor": round(floor, 4), "temperature": clf.temperature})
-        return clf
-
     # -------------------------------------------------------------- inference
     def embed(self, features: np.ndarray, masks: Sequence[np.ndarray | MaskCrop],
               peaks: Sequence[tuple[int, int] | None] | None = None, view: View | None = None) -> np.ndarray:
@@ -314,14 +235,14 @@ class TypeClassifier:
                              resize=self.resize, view=view)
 
     def predict_embeddings(self, emb: np.ndarray) -> list[TypeAnswer]:
-        q = _unit(np.asarray(emb, np.float32).reshape(len(emb), -1))
+        q = unit(np.asarray(emb, np.float32).reshape(len(emb), -1))
         sims = q @ self.embeddings.T
         best = sims.max(axis=1)
         if self.method == "logreg":
             proba = _logreg_proba(self.logreg, q)
         else:
-            per_class = _class_scores(sims, self.targets, len(self.labels)).astype(np.float64)
-            proba = _softmax(np.where(np.isfinite(per_class), per_class / self.temperature, -1e30))
+            per_class = class_scores(sims, self.targets, len(self.labels)).astype(np.float64)
+            proba = softmax(np.where(np.isfinite(per_class), per_class / self.temperature, -1e30))
         out = []
         for p, s in zip(proba, best):
             j = int(np.argmax(p))

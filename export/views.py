@@ -24,7 +24,6 @@ import numpy as np
 from linesight.config.manifest import ScaleInfo
 from linesight.export.preprocess import PreprocessSpec, normalise, resize_native
 
-
 # A defect is seen well when it spans MIN_INPUT_PX..MAX_INPUT_PX model-input pixels: below, it blurs into one
 # patch with normal texture (1.5 cells of the stride-8 grid); above half the input, it changes the whole view.
 MIN_INPUT_PX = 12.0

@@ -251,7 +251,8 @@ class MqttProbe:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no matching MQTT message within {timeout}s; got {[(m.topic, m.payload) for m in self.all]}")
+                raise AssertionError(f"no matching MQTT message within {timeout}s; "
+                                     f"got {[(m.topic, m.payload) for m in self.all]}")
             try:
                 rec = self.messages.get(timeout=left)
             except queue.Empty:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers import need_data
 
+from helpers import need_data
 from linesight.config.frame import AlignInfo
 from linesight.export.align import Aligner, make_reference, work_shape
 

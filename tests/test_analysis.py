@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -27,6 +27,7 @@ from linesight.errors import ConfigError
 from linesight.export.analysis import (
     Analysis,
     DefectRegion,
+    NearestNormal,
     advise,
     analyze,
     classify_regions,
@@ -34,10 +35,10 @@ from linesight.export.analysis import (
     explain,
     grade,
     measure_regions,
-    nearest_normal,
     to_header_dict,
     to_verdict_dict,
 )
+from linesight.export.analysis.advice import Trend
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "config" / "examples"
 DATA = Path(__file__).resolve().parents[2] / "shared/datasets/magnetic_tile"
@@ -68,6 +69,29 @@ def blob_map(sigma: float = 40, size: int = 300) -> np.ndarray:
 def only(regions: list[DefectRegion]) -> DefectRegion:
     assert len(regions) == 1, regions
     return regions[0]
+
+
+def nearest_normal(
+    patch_feature: np.ndarray, bank: np.ndarray, locations: np.ndarray | None = None,
+    image_names: list[str] | None = None,
+) -> NearestNormal:
+    """Brute-force evidence (closest bank row by L2, with its training image and patch): builds the basis's
+    NearestNormal without an engine. The engine finds the row with faiss (Engine.nearest_normal)."""
+    f = np.asarray(patch_feature, dtype=np.float32).reshape(-1)
+    b = np.asarray(bank, dtype=np.float32)
+    if b.ndim != 2 or b.shape[1] != f.shape[0] or b.shape[0] == 0:
+        raise ValueError(f"bank must be (N, {f.shape[0]}) with N > 0, got {b.shape}")
+    d2 = np.einsum("ij,ij->i", b, b) - 2.0 * (b @ f) + float(f @ f)
+    row = int(np.argmin(d2))
+    out = NearestNormal(row, math.sqrt(max(float(d2[row]), 0.0)))
+    if locations is not None:
+        loc = np.asarray(locations)
+        if loc.shape != (b.shape[0], 3):
+            raise ValueError(f"locations must be ({b.shape[0]}, 3) [image, y, x] per bank row, got {loc.shape}")
+        out.image_index, out.patch_yx = int(loc[row, 0]), (int(loc[row, 1]), int(loc[row, 2]))
+        if image_names is not None and 0 <= out.image_index < len(image_names):
+            out.image_name = str(image_names[out.image_index])
+    return out
 
 
 # --- geometry ------------------------------------------------------------------------------------
@@ -317,10 +341,10 @@ def test_advise_matching_and_trend() -> None:
     assert (d.verdict, d.basis) == ("NG", "crack-face")
     assert [a.entry for a in advise(d, regions, kb)] == ["crack-face"]
     history = [["crack"], [], ["crack"], []]
-    got = advise(d, regions, kb, {"history": history, "ng_rate": 0.2})
+    got = advise(d, regions, kb, Trend(history=history, ng_rate=0.2))
     assert [a.entry for a in got] == ["crack-repeating", "crack-face"]
     assert got[0].conditions == ["crack on 3 of the last 20 parts"] and got[0].regions == [0]
-    assert [a.entry for a in advise(d, regions, kb, {"history": history[:1]})] == ["crack-face"]
+    assert [a.entry for a in advise(d, regions, kb, Trend(history=history[:1]))] == ["crack-face"]
     assert advise(grade(regions, spec, engine_verdict="OK"), regions, kb) == []
     no_spec = grade(regions, None, engine_verdict="NG")  # no spec: every region of an NG image
     assert [a.entry for a in advise(no_spec, regions, kb)] == ["crack-face"]
@@ -333,8 +357,8 @@ def test_advise_matching_and_trend() -> None:
     pr = regions_of(pores, spec)
     dp = grade(pr, spec, engine_verdict="NG")
     assert pr[0].type == "blowhole" and dp.grade == "B"
-    assert [a.entry for a in advise(dp, pr, kb2, {"ng_rate": 0.06})] == ["rate", "any"]
-    assert [a.entry for a in advise(dp, pr, kb2, {"ng_rate": 0.01})] == ["any"]
+    assert [a.entry for a in advise(dp, pr, kb2, Trend(ng_rate=0.06))] == ["rate", "any"]
+    assert [a.entry for a in advise(dp, pr, kb2, Trend(ng_rate=0.01))] == ["any"]
 
 
 # --- basis and output forms ----------------------------------------------------------------------
@@ -454,7 +478,7 @@ def test_analyze_chain_on_an_engine_prediction() -> None:
     image = np.full((250, 600), 150, np.uint8)
     cv2.line(image, (100, 100), (220, 130), 60, 3)
     a = analyze(Prediction(score=3.0, verdict="NG", threshold=2.0, anomaly_map=amap), 1.0, image, spec=spec, kb=kb,
-                trend={"history": [["crack"], ["crack"]]})
+                trend=Trend(history=[["crack"], ["crack"]]))
     assert [(r.type, r.zone, r.polarity) for r in a.regions] == [("crack", "face", "darker")]
     assert (a.decision.verdict, a.decision.basis) == ("NG", "crack-face")
     assert [ad.entry for ad in a.advice] == ["crack-repeating", "crack-face"]

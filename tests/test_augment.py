@@ -4,9 +4,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers import need_data
 from pydantic import ValidationError
 
+from helpers import need_data
 from linesight.config.frame import AugmentConfig
 from linesight.trainer.augment import augment, augment_sources
 

@@ -25,9 +25,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
-
 from conftest import _INSTALL_HINT, MOSQUITTO, MOSQUITTO_PASSWD, Broker, MqttProbe, free_port
+from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
 ACL = REPO / "config" / "mosquitto" / "linesight.acl"

@@ -70,12 +70,12 @@ def test_knn_scores_match_brute_force(bundle_dir, dataset):
     from linesight.export.preprocess import preprocess_batch
 
     feats = eng.features(preprocess_batch([img], eng.spec))
-    patch, image = eng.patch_scores(feats)
+    patch, _, _ = eng._knn(feats, eng.scales[0])  # the engine's kNN step, on whole-frame features
     flat = feats[0].reshape(feats.shape[1], -1).T.astype(np.float64)
     bank = eng.bundle.bank.astype(np.float64)
     d = np.sqrt(((flat[:, None, :] - bank[None]) ** 2).sum(-1)).min(axis=1)
     assert np.allclose(patch.reshape(-1), d, rtol=1e-4, atol=1e-4)
-    assert image[0] == pytest.approx(d.max(), rel=1e-4)
+    assert patch.max() == pytest.approx(d.max(), rel=1e-4)
     pred = eng.predict(img)
     assert pred.anomaly_map.shape == img.shape[:2] and pred.anomaly_map.dtype == np.float32
     assert pred.score == pytest.approx(d.max(), rel=1e-4)
@@ -228,15 +228,15 @@ def test_bank_rows_know_their_training_patch(bundle_dir, dataset):
     from linesight.export.preprocess import preprocess_batch
 
     eng = Engine(bundle_dir)
-    assert eng.locations is not None and len(eng.train_images) == eng.manifest.dataset.n_train
+    assert eng.scales[0].locations is not None and len(eng.train_images) == eng.manifest.dataset.n_train
     for row in (0, len(eng.bundle.bank) // 2, len(eng.bundle.bank) - 1):
-        i, y, x = eng.locations[row]
+        i, y, x = eng.scales[0].locations[row]
         img = read_image(dataset / "train" / "good" / eng.train_images[i])
         feat = eng.features(preprocess_batch([img], eng.spec))[0, :, y, x]
         assert np.allclose(feat, eng.bundle.bank[row], atol=1e-4)
     pred = eng.predict(read_image(next((dataset / "test" / "crack").iterdir())))
     ev = pred.nearest
-    assert ev["image_name"] in eng.train_images and ev["distance"] == pytest.approx(pred.score, rel=1e-5)
+    assert ev.image_name in eng.train_images and ev.distance == pytest.approx(pred.score, rel=1e-5)
 
 
 def test_every_change_is_a_new_version_with_its_own_hash(small_bundle, small_dataset, tmp_path):
@@ -292,3 +292,16 @@ def test_verdict_keeps_the_model_that_decided_across_a_swap(small_bundle, tmp_pa
     v = pipe._emit(pipe.admit(Frame(image=img, seq=0, host_ts_ns=0, source="s")), prediction=pred)
     assert v["model"] == old.identity != holder.info
     assert published[0][3] == old.pixel_threshold != holder.engine.pixel_threshold
+
+
+def test_linesight_threads_is_read_in_one_place_and_a_bad_value_is_one_line(bundle_dir, monkeypatch):
+    from linesight.errors import ConfigError
+    from linesight.export.features import thread_count
+
+    monkeypatch.setenv("LINESIGHT_THREADS", "2")
+    assert thread_count(None) == 2 and thread_count(3) == 3
+    monkeypatch.setenv("LINESIGHT_THREADS", "0")
+    assert thread_count(None) is None
+    monkeypatch.setenv("LINESIGHT_THREADS", "two")
+    with pytest.raises(ConfigError, match="LINESIGHT_THREADS='two': use a whole number"):
+        Engine(bundle_dir)

@@ -231,7 +231,8 @@ def test_impossible_targets_are_refused_and_force_writes_them(small_bundle, conf
     assert rc == 0
     _, bad = _scores(small_bundle, conflicted)
     th = load_bundle(bundle).manifest.thresholds
-    assert th.policy == "max_escape" and th.image == pytest.approx(bad.min(), rel=1e-9)  # the escape target's threshold: every defect caught
+    # the escape target's threshold: every defect caught
+    assert th.policy == "max_escape" and th.image == pytest.approx(bad.min(), rel=1e-9)
     assert not th.calibration.met and th.calibration.forced and th.calibration.false_reject.count >= 1
     assert re.search(r"target met +NO \(written with --force\)", out)
 

@@ -38,3 +38,50 @@ def test_unknown_knn_choice_is_a_usage_error(data, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["fit", str(data), "-o", str(tmp_path / "x"), "--knn", "annoy"])
     assert exc.value.code == 2 and "invalid choice: 'annoy'" in capsys.readouterr().err
+
+
+#: every fit flag -> (a value, the FitConfig field it must reach, the value it must have there)
+FLAG_FIELDS = [
+    (["--model-id", "m7"], "model_id", "m7"), (["--backbone", "resnet18"], "backbone", "resnet18"),
+    (["--weights", "none"], "weights", "none"), (["--adapt", "self"], "adapt", "self"),
+    (["--selfsup-minutes", "2"], "selfsup_minutes", 2.0), (["--selfsup-steps", "9"], "selfsup_steps", 9),
+    (["--save-weights", "w.pth", "--weights", "self"], "selfsup_save", "w.pth"),
+    (["--input-size", "96"], "input_size", 96), (["--embedding-dim", "32"], "embedding_dim", 32),
+    (["--coreset-ratio", "0.3"], "coreset_ratio", 0.3), (["--k", "3"], "k", 3), (["--reweight"], "reweight", True),
+    (["--knn", "hnsw"], "knn_index", "hnsw"), (["--quantize", "int8"], "quantize", "int8"),
+    (["--seed", "5"], "seed", 5),
+    (["--photometric", "clahe"], "frame", "clahe"), (["--align", "rigid"], "frame", "rigid"),
+    (["--resize", "letterbox"], "resize", "letterbox"), (["--defect-size", "8", "200"], "defect_size", (8.0, 200.0)),
+    (["--px-per-mm", "20", "--defect-size", "1", "2"], "px_per_mm", 20.0), (["--scales", "0", "1"], "scales", [0, 1]),
+    (["--tile-overlap", "32"], "tile_overlap", 32), (["--roi", "roi.png"], "domain_mask", "roi.png"),
+    (["--auto-foreground"], "domain", "auto"), (["--dark", "--auto-foreground"], "domain_dark", True),
+    (["--erode", "4", "--auto-foreground"], "domain_erode", 4),
+]
+#: flags of the verb itself, not fit options
+VERB_FLAGS = {"-h", "--help", "-o", "--output", "--force", "--preset", "--config"}
+
+
+def _fit_parser():
+    import argparse
+
+    from linesight.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return build_parser(), sub.choices["fit"]
+
+
+def test_every_fit_flag_reaches_a_fit_config_field_and_none_is_ignored():
+    from linesight.cli import fit_overrides
+    from linesight.config.fit import FitConfig
+
+    parser, fit_parser = _fit_parser()
+    flags = {s for a in fit_parser._actions for s in a.option_strings}
+    covered = {argv[0] for argv, _, _ in FLAG_FIELDS}
+    assert flags - VERB_FLAGS == covered, "a fit flag without a FitConfig field here: add it to FLAG_FIELDS"
+    for argv, field, value in FLAG_FIELDS:
+        assert field in FitConfig.model_fields, field
+        got = fit_overrides(parser.parse_args(["fit", "data", "-o", "out", *argv]))
+        seen = got[field]
+        if field == "frame":
+            seen = next(v["mode"] for v in seen.values())
+        assert seen == value, (argv, got)

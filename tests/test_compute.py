@@ -38,7 +38,7 @@ def test_auto_picks_flat_for_small_banks():
 
 
 def test_auto_picks_hnsw_on_a_big_bank_with_the_smallest_ef_search_within_the_bound():
-    from linesight.export.engine import hnsw_index, knn_search
+    from linesight.export.knn import hnsw_index, knn_search
 
     data = clustered(AUTO_FLAT_ROWS + 4000, 16, 200, 0)
     q, img = queries(data, 10, 100, 1)
@@ -56,7 +56,7 @@ def test_auto_picks_hnsw_on_a_big_bank_with_the_smallest_ef_search_within_the_bo
 
 def test_hnsw_search_refines_each_images_top_patches():
     """The image score is the max patch score: each image's highest patches are searched again, wider."""
-    from linesight.export.engine import REFINE_TOP, hnsw_index, knn_search, top_per_group
+    from linesight.export.knn import REFINE_TOP, hnsw_index, knn_search, top_per_group
     from linesight.trainer.compute import build_hnsw
 
     s = np.array([5, 1, 9, 3, 7, 2, 8.0])

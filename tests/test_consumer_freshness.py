@@ -6,6 +6,7 @@ neither ZeroMQ nor MQTT message expiry can remove."""
 
 from __future__ import annotations
 
+import importlib
 import queue
 import signal
 import subprocess
@@ -13,29 +14,42 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from linesight.config.outputs import MqttConfig, ZmqConfig
 from linesight.daemon.sinks.mqtt_sink import MqttSink
 from linesight.daemon.sinks.zmq_sink import ZmqSink
-from linesight.daemon.zmq_subscriber_example import is_stale
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def example(name: str):
+    """An example subscriber module from examples/ (they are copied to HMIs and gateways, not installed)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))  # mqtt_subscriber imports is_stale from the file beside it
+    return importlib.import_module(name)
+
+
+def is_stale(v: dict, now: float | None = None) -> bool:
+    return example("zmq_subscriber").is_stale(v, now=now)
 
 
 def iso(dt: datetime) -> str:
     """host_ts as the daemon writes it (ISO-8601 UTC, milliseconds, Z)."""
-    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def verdict(seq: int, *, age_s: float = 0.0, deadline_ms: float = 5000) -> dict:
     return {"schema": "linesight.verdict/1", "seq": seq, "part_id": f"P-{seq}", "verdict": "OK",
             "reason": "score_below_threshold", "score": 0.5, "fail_safe": False,
-            "host_ts": iso(datetime.now(timezone.utc) - timedelta(seconds=age_s)), "deadline_ms": deadline_ms}
+            "host_ts": iso(datetime.now(UTC) - timedelta(seconds=age_s)), "deadline_ms": deadline_ms}
 
 
 def test_is_stale_at_the_deadline_and_without_proof_of_age() -> None:
-    t0 = datetime(2026, 11, 24, 6, 20, 1, 123000, tzinfo=timezone.utc)
+    t0 = datetime(2026, 11, 24, 6, 20, 1, 123000, tzinfo=UTC)
     v = {"host_ts": "2026-11-24T06:20:01.123Z", "deadline_ms": 200.0}
     assert not is_stale(v, now=t0.timestamp() + 0.199)
     assert is_stale(v, now=t0.timestamp() + 0.2)  # at the deadline the part is gone
@@ -43,7 +57,8 @@ def test_is_stale_at_the_deadline_and_without_proof_of_age() -> None:
     assert not is_stale({**v, "host_ts": "2026-11-24T06:20:01.123"}, now=t0.timestamp())  # bare time = UTC
     assert not is_stale({**v, "host_ts": "2026-11-24T07:20:01.123+01:00"}, now=t0.timestamp() + 0.1)
     for broken in ({"deadline_ms": 200}, {**v, "host_ts": "yesterday"}, {**v, "deadline_ms": None},
-                   {**v, "deadline_ms": "soon"}, {**v, "host_ts": None}, {**v, "deadline_ms": float("nan")}, {**v, "deadline_ms": float("inf")}):
+                   {**v, "deadline_ms": "soon"}, {**v, "host_ts": None}, {**v, "deadline_ms": float("nan")},
+                   {**v, "deadline_ms": float("inf")}):
         assert is_stale(broken, now=t0.timestamp()), broken  # age unknown: never act on it
     assert not is_stale(verdict(1))  # default now = this machine's clock
     assert is_stale(verdict(1, age_s=6))
@@ -52,8 +67,8 @@ def test_is_stale_at_the_deadline_and_without_proof_of_age() -> None:
 class Example:
     """An example subscriber as a subprocess, its stdout/stderr lines collected by reader threads."""
 
-    def __init__(self, module: str, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE,
+    def __init__(self, script: str, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(EXAMPLES / script), *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.out: queue.Queue[str] = queue.Queue()
         self.err: list[str] = []
@@ -119,7 +134,7 @@ def run_scenario(ex: Example, publish: Callable[[dict], None]) -> None:
 def test_zmq_example_drops_stale_verdicts(free_tcp_port) -> None:
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     sink = ZmqSink(ZmqConfig(verdict_endpoint=endpoint, image_endpoint=None))
-    ex = Example("linesight.daemon.zmq_subscriber_example", "--verdicts", endpoint)
+    ex = Example("zmq_subscriber.py", "--verdicts", endpoint)
     try:
         run_scenario(ex, sink.publish)
     finally:
@@ -131,7 +146,7 @@ def test_mqtt_example_drops_stale_verdicts_despite_message_expiry(mosquitto) -> 
     sink = MqttSink(MqttConfig(enabled=True, host=mosquitto.host, port=mosquitto.port, site="s1", line="l1",
                                station="cam1"))
     sink.start()
-    ex = Example("linesight.daemon.mqtt_subscriber_example", "--port", str(mosquitto.port),
+    ex = Example("mqtt_subscriber.py", "--port", str(mosquitto.port),
                  "--topic", "linesight/s1/l1/cam1/verdict")
     try:
         deadline = time.monotonic() + 10
@@ -149,9 +164,8 @@ def test_mqtt_example_drops_stale_verdicts_despite_message_expiry(mosquitto) -> 
         sink.stop(timeout_s=1)
 
 
-@pytest.mark.parametrize("module", ["linesight.daemon.zmq_subscriber_example",
-                                    "linesight.daemon.mqtt_subscriber_example"])
+@pytest.mark.parametrize("module", ["zmq_subscriber", "mqtt_subscriber"])
 def test_examples_document_the_check(module: str) -> None:
     """The module docstring is what integrators copy: it must say what to check and why."""
-    doc = __import__(module, fromlist=["_"]).__doc__
+    doc = example(module).__doc__
     assert "host_ts + deadline_ms" in doc and "stale OK" in doc and "NTP/PTP" in doc

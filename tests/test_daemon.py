@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 import zmq
-
 from conftest import free_port
+
 from linesight.export.bundle import load_bundle
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
@@ -133,7 +133,8 @@ def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle,
         assert [v["seq"] for v in zmq_msgs] == sorted(v["seq"] for v in zmq_msgs)
         by_part = {v["part_id"]: v for v in verdicts}
         bad = by_part["zz_corrupt.jpg"]
-        assert bad["verdict"] == "NG" and bad["fail_safe"] and bad["reason"] == "bad_frame" and "zz_corrupt" in bad["detail"]
+        assert (bad["verdict"] == "NG" and bad["fail_safe"] and bad["reason"] == "bad_frame"
+                and "zz_corrupt" in bad["detail"])
         good = [v for v in verdicts if not v["fail_safe"]]
         assert len(good) == n
         for v in good:
@@ -163,7 +164,7 @@ def test_folder_frames_get_exactly_one_verdict_on_mqtt_and_zmq(tmp_path, bundle,
             try:
                 notify.settimeout(max(0.05, t_end - time.monotonic()))
                 pings.append(notify.recv(4096))
-            except socket.timeout:
+            except TimeoutError:
                 break
         assert sum(b"WATCHDOG=1" in p for p in pings) >= 2, pings
         # archive: every frame with an image, with a sidecar verdict

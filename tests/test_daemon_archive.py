@@ -103,3 +103,26 @@ def test_ok_frames_build_no_frame_size_map_in_the_daemon(small_bundle, tmp_path,
     svc.run()
     assert svc.pipeline.counts["verdict_NG"] == 6 and len(built) >= 6
     assert len(list((tmp_path / "archive-ng").glob("*/*.heatmap.png"))) == 6
+
+
+def test_age_retention_runs_while_no_frames_arrive(small_bundle, tmp_path):
+    """max_age_days holds on a stopped line: the archive thread prunes between records, not only on save()."""
+    from linesight.daemon.sinks.archive import Archive
+
+    svc = service(small_bundle, folder(tmp_path, 1, 16), tmp_path / "archive")
+    svc.cfg.outputs.archive.max_age_days = 1.2e-5  # ~1 s
+    svc.archive = Archive(svc.cfg.outputs.archive)
+    assert svc.archive.save({"seq": 1, "verdict": "NG", "part_id": "p1"})
+    svc.archive_prune_s = 0.2
+    t = threading.Thread(target=svc._archive_loop, name="archive", daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 10
+        while svc.archive.counters["deleted_age"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert svc.archive.counters["deleted_age"] == 1 and svc.archive.size_bytes == 0
+        assert not list((tmp_path / "archive").rglob("*.json"))
+    finally:
+        svc.arch_q.put(None)
+        t.join(5)
+    assert not t.is_alive()

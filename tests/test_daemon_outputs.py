@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from linesight.config.daemon import DaemonConfig
 from linesight.daemon.model import ModelHolder
 from linesight.daemon.notify import Notifier
@@ -207,9 +208,10 @@ def engine_hook(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable], None]:
     def install(make_wrapper: Callable) -> None:
         real_load = ModelHolder.load
 
-        def load(self, path=None):
-            engine = real_load(self, path)
-            engine.predict_batch = make_wrapper(engine.predict_batch)
+        def load(self, path=None, **kw):
+            engine = real_load(self, path, **kw)
+            if engine is not None:  # None: the watcher found the active content rewritten, nothing loaded
+                engine.predict_batch = make_wrapper(engine.predict_batch)
             return engine
 
         monkeypatch.setattr(ModelHolder, "load", load)

@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from helpers import need_data
 
+from helpers import need_data
 from linesight.cli import main
 from linesight.cli_data import DEFECTS, GOOD, is_test_good, prepare_magnetic_tile
 from linesight.errors import DataError

@@ -72,7 +72,7 @@ def test_roi_verb_sets_domain_and_keeps_golden_consistent(small_bundle, tmp_path
 def test_gray_in_native_dtype_equals_the_float_rgb_path():
     """Automatic foreground takes its gray plane by plane from the frame's dtype: bit for bit what the
     frame-size float RGB copy gave, so existing bundles see the same domain."""
-    from linesight.export.preprocess import gray_u8, to_unit_rgb
+    from linesight.export.images import gray_u8, to_unit_rgb
 
     rng = np.random.default_rng(0)
     for shape, dtype in [((150, 200), np.uint8), ((150, 200, 1), np.uint8), ((150, 200), np.uint16),

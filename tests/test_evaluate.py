@@ -83,10 +83,12 @@ def test_evaluate_compare_with_a_previous_evaluation_and_with_a_bundle(small_bun
 
     m2 = evaluate(bundle, small_dataset, tmp_path / "vs-bundle", compare=str(small_bundle))
     rows2 = {row["name"]: row for row in m2["compare"]["rows"]}
-    assert m2["compare"]["source"].startswith(f"bundle {small_bundle}") and rows2["threshold"]["old"] == old["chosen_threshold"]
+    assert (m2["compare"]["source"].startswith(f"bundle {small_bundle}")
+            and rows2["threshold"]["old"] == old["chosen_threshold"])
     assert rows2["escape rate (defective parts passed)"] == esc  # scoring the old bundle here = its old evaluation
 
     for bad, msg in ((tmp_path / "nope", "no such file or folder"), (tmp_path / "new" / "gallery", "neither")):
         r = subprocess.run([sys.executable, "-m", "linesight", "evaluate", str(bundle), str(small_dataset), "-o",
-                            str(tmp_path / "x"), "--compare", str(bad)], capture_output=True, text=True, timeout=300, check=False)
+                            str(tmp_path / "x"), "--compare", str(bad)],
+                           capture_output=True, text=True, timeout=300, check=False)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "x").exists()

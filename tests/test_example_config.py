@@ -5,7 +5,7 @@ import pytest
 
 from linesight.config.daemon import DaemonConfig
 from linesight.config.loader import load_model
-from linesight.daemon.service import load_config
+from linesight.daemon.preflight import load_station
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "examples" / "daemon.yaml"
 
@@ -20,7 +20,7 @@ def test_example_paths_resolve_relative_to_the_file_and_spec_loads(monkeypatch):
     from linesight.config.inspection import load_inspection_spec, load_knowledge_base
 
     monkeypatch.setenv("MQTT_PASSWORD", "x")
-    cfg = load_config(EXAMPLE)
+    cfg = load_station(EXAMPLE)[0]
     assert cfg.analysis.spec == EXAMPLE.parent / "inspection_spec.yaml"
     spec = load_inspection_spec(cfg.analysis.spec)
     assert load_knowledge_base(cfg.analysis.knowledge, spec).entries
@@ -32,7 +32,7 @@ DAEMON_EXAMPLES = sorted(EXAMPLE.parent.glob("daemon*.yaml"))
 @pytest.mark.parametrize("path", DAEMON_EXAMPLES, ids=lambda p: p.name)
 def test_every_daemon_example_validates_and_keeps_unauthenticated_feeds_on_loopback(path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MQTT_PASSWORD", "x")
-    cfg = load_config(path)
+    cfg = load_station(path)[0]
     zmq = cfg.outputs.zmq
     assert all(e is None or e.startswith("tcp://127.0.0.1:") for e in (zmq.verdict_endpoint, zmq.image_endpoint))
     assert cfg.outputs.metrics.host == "127.0.0.1"
@@ -41,7 +41,8 @@ def test_every_daemon_example_validates_and_keeps_unauthenticated_feeds_on_loopb
 
 def test_daemon_examples_cover_every_source_type(monkeypatch) -> None:
     monkeypatch.setenv("MQTT_PASSWORD", "x")
-    assert sorted(load_config(p).source.type for p in DAEMON_EXAMPLES) == ["folder", "genicam", "synthetic", "video"]
+    types = sorted(load_station(p)[0].source.type for p in DAEMON_EXAMPLES)
+    assert types == ["folder", "genicam", "synthetic", "video"]
 
 
 def test_a_present_output_section_is_on_unless_it_says_enabled_false():
@@ -60,4 +61,5 @@ def test_a_present_output_section_is_on_unless_it_says_enabled_false():
     assert off.summary()["mqtt"] == "off" and off.summary()["zmq"] == "off"
     # the shipped example still turns on exactly what it did
     example = load_model(EXAMPLE, DaemonConfig, env={"MQTT_PASSWORD": "x"}).outputs
-    assert [name for name, where in example.summary().items() if where != "off"] == ["mqtt", "zmq", "metrics", "archive"]
+    assert ([name for name, where in example.summary().items() if where != "off"]
+            == ["mqtt", "zmq", "metrics", "archive"])

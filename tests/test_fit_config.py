@@ -68,11 +68,11 @@ def test_alignment_failure_is_a_fail_safe_verdict_in_the_daemon(tmp_path):
     cannot register and must get the fail-safe verdict with the reason, not a score."""
     import cv2
     import numpy as np
+    from test_pipeline import frame, make
 
     from linesight.config.fit import preset
     from linesight.export.engine import Engine
     from linesight.trainer.fit import fit
-    from test_pipeline import frame, make
 
     rng = np.random.default_rng(0)
     good = tmp_path / "data" / "train" / "good"

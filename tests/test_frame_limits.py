@@ -60,5 +60,6 @@ def test_pipeline_gives_bad_frame_for_tiny_and_oversized_frames(small_bundle):
               Frame(image=np.full((64, 64), 120, np.uint8), seq=2, host_ts_ns=now, source="s")]
     pipe.process([pipe.admit(f) for f in frames])
     assert [v["reason"] for v in verdicts[:2]] == ["bad_frame", "bad_frame"], verdicts
-    assert "1x1 px is too small" in verdicts[0]["detail"] and "larger than source.max_frame_pixels" in verdicts[1]["detail"]
+    assert ("1x1 px is too small" in verdicts[0]["detail"]
+            and "larger than source.max_frame_pixels" in verdicts[1]["detail"])
     assert verdicts[2]["fail_safe"] is False and pipe.counts["failsafe_inference_error"] == 0

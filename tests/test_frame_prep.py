@@ -11,8 +11,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from helpers import need_data
 
+from helpers import need_data
 from linesight.config.frame import AlignInfo, FrameInfo, PhotometricInfo
 from linesight.errors import BundleError, DataError
 from linesight.export.frame_prep import REFERENCE_FILE, FramePrep, FrameReport, prepare_frame_info

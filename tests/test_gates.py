@@ -19,6 +19,7 @@ from typing import get_args
 
 import numpy as np
 import pytest
+
 from linesight.config.daemon import DaemonConfig
 from linesight.daemon import verdict as V
 from linesight.daemon.commands import MODELS, Dispatcher, Reload
@@ -34,7 +35,8 @@ from linesight.daemon.sources.synthetic import SyntheticSource
 from linesight.errors import BundleError
 from linesight.export import bundle as bundle_mod
 from linesight.export.bundle import load_bundle, write_bundle
-from linesight.export.engine import Engine, FailureCode, Prediction
+from linesight.export.engine import Engine, Prediction
+from linesight.export.prediction import FailureCode
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -155,7 +157,7 @@ def test_bundle_path_that_cannot_be_stat_ed_is_refused(tmp_path):
         load_bundle(loop)
 
 
-# ------------------------------------------------------------------------------------------------ 3. G3 / G4 acquisition
+# ----------------------------------------------------------------------------------------------- 3. G3 / G4 acquisition
 class FlakySource:
     """read() raises twice (a GenTL timeout), then serves `n` frames, then ends."""
 
@@ -280,7 +282,7 @@ def test_watch_on_reloads_a_replaced_bundle_exactly_once_and_an_unchanged_one_ne
         t.join(5)
 
 
-# ------------------------------------------------------------------------------------------------ 5. G9 / G10 load refusals
+# -------------------------------------------------------------------------------------------- 5. G9 / G10 load refusals
 def test_min_defect_px_refusal_keeps_the_previous_model(zips):
     # kills #17 (the model.min_defect_px refusal never ran)
     smallest = Engine(zips["a"]).smallest_defect_px()

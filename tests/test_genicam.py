@@ -281,7 +281,7 @@ def test_destroyed_acquirer_reconnects_without_leaking_threads() -> None:
             # Simulated loss: destroy the harvesters ImageAcquirer underneath the running source.
             with src._ia_lock:
                 src._ia.destroy()
-            assert wait_for(lambda: src.status.reconnects >= n, 5.0), src.status
+            assert wait_for(lambda n=n: src.status.reconnects >= n, 5.0), src.status
             assert "destroyed underneath" in src.status.last_error
             assert read_n(src, 2)[0].error is None  # frames resume
             assert src.status.up

@@ -17,7 +17,8 @@ def station_cfg(bundle, state_dir, count: int, **pipeline) -> DaemonConfig:
         "source": {"type": "synthetic", "name": "cam", "width": 64, "height": 64, "rate_hz": None, "count": count},
         "pipeline": {"deadline_ms": 60000, "queue_size": 1, "max_batch": 1, "state_dir": str(state_dir),
                      "part_id": {"mode": "counter", "prefix": "P"}, **pipeline},
-        "outputs": {"zmq": {"enabled": False}, "metrics": {"enabled": False}},  # no fixed ports: suites run side by side
+        # no fixed ports: suites run side by side
+        "outputs": {"zmq": {"enabled": False}, "metrics": {"enabled": False}},
     })
 
 

@@ -32,7 +32,8 @@ def test_info_text_summarises_every_part(small_bundle, tmp_path, capsys):
     m.warnings.append("thresholds were calibrated before the domain changed: recalibrate (linesight calibrate)")
     m.thresholds.calibrated = True
     m.thresholds.calibration = CalibrationResult(
-        target=CalibrationTarget(max_false_reject=0.02), false_reject=Rate(count=3, n=200, rate=0.015, ci95=(0.005, 0.043)),
+        target=CalibrationTarget(max_false_reject=0.02),
+        false_reject=Rate(count=3, n=200, rate=0.015, ci95=(0.005, 0.043)),
         escape=Rate(count=4, n=100, rate=0.04, ci95=(0.016, 0.098)), false_pixel_area=0.0008, met=True)
     rewrite_manifest(bundle, m)
     assert main(["info", str(bundle)]) == 0
@@ -46,6 +47,7 @@ def test_info_text_summarises_every_part(small_bundle, tmp_path, capsys):
                  f"{m.scales[0].name}: whole frame, bank {m.scales[0].n_bank} rows", "whole image inspected",
                  "lighting: none", "alignment: none", "no learned classifier", f"image {m.thresholds.image:.6g}",
                  "calibration target: false reject <= 2 %", "-> met",
-                 "false reject: 3 of 200 good parts (1.5 %, 95 % CI 0.5-4.3 %)", "escape: 4 of 100 defective parts", "good pixels flagged: 0.08 %",
+                 "false reject: 3 of 200 good parts (1.5 %, 95 % CI 0.5-4.3 %)", "escape: 4 of 100 defective parts",
+                 "good pixels flagged: 0.08 %",
                  "NOT pretrained", "recalibrate (linesight calibrate)", f"{m.dataset.n_train} images for the bank"):
         assert part in text, part

@@ -182,10 +182,10 @@ def test_pixel_metrics_are_memory_bounded():
 def test_summarize_keys_json_and_per_type():
     rng = np.random.default_rng(7)
     recs = []
-    for i in range(12):
+    for _ in range(12):
         recs.append(M.EvalRecord(float(rng.random()), 0, "good", rng.random((16, 20)).astype(np.float32)))
     for t, shift in [("crack", 0.9), ("fray", 0.1)]:
-        for i in range(6):
+        for _ in range(6):
             k = np.zeros((16, 20), bool)
             k[4:9, 5:12] = True
             m = (rng.random((16, 20)) + shift * k).astype(np.float32)

@@ -231,10 +231,11 @@ def test_latency_quantiles_are_close_to_the_truth(served, true_s) -> None:
     m, url, _ = served
     observed = true_s * np.random.default_rng(0).uniform(0.9, 1.1, 400)
     for v in observed:
-        m.observe_trigger_to_verdict(float(v))
+        m.record_verdict({"verdict": "OK", "latency_ms": {"total": float(v) * 1000.0}})
         m.observe_stage("acquire", float(v))
     s = samples(get(url + "/metrics")[2])
-    for name, stage in (("linesight_trigger_to_verdict_seconds_bucket", None), ("linesight_stage_seconds_bucket", "acquire")):
+    for name, stage in (("linesight_trigger_to_verdict_seconds_bucket", None),
+                        ("linesight_stage_seconds_bucket", "acquire")):
         buckets = {dict(k[1])["le"]: v for k, v in s.items() if k[0] == name and dict(k[1]).get("stage") == stage}
         assert prom_quantile(0.5, buckets) == pytest.approx(np.median(observed), rel=0.1), name
 
@@ -390,19 +391,25 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
                     {"series": f'linesight_verdicts_total{{verdict="OK",{s}}}', "values": "0+70x40"},
                     {"series": f'linesight_verdicts_total{{verdict="NG",{s}}}', "values": "0+30x40"},
                     # cam2: 100 % NG but only 1 part/min -> below the volume guard, no page
-                    {"series": 'linesight_verdicts_total{verdict="OK",job="linesight",instance="cam2"}', "values": "0x40"},
-                    {"series": 'linesight_verdicts_total{verdict="NG",job="linesight",instance="cam2"}', "values": "0+1x40"},
+                    {"series": 'linesight_verdicts_total{verdict="OK",job="linesight",instance="cam2"}',
+                     "values": "0x40"},
+                    {"series": 'linesight_verdicts_total{verdict="NG",job="linesight",instance="cam2"}',
+                     "values": "0+1x40"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "2m", "alertname": "LinesightCameraDown", "exp_alerts": []},
-                    {"eval_time": "4m", "alertname": "LinesightCameraDown", "exp_alerts": [exp("LinesightCameraDown", "cam1")]},
+                    {"eval_time": "4m", "alertname": "LinesightCameraDown",
+                     "exp_alerts": [exp("LinesightCameraDown", "cam1")]},
                     {"eval_time": "3m", "alertname": "LinesightDaemonOffline", "exp_alerts": []},
-                    {"eval_time": "5m", "alertname": "LinesightDaemonOffline", "exp_alerts": [exp("LinesightDaemonOffline", "cam1")]},
+                    {"eval_time": "5m", "alertname": "LinesightDaemonOffline",
+                     "exp_alerts": [exp("LinesightDaemonOffline", "cam1")]},
                     {"eval_time": "2m", "alertname": "LinesightDeadlineMissed", "exp_alerts": []},
-                    {"eval_time": "4m", "alertname": "LinesightDeadlineMissed", "exp_alerts": [exp("LinesightDeadlineMissed", "cam1")]},
+                    {"eval_time": "4m", "alertname": "LinesightDeadlineMissed",
+                     "exp_alerts": [exp("LinesightDeadlineMissed", "cam1")]},
                     {"eval_time": "10m", "alertname": "LinesightDeadlineMissed", "exp_alerts": []},
                     {"eval_time": "6m", "alertname": "LinesightNgRateHigh", "exp_alerts": []},
-                    {"eval_time": "15m", "alertname": "LinesightNgRateHigh", "exp_alerts": [exp("LinesightNgRateHigh", "cam1")]},
+                    {"eval_time": "15m", "alertname": "LinesightNgRateHigh",
+                     "exp_alerts": [exp("LinesightNgRateHigh", "cam1")]},
                 ],
             },
             {   # verdicts_dropped: any increase of that code's alarm counter pages for the 5 min window
@@ -431,12 +438,14 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
                 "interval": "1m",
                 "input_series": [
                     {"series": f"linesight_mqtt_connected{{{s}}}", "values": "1 1 0 0 0 0 0 0"},
-                    {"series": 'linesight_mqtt_connected{job="linesight",instance="cam2"}', "values": "1 1 0 1 0 1 0 1"},
+                    {"series": 'linesight_mqtt_connected{job="linesight",instance="cam2"}',
+                     "values": "1 1 0 1 0 1 0 1"},
                     {"series": 'linesight_up{job="linesight",instance="cam3"}', "values": "1x8"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "2m", "alertname": "LinesightMqttDown", "exp_alerts": []},
-                    {"eval_time": "4m", "alertname": "LinesightMqttDown", "exp_alerts": [exp("LinesightMqttDown", "cam1")]},
+                    {"eval_time": "4m", "alertname": "LinesightMqttDown",
+                     "exp_alerts": [exp("LinesightMqttDown", "cam1")]},
                 ],
             },
             {   # fail-safe share of verdicts: cam1 10 % pages; cam2 2 % and cam3 (all fail-safe, 1 part/min:
@@ -446,11 +455,16 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
                     {"series": f'linesight_verdicts_total{{verdict="OK",{s}}}', "values": "0+70x20"},
                     {"series": f'linesight_verdicts_total{{verdict="NG",{s}}}', "values": "0+30x20"},
                     {"series": f'linesight_failsafe_total{{reason="deadline_missed",{s}}}', "values": "0+10x20"},
-                    {"series": 'linesight_verdicts_total{verdict="OK",job="linesight",instance="cam2"}', "values": "0+98x20"},
-                    {"series": 'linesight_verdicts_total{verdict="NG",job="linesight",instance="cam2"}', "values": "0+2x20"},
-                    {"series": 'linesight_failsafe_total{reason="bad_frame",job="linesight",instance="cam2"}', "values": "0+2x20"},
-                    {"series": 'linesight_verdicts_total{verdict="NG",job="linesight",instance="cam3"}', "values": "0+1x20"},
-                    {"series": 'linesight_failsafe_total{reason="camera_error",job="linesight",instance="cam3"}', "values": "0+1x20"},
+                    {"series": 'linesight_verdicts_total{verdict="OK",job="linesight",instance="cam2"}',
+                     "values": "0+98x20"},
+                    {"series": 'linesight_verdicts_total{verdict="NG",job="linesight",instance="cam2"}',
+                     "values": "0+2x20"},
+                    {"series": 'linesight_failsafe_total{reason="bad_frame",job="linesight",instance="cam2"}',
+                     "values": "0+2x20"},
+                    {"series": 'linesight_verdicts_total{verdict="NG",job="linesight",instance="cam3"}',
+                     "values": "0+1x20"},
+                    {"series": 'linesight_failsafe_total{reason="camera_error",job="linesight",instance="cam3"}',
+                     "values": "0+1x20"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "3m", "alertname": "LinesightFailSafeRateHigh", "exp_alerts": []},
@@ -468,7 +482,8 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
                      "values": "3 3 0x24"},
                     {"series": 'linesight_up{job="linesight",instance="cam4"}', "values": "1x25"},
                     {"series": 'linesight_up{job="linesight",instance="cam5"}', "values": "1x25"},
-                    {"series": 'linesight_model_info{model_id="m",version="1",hash="h",job="linesight",instance="cam5"}',
+                    {"series": 'linesight_model_info{model_id="m",version="1",hash="h",'
+                               'job="linesight",instance="cam5"}',
                      "values": "1x25"},
                     {"series": 'linesight_up{job="linesight",instance="cam6"}', "values": "0x25"},
                 ],
@@ -477,7 +492,8 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
                     {"eval_time": "4m", "alertname": "LinesightModelRefused",
                      "exp_alerts": [exp("LinesightModelRefused", "cam1", code="model_refused")]},
                     {"eval_time": "20m", "alertname": "LinesightModelRefused", "exp_alerts": []},
-                    {"eval_time": "2m", "alertname": "LinesightNoModel", "exp_alerts": [exp("LinesightNoModel", "cam4")]},
+                    {"eval_time": "2m", "alertname": "LinesightNoModel",
+                     "exp_alerts": [exp("LinesightNoModel", "cam4")]},
                 ],
             },
             {   # archive write errors warn (other sinks' errors do not); records deleted early for disk space
@@ -504,7 +520,8 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
                 "interval": "1m",
                 "input_series": [{"series": 'up{job="other"}', "values": "1x5"}],
                 "alert_rule_test": [
-                    {"eval_time": "3m", "alertname": "LinesightDaemonOffline", "exp_alerts": [exp("LinesightDaemonOffline", None)]},
+                    {"eval_time": "3m", "alertname": "LinesightDaemonOffline",
+                     "exp_alerts": [exp("LinesightDaemonOffline", None)]},
                 ],
             },
         ],

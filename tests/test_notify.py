@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,22 +84,13 @@ def test_exact_datagrams_on_path_socket(receiver: tuple[socket.socket, str]) -> 
     n.close()
 
 
-def test_watchdog_and_reloading_datagrams(receiver: tuple[socket.socket, str]) -> None:
+def test_watchdog_datagrams(receiver: tuple[socket.socket, str]) -> None:
     sock, path = receiver
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}
     n = Notifier.from_env(env)
     assert n.watchdog_interval_s == 30.0
     assert n.watchdog() is True
     assert _recv(sock) == b"WATCHDOG=1"
-
-    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    n.reloading(status="reloading config")
-    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    lines = _recv(sock).decode().split("\n")
-    assert lines[0] == "RELOADING=1"
-    assert lines[1].startswith("MONOTONIC_USEC=")
-    assert before <= int(lines[1].split("=", 1)[1]) <= after
-    assert lines[2] == "STATUS=reloading config"
     n.close()
 
 
@@ -189,7 +179,6 @@ def test_no_socket_is_noop_and_logs_once(caplog: pytest.LogCaptureFixture) -> No
     assert n.watchdog() is False
     assert n.watchdog_due() is False
     assert n.stopping() is False
-    assert n.reloading() is False
     noop = [r for r in caplog.records if "NOTIFY_SOCKET not set" in r.getMessage()]
     assert len(noop) == 1
 

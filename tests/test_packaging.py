@@ -18,8 +18,9 @@ def test_wheel_installs_and_imports(tmp_path):
     # Dependencies come from the test environment's site-packages via PYTHONPATH (no .pth files are read
     # from there, so the editable install of the checkout stays invisible).
     deps = sysconfig.get_paths()["purelib"]
-    code = ("import linesight, linesight.export.engine, linesight.trainer.fit, linesight.daemon, linesight.config.manifest,"
-            " linesight.daemon.sources, linesight.daemon.sinks, linesight.cli; print(linesight.__file__);"
+    code = ("import linesight, linesight.export.engine, linesight.trainer.fit, linesight.daemon,"
+            " linesight.config.manifest, linesight.daemon.sources, linesight.daemon.sinks, linesight.cli;"
+            " print(linesight.__file__);"
             " from importlib.resources import files; print(files('linesight.config') / 'examples')")
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env={"PYTHONPATH": deps, "PATH": "/usr/bin:/bin"})

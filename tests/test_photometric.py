@@ -4,8 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from helpers import need_data
 
+from helpers import need_data
 from linesight.config.frame import PhotometricInfo
 from linesight.errors import BundleError, DataError
 from linesight.export.photometric import normalise, reference_stats, robust_stats

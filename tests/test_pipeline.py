@@ -41,7 +41,8 @@ def test_micro_batch_with_one_undecodable_frame_gives_each_frame_one_verdict(sma
         return real(images, **kw)
 
     engine.predict_batch = faulty
-    frames = [frame(0, good), frame(1, poison), frame(2, good), frame(3, None), frame(4, np.zeros((10, 10, 2), np.uint8))]
+    frames = [frame(0, good), frame(1, poison), frame(2, good), frame(3, None),
+              frame(4, np.zeros((10, 10, 2), np.uint8))]
     p.process([p.admit(f) for f in frames])
     by_seq = {v["camera"]["source_seq"]: v for v in out}
     assert sorted(by_seq) == [0, 1, 2, 3, 4] and len(out) == 5

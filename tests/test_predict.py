@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from linesight.cli import main
 from linesight.cli_predict import expand_inputs
 from linesight.export.analysis import measure_regions

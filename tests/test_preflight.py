@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 import zmq
 from conftest import free_port
+
 from linesight.cli import main
 from linesight.daemon.preflight import load_station, preflight
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import zmq
-
 from conftest import free_port
+
 from linesight.config.daemon import DaemonConfig
 from linesight.daemon import service as service_module
 from linesight.daemon.notify import Notifier

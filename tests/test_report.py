@@ -73,7 +73,8 @@ def test_panel_overlay_shows_map_and_mask_contour():
     assert over[10, 10, 2] > over[10, 10, 0] + 50  # hot region red in JET
     assert over[35, 35, 0] > over[35, 35, 2] + 50  # cold region blue
     assert (over[20, 20:30] == 255).all()  # white contour on the mask border
-    big = ReportRecord("y.png", 0, "good", 0.1, np.zeros((1000, 500), np.uint16), np.zeros((1000, 500), np.float32), None)
+    big = ReportRecord("y.png", 0, "good", 0.1, np.zeros((1000, 500), np.uint16),
+                       np.zeros((1000, 500), np.float32), None)
     assert render_panel(big, 0.0, 1.0).shape[0] == 256
 
 
@@ -139,7 +140,7 @@ def test_report_leads_with_production_figures_at_every_policy(tmp_path):
     assert rows[0][3:] == (str(cm["fn"]), str(metrics["n_defect"]))
     at = metrics["at_thresholds"]
     assert [re.search(r"<small>\((\w+)\)</small>", r[0]).group(1) for r in rows[1:]] == list(at)
-    for (_, thr, fr, esc, n_def), policy in zip(rows[1:], at):
+    for (_, _thr, fr, esc, _n_def), policy in zip(rows[1:], at):
         assert fr == f"{at[policy]['fp']} of {metrics['n_good']}" and int(esc) == at[policy]["fn"], policy
     fr_ppm = f"{1e6 * cm['fp'] / metrics['n_good']:,.0f} ppm"
     assert fr_ppm in doc[:doc.index("<table class='production'>")]  # the headline figures above the table

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from test_report import synthetic_records
 
 from linesight.trainer import metrics as M
 from linesight.trainer.report import SORT_JS, write_report
-from test_report import synthetic_records
 
 
 @dataclass

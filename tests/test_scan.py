@@ -10,7 +10,7 @@ from linesight.export import views
 from linesight.export.bundle import load_bundle
 from linesight.export.engine import Engine
 from linesight.export.images import read_image
-from linesight.trainer import fit as fit_mod
+from linesight.trainer import patches as fit_mod  # where fit extracts its training patches
 
 
 def _images(dataset, kind: str, n: int) -> list[np.ndarray]:

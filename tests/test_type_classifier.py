@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 
 from linesight.errors import BundleError, LinesightError
-from linesight.export.type_classifier import (CLASSIFIER_FILE, EMBEDDINGS_FILE, LABELS_FILE, TypeClassifier,
-                                              embed_regions, grid_cells)
+from linesight.export.type_classifier import (
+    CLASSIFIER_FILE,
+    EMBEDDINGS_FILE,
+    LABELS_FILE,
+    TypeClassifier,
+    embed_regions,
+    grid_cells,
+)
+from linesight.trainer.type_training import fit_classifier
 
 D, G, S = 16, 8, 64  # channels, patch grid, image size (8 px per cell)
 
@@ -44,7 +51,7 @@ def test_hand_made_classes_are_separated_and_far_query_is_unknown(method):
         emb.append(embed_regions(f, [m])[0])
         labels.append(kind)
         groups.append(i)
-    clf = TypeClassifier.fit(np.stack(emb), labels, groups, method=method)
+    clf = fit_classifier(np.stack(emb), labels, groups, method=method)
     assert clf.labels == ["crack", "pit", "stain"] and -1.0 < clf.floor < 1.0
     for kind in ("crack", "pit", "stain"):
         f, m = _scene(rng, protos, kind)
@@ -77,8 +84,8 @@ def test_grid_cells_small_region_peak_and_letterbox():
 def test_extras_round_trip_without_pickle_and_stale_backbone_refused():
     rng = np.random.default_rng(1)
     emb = rng.normal(size=(12, 2 * D)).astype(np.float32)
-    clf = TypeClassifier.fit(emb, ["a", "b", "c"] * 4, list(range(12)), method="logreg", input_hw=(64, 64),
-                             info={"backbone_sha256": "ab" * 32, "cv": {"accuracy": 0.5}})
+    clf = fit_classifier(emb, ["a", "b", "c"] * 4, list(range(12)), method="logreg", input_hw=(64, 64),
+                         info={"backbone_sha256": "ab" * 32, "cv": {"accuracy": 0.5}})
     extras = clf.to_extras()
     arr = np.load(io.BytesIO(extras[EMBEDDINGS_FILE]), allow_pickle=False)
     assert arr.dtype == np.float32 and arr.shape == (12, 2 * D)
@@ -94,7 +101,7 @@ def test_extras_round_trip_without_pickle_and_stale_backbone_refused():
     with pytest.raises(BundleError, match="re-run `linesight types`"):
         TypeClassifier.from_extras(broken)
     with pytest.raises(LinesightError, match="unknown"):
-        TypeClassifier.fit(emb[:2], ["unknown", "a"], [0, 1])
+        fit_classifier(emb[:2], ["unknown", "a"], [0, 1])
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +269,7 @@ def test_spec_grades_by_the_learned_type():
         f, m = _scene(rng, protos, kind)
         emb.append(embed_regions(f, [m])[0])
         labels.append(kind)
-    clf = TypeClassifier.fit(np.stack(emb), labels, list(range(18)))
+    clf = fit_classifier(np.stack(emb), labels, list(range(18)))
     for kind, verdict in (("pit", "NG"), ("stain", "OK")):
         f, m = _scene(rng, protos, kind)
         pred = Prediction(1.0, "NG", 0.5, m.astype(np.float32), features=f)
@@ -272,7 +279,7 @@ def test_spec_grades_by_the_learned_type():
 
 
 def test_knn_temperature_is_fitted_so_confidence_tracks_accuracy():
-    from linesight.export.type_classifier import fit_temperature
+    from linesight.trainer.type_training import fit_temperature
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 3, 400)
@@ -287,6 +294,7 @@ def test_a_region_spread_by_the_receptive_field_is_typed_by_its_core(monkeypatch
     """Types are learned from tight ground-truth masks; a map region spreads far past the defect (bench_daemon:
     one scratch lifted ~60 % of a 224² frame). Typing the whole region averages in normal texture."""
     from linesight.export import analysis as A
+    from linesight.export.analysis import learned
     from linesight.export.engine import Prediction
 
     rng = np.random.default_rng(3)
@@ -296,10 +304,10 @@ def test_a_region_spread_by_the_receptive_field_is_typed_by_its_core(monkeypatch
         f, m = _scene(rng, protos, ["crack", "pit", "stain"][i % 3])
         emb.append(embed_regions(f, [m])[0])
         labels.append(["crack", "pit", "stain"][i % 3])
-    clf = TypeClassifier.fit(np.stack(emb), labels, list(range(30)), input_hw=(S, S))
+    clf = fit_classifier(np.stack(emb), labels, list(range(30)), input_hw=(S, S))
     answers = {}
     for core in (A.TYPE_CORE, 0.0):
-        monkeypatch.setattr(A, "TYPE_CORE", core)
+        monkeypatch.setattr(learned, "TYPE_CORE", core)  # region_core reads it there
         right = 0
         for kind in ("crack", "pit", "stain") * 3:
             f, m = _scene(rng, protos, kind)

@@ -21,7 +21,8 @@ MAX = 64 * 1024  # the smallest max_bytes the config allows
 
 
 def verdict(seq: int) -> dict:
-    return {"schema": "linesight.verdict/1", "seq": seq, "part_id": f"A-{seq:08d}", "verdict": "NG" if seq % 7 else "OK",
+    return {"schema": "linesight.verdict/1", "seq": seq, "part_id": f"A-{seq:08d}",
+            "verdict": "NG" if seq % 7 else "OK",
             "score": 3.25, "threshold": 2.5, "model": {"id": "m", "version": 1, "hash": "ab" * 8},
             "defects": [{"type": "scratch", "bbox": [1, 2, 30, 40], "area_px": 412}] * 3, "note": "x" * 200}
 

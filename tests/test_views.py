@@ -154,7 +154,8 @@ def test_ivf_index_matches_exact_scores_closely(small_dataset, tmp_path):
     ((2048, 2448), TILES.model_copy(update={"pixels_per_input": 4.0}), PreprocessSpec(224, 224)),
     ((50, 70), ScaleInfo(name="whole", mode="whole", bank_file="x", n_bank=1), SPEC),  # enlarged
     ((1000, 60), ScaleInfo(name="whole", mode="whole", bank_file="x", n_bank=1), SPEC),  # one axis each way
-    ((60, 500), ScaleInfo(name="whole", mode="whole", bank_file="x", n_bank=1), PreprocessSpec(96, 96, resize="letterbox")),
+    ((60, 500), ScaleInfo(name="whole", mode="whole", bank_file="x", n_bank=1),
+     PreprocessSpec(96, 96, resize="letterbox")),
     ((150, 420), TILES, SPEC),
     ((333, 200), TILES.model_copy(update={"pixels_per_input": 1.5}), SPEC),
 ], ids=["whole-5mp", "tiles-5mp", "whole-up", "whole-mixed", "letterbox", "tiles-up", "tiles-down"])

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -21,7 +22,6 @@ from linesight.daemon.sinks.encoding import Pictures
 from linesight.daemon.sinks.zmq_sink import ZmqSink
 from linesight.errors import ConfigError
 
-
 THRESHOLD = 2.0
 
 
@@ -32,7 +32,7 @@ def verdict(seq: int) -> dict[str, Any]:
 
 def iso_now() -> str:
     """host_ts as the daemon writes it (ISO-8601 UTC, milliseconds, Z)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @pytest.fixture
@@ -226,7 +226,8 @@ def test_example_subscriber_script(endpoints, tmp_path) -> None:
     vep, iep = endpoints
     sink = ZmqSink(ZmqConfig(verdict_endpoint=vep, image_endpoint=iep))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "linesight.daemon.zmq_subscriber_example", "--verdicts", vep, "--images", iep,
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "zmq_subscriber.py"),
+         "--verdicts", vep, "--images", iep,
          "--save-dir", str(tmp_path), "--count", "5", "--timeout-s", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

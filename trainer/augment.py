@@ -11,18 +11,14 @@ import cv2
 import numpy as np
 
 from linesight.config.frame import AugmentConfig
-from linesight.export.images import check_image
+from linesight.export.images import check_image, full_scale
 
 log = logging.getLogger(__name__)
 
 
-def _full_scale(dtype: np.dtype) -> float:
-    return 255.0 if dtype == np.uint8 else 65535.0 if dtype == np.uint16 else 1.0
-
-
 def _intensity(image: np.ndarray, gain: float, offset: float) -> np.ndarray:
     """Contrast gain around the image mean plus an offset (fraction of full scale); alpha kept; dtype kept."""
-    scale = _full_scale(image.dtype)
+    scale = full_scale(image.dtype)
     colour = image[:, :, :3] if image.ndim == 3 and image.shape[2] == 4 else image
     x = colour.astype(np.float32)
     mean = float(x.mean())

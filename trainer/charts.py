@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from linesight.trainer import metrics as M
 
 GOOD, DEFECT, WRONG, CHOSEN = "#2e86de", "#e67e22", "#c0392b", "#8e0000"

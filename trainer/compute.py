@@ -12,9 +12,9 @@ from linesight.config.fit import FitConfig
 from linesight.config.manifest import IndexCheck, IndexInfo, Int8Info, ScaleInfo
 from linesight.errors import DataError
 from linesight.export.domain import Domain
-from linesight.export.engine import hnsw_graph, knn_search, make_index
 from linesight.export.features import OnnxFeatures
 from linesight.export.frame_prep import FramePrep
+from linesight.export.knn import hnsw_graph, knn_search, make_index
 from linesight.export.preprocess import PreprocessSpec, preprocess_batch
 from linesight.trainer import onnx_export
 from linesight.trainer.metrics import auroc
@@ -60,7 +60,8 @@ class CheckSet:
 def check_set(hold_imgs: list[np.ndarray], prep: FramePrep, domain: Domain | None, seed: int) -> CheckSet:
     """The fit's only labeled data: defects painted on held-out good images (trainer/synth.py), so a compute
     shortcut is judged on patches far from the bank as well as on normal ones."""
-    from linesight.trainer.synth import DefectSynth, to_unit
+    from linesight.export.images import full_scale, to_unit
+    from linesight.trainer.synth import DefectSynth
 
     good = []
     for img in hold_imgs:
@@ -74,7 +75,7 @@ def check_set(hold_imgs: list[np.ndarray], prep: FramePrep, domain: Domain | Non
     synth = DefectSynth(texture_sources=[to_unit(f) for f in good[:8]])
     bad = []
     for f in good:
-        full = float(np.iinfo(f.dtype).max) if f.dtype.kind == "u" else 1.0
+        full = full_scale(f.dtype)
         bad.append(np.clip(np.rint(synth(to_unit(f), rng)[0] * full), 0, full).astype(f.dtype))
     frames = good + bad
     masks = [domain.of(f) for f in frames] if domain is not None else [None] * len(frames)
@@ -84,7 +85,7 @@ def check_set(hold_imgs: list[np.ndarray], prep: FramePrep, domain: Domain | Non
 def check_features(features: OnnxFeatures, check: CheckSet, scale: ScaleInfo, spec: PreprocessSpec, stride: int,
                    batch: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) patch features of the check frames at one scale and the frame each came from (N,)."""
-    from linesight.trainer.fit import extract
+    from linesight.trainer.patches import extract
 
     feats, locs = extract(features, check.frames, check.masks, scale, spec, stride, batch)
     return feats, locs[:, 0]

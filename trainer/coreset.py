@@ -63,24 +63,3 @@ def greedy_coreset(x: np.ndarray, n: int, *, projection_dim: int = 128, chunk_si
         if progress:
             progress(taken, n)
     return picks
-
-
-def exact_greedy(x: np.ndarray, n: int, start: int = 0) -> np.ndarray:
-    """Reference k-center greedy on the full-dimensional data (small inputs only: tests)."""
-    picks = [start]
-    mind = np.linalg.norm(x - x[start], axis=1)
-    for _ in range(n - 1):
-        i = int(mind.argmax())
-        picks.append(i)
-        mind = np.minimum(mind, np.linalg.norm(x - x[i], axis=1))
-    return np.asarray(picks)
-
-
-def covering_radius(x: np.ndarray, centers: np.ndarray) -> float:
-    """Largest distance from any row of x to its nearest center (what k-center minimises)."""
-    import faiss
-
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(np.ascontiguousarray(centers, dtype=np.float32))
-    d, _ = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return float(np.sqrt(max(d.max(), 0.0)))

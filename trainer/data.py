@@ -11,6 +11,7 @@ import numpy as np
 
 from linesight.errors import DataError, LinesightError
 from linesight.export.images import list_images, read_image
+from linesight.export.images import read_mask as read_mask_file
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,7 @@ def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     """Binary mask of the image's size; zeros for good images or a defect without a mask file."""
     if sample.mask_path is None:
         return np.zeros(shape, np.uint8)
-    m = read_image(sample.mask_path)
-    m = m if m.ndim == 2 else m[..., 0]
-    if m.shape != shape:
-        raise DataError(f"mask {sample.mask_path} is {m.shape[1]}x{m.shape[0]}, image is {shape[1]}x{shape[0]}")
-    return (m > 0).astype(np.uint8)
+    return read_mask_file(sample.mask_path, shape)
 
 
 def holdout_split(paths: list[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:

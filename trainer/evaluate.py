@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from linesight.config.inspection import MAX_REGIONS
 from linesight.config.manifest import CalibrationResult, CalibrationTarget, Thresholds
-from linesight.errors import DataError, LinesightError
+from linesight.errors import DataError, LinesightError, validation_problems
 from linesight.export.bundle import load_bundle, new_revision, rewrite_manifest
 from linesight.export.engine import Engine
 from linesight.export.images import read_image
@@ -32,7 +33,7 @@ from linesight.trainer.report import ReportRecord, advice, write_report
 
 if TYPE_CHECKING:
     from linesight.config.inspection import InspectionSpec, KnowledgeBase
-    from linesight.export.engine import Prediction
+    from linesight.export.prediction import Prediction
 
 log = logging.getLogger(__name__)
 STALE_THRESHOLDS = "thresholds were calibrated before the domain changed: recalibrate (linesight calibrate)"
@@ -95,7 +96,8 @@ def calibrate(bundle_path: str | Path, dataset: str | Path, target: CalibrationT
                                              target.max_false_pixel_area)
     fp = fingerprint([s.path for s in samples], Path(dataset))
     th = Thresholds(image=choice.threshold, pixel=float(pixel), policy=choice.policy, calibrated=True,
-                    source=f"calibrated on {len(records)} labeled images of {Path(dataset).name} (fingerprint {fp[:12]})",
+                    source=f"calibrated on {len(records)} labeled images of {Path(dataset).name} "
+                           f"(fingerprint {fp[:12]})",
                     candidates={k: float(v) for k, v in M.image_thresholds(scores, labels).items()},
                     calibration=CalibrationResult(target=target, false_reject=choice.false_reject,
                                                   escape=choice.escape, false_pixel_area=area,
@@ -152,16 +154,11 @@ def _analyser(engine: Engine, spec: InspectionSpec | None, kb: KnowledgeBase | N
     from linesight.export import analysis as A
 
     def run(img: np.ndarray, pred: Prediction) -> dict:
-        evidence = A.NearestNormal(**pred.nearest) if pred.nearest else None
-        a = A.analyze(pred, engine.pixel_threshold, img, spec=spec, kb=kb, evidence=evidence,
-                      max_regions=ANALYSIS_MAX_REGIONS, classifier=classifier)
+        a = A.analyze(pred, engine.pixel_threshold, img, spec=spec, kb=kb, evidence=pred.nearest,
+                      max_regions=MAX_REGIONS, classifier=classifier)
         return A.to_header_dict(a)
 
     return run
-
-
-#: Regions measured per evaluated image (worst first): bounds the time on a model that lights up everywhere.
-ANALYSIS_MAX_REGIONS = 50
 
 
 def _median(vals: list[float]) -> float | None:
@@ -263,8 +260,9 @@ def baseline_bundle(bundle_path: str | Path, dataset: str | Path, baseline: str,
                         frame={"photometric": {"mode": m.frame.photometric.mode},
                                "align": m.frame.align.model_dump(exclude={"reference_file"})})
     except ValidationError as exc:
-        raise DataError(f"--baseline random: cannot copy the recipe of {bundle_path} ({exc.errors()[0]['msg']}); "
-                        "fit a baseline yourself and pass --baseline PATH") from exc
+        raise DataError(f"--baseline random: cannot copy the recipe of {bundle_path} "
+                        f"({validation_problems(exc, 'recipe')}); fit a baseline yourself and pass --baseline PATH"
+                        ) from exc
     out = workdir / "random-baseline"
     log.info("fitting the random-init baseline (%s, %d px, dim %d)", cfg.backbone, cfg.input_size, cfg.embedding_dim)
     fit(dataset, out, cfg)
@@ -283,7 +281,6 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *
     """
     from linesight.config.inspection import load_inspection_spec, load_knowledge_base
     from linesight.export.type_classifier import TypeClassifier
-
     from linesight.outputs import output_folder
 
     previous = _open_previous(compare) if compare is not None else None

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 def channel_pool_matrix(c_in: int, c_out: int) -> torch.Tensor:
     """Adaptive average pooling over channels as a (c_out, c_in) matrix (PatchCore's projection)."""
     m = torch.zeros(c_out, c_in)
@@ -17,7 +16,8 @@ def channel_pool_matrix(c_in: int, c_out: int) -> torch.Tensor:
 
 
 class PatchFeatures(nn.Module):
-    """stride-8 + stride-16 maps (ResNet layer2 + layer3, or two EfficientNet-Lite blocks) -> 3x3 neighbourhood mean -> layer3 upsampled to the layer2 grid -> projection.
+    """stride-8 + stride-16 maps (ResNet layer2 + layer3, or two EfficientNet-Lite blocks) -> 3x3 neighbourhood
+    mean -> layer3 upsampled to the layer2 grid -> projection.
 
     Each layer gets half of the embedding (as in the paper, where both are pooled to the same size first).
     """

@@ -7,7 +7,7 @@ import json
 import logging
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -16,28 +16,54 @@ import torch
 
 from linesight import __version__
 from linesight.config.fit import FitConfig
-from linesight.config.manifest import (BUNDLE_SCHEMA, BackboneInfo, DatasetInfo, DomainInfo, FeatureInfo, GoldenImage,
-                                       Manifest, MemoryInfo, ModelInfo, OnnxInfo, PlanInfo, ScaleInfo, ScoringInfo,
-                                       Thresholds, WeightsInfo)
+from linesight.config.manifest import (
+    BUNDLE_SCHEMA,
+    BackboneInfo,
+    DatasetInfo,
+    DomainInfo,
+    FeatureInfo,
+    GoldenImage,
+    Manifest,
+    MemoryInfo,
+    ModelInfo,
+    OnnxInfo,
+    PlanInfo,
+    ScaleInfo,
+    ScoringInfo,
+    Thresholds,
+    WeightsInfo,
+)
 from linesight.errors import DataError
-from linesight.export.bundle import (BANK_FILE, LOCATIONS_FILE, ROI_FILE, TRAIN_IMAGES_FILE, Bundle, bank_bytes,
-                                     check_target, load_bundle, write_bundle)
+from linesight.export.bundle import (
+    BANK_FILE,
+    ROI_FILE,
+    TRAIN_IMAGES_FILE,
+    Bundle,
+    bank_bytes,
+    check_target,
+    load_bundle,
+    write_bundle,
+)
 from linesight.export.domain import Domain
-from linesight.export.frame_prep import FramePrep, prepare_frame_info
 from linesight.export.engine import Engine
 from linesight.export.features import OnnxFeatures
-from linesight.export.preprocess import PreprocessSpec, preprocess_batch
-from linesight.export.views import make_view, scan
+from linesight.export.frame_prep import FramePrep, prepare_frame_info
+from linesight.export.preprocess import preprocess_batch
 from linesight.trainer import onnx_export
-from linesight.trainer.backbones import BACKBONES, NOT_PRETRAINED, build_backbone, input_spec, load_weights
 from linesight.trainer.augment import augment, augment_sources
-from linesight.trainer.compute import (check_features, check_set, choose_index, fused_scores, int8_candidate,
-                                       int8_verdict)
-from linesight.trainer.coreset import greedy_coreset
+from linesight.trainer.backbones import BACKBONES, NOT_PRETRAINED, build_backbone, input_spec, load_weights
+from linesight.trainer.compute import (
+    check_features,
+    check_set,
+    choose_index,
+    fused_scores,
+    int8_candidate,
+    int8_verdict,
+)
 from linesight.trainer.data import fingerprint, holdout_split, load_images, open_dataset
 from linesight.trainer.features import PatchFeatures
+from linesight.trainer.patches import coreset_banks, extract
 from linesight.trainer.plan import make_plan
-from linesight.trainer.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -50,28 +76,6 @@ def software_versions() -> dict[str, str]:
     return {"linesight": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
             "faiss": faiss.__version__, "opencv": cv2.__version__}
-
-
-def extract(features: OnnxFeatures, frames: list[np.ndarray], masks: list[np.ndarray | None], scale: ScaleInfo,
-            spec: PreprocessSpec, stride: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Patch embeddings of the frames at one scale, through the exported graph and the engine's own tile loop
-    (views.scan): (N, D) features of the cells on the frame and inside the domain, and (N, 3) (image, cell y,
-    cell x)."""
-    views = [make_view(f.shape[:2], scale, spec, stride) for f in frames]
-    use = [v.cells_in(m) for v, m in zip(views, masks)]
-    prog = Progress(f"features {scale.name}", sum(len(v.tiles) for v in views))
-    feats, locs, done = [], [], 0
-    for f, tiles in scan(frames, views, spec, features, batch):
-        for j, tile in enumerate(tiles):
-            (gy, gx), (ty, tx) = tile.grid, tile.local
-            ys, xs = np.nonzero(use[tile.image][gy, gx])
-            feats.append(f[j][:, ty, tx][:, ys, xs].T)
-            locs.append(np.stack([np.full(len(ys), tile.image), ys + gy.start, xs + gx.start], 1))
-        done += len(tiles)
-        prog(done)
-    if not feats:
-        raise DataError(f"scale {scale.name}: no training patch inside the domain")
-    return (np.concatenate(feats).astype(np.float32, copy=False), np.concatenate(locs).astype(np.int32))
 
 
 def plan_scales(cfg: FitConfig, frames: list[np.ndarray]) -> tuple[list[ScaleInfo], PlanInfo]:
@@ -208,33 +212,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     extras.update(frame_extras)
     masks = [Domain(domain, extras).of(f) for f in bank_imgs] if domain.mode != "none" else [None] * len(bank_imgs)
     scales, plan = plan_scales(cfg, bank_imgs)
-    banks: dict[str, np.ndarray] = {}
-    rows: dict[str, np.ndarray] = {}  # per bank: its rows' positions among the scale's extracted patches
-    coreset_s = 0.0
-    rng = np.random.default_rng(cfg.seed)
-    for k, sc in enumerate(scales):
-        patches, locations = extract(features, bank_imgs, masks, sc, spec, stride, cfg.batch_size)
-        n_patches = len(patches)
-        if n_patches > cfg.max_patches:
-            keep = np.sort(rng.choice(n_patches, cfg.max_patches, replace=False))
-            log.info("scale %s: %d patches, keeping a random %d before the coreset", sc.name, n_patches, len(keep))
-            patches, locations = patches[keep], locations[keep]
-        n_bank = max(1, int(round(n_patches * cfg.coreset_ratio)))
-        n_bank = min(n_bank, len(patches))
-        log.info("coreset %s: %d of %d patches (%.1f%%)", sc.name, n_bank, n_patches, 100 * cfg.coreset_ratio)
-        t0 = time.monotonic()
-        picks = greedy_coreset(patches, n_bank, projection_dim=cfg.coreset_projection_dim,
-                               chunk_size=cfg.coreset_chunk, seed=cfg.seed, progress=Progress(f"coreset {sc.name}",
-                                                                                               n_bank))
-        coreset_s += time.monotonic() - t0
-        bank_file, loc_file = (BANK_FILE, LOCATIONS_FILE) if k == 0 else (f"banks/scale{k}.npy",
-                                                                          f"banks/scale{k}_locations.npy")
-        banks[bank_file] = np.ascontiguousarray(patches[picks])
-        rows[bank_file] = keep[picks] if n_patches > cfg.max_patches else picks
-        extras[loc_file] = bank_bytes(locations[picks], np.int32)
-        scales[k] = sc.model_copy(update={"bank_file": bank_file, "locations_file": loc_file,
-                                          "n_patches": n_patches, "n_bank": n_bank})
-        del patches
+    banks, rows, scales, coreset_s = coreset_banks(features, bank_imgs, masks, scales, spec, stride, cfg, extras)
     check = check_set(hold_imgs, FramePrep(frame_info, frame_extras),
                       Domain(domain, extras) if domain.mode != "none" else None, cfg.seed)
     graphs = {"float32": onnx_bytes, **({"int8": int8} if int8 is not None else {})}
@@ -265,14 +243,15 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         warnings += [warning] if warning else []
         scales[k] = sc.model_copy(update={**files, "index": index})
     bank = banks[BANK_FILE]
-    names = [bank_paths[src].name + ("" if k < len(bank_paths) else " (augmented copy)") for k, src in enumerate(sources)]
+    names = [bank_paths[src].name + ("" if k < len(bank_paths) else " (augmented copy)")
+             for k, src in enumerate(sources)]
     extras[TRAIN_IMAGES_FILE] = json.dumps(names).encode()
 
     out = Path(out)
     manifest = Manifest(
         schema=BUNDLE_SCHEMA,
         model=ModelInfo(id=cfg.model_id, version=next_version(out, cfg.model_id),
-                        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                        created_at=datetime.now(UTC).isoformat(timespec="seconds")),
         backbone=BackboneInfo(name=cfg.backbone, layers=list(BACKBONES[cfg.backbone].layers), weights=weights_info),
         preprocess=spec.to_dict(),
         features=FeatureInfo(embedding_dim=cfg.embedding_dim, grid=(grid_h, grid_w), stride=stride),

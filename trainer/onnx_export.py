@@ -28,7 +28,8 @@ def export_onnx(module: torch.nn.Module, height: int, width: int) -> bytes:
         return path.read_bytes()
 
 
-def parity(module: torch.nn.Module, onnx_bytes: bytes, batch: np.ndarray, rel_tolerance: float = 1e-4) -> tuple[float, float]:
+def parity(module: torch.nn.Module, onnx_bytes: bytes, batch: np.ndarray,
+           rel_tolerance: float = 1e-4) -> tuple[float, float]:
     """Max |torch - onnxruntime| on a real batch, and the tolerance it must stay under.
 
     Tolerance = rel_tolerance * max(1, max |feature|): random-init features can be large, where an
@@ -63,8 +64,13 @@ def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
     """Static int8 graph (QDQ) of a float graph, activation ranges from `calibration` (preprocessed good images).
 
     Weights per output channel: EfficientNet's depthwise convolutions span very different ranges per channel."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):

@@ -1,7 +1,8 @@
 """Defect size range -> scales (whole-frame view and/or tiles), with the reasoning written down.
 
-The backbone sees a defect well when it spans MIN_INPUT_PX..MAX_INPUT_PX input pixels (export/views.py). A scale with `r` frame pixels per
-input pixel therefore covers defects of MIN_INPUT_PX*r .. MAX_INPUT_PX*r frame pixels (a factor of ~9).
+The backbone sees a defect well when it spans MIN_INPUT_PX..MAX_INPUT_PX input pixels (export/views.py).
+A scale with `r` frame pixels per input pixel therefore covers defects of
+MIN_INPUT_PX*r .. MAX_INPUT_PX*r frame pixels (a factor of ~9).
 The plan starts from the finest scale the smallest defect needs and steps coarser by SCALE_STEP until the
 largest defect is covered, replacing any scale at least as coarse as the whole-frame view by that view.
 """

@@ -28,6 +28,3 @@ class Progress:
             eta = (self.total - done) / rate if rate > 0 else 0.0
             log.info("%s: %d/%d (%d%%) %.1f/s elapsed %s ETA %s", self.what, done, self.total,
                      100 * done // self.total, rate, _fmt(elapsed), _fmt(eta))
-
-    def advance(self, n: int = 1) -> None:
-        self(self.done + n)

@@ -235,7 +235,8 @@ def images_table(records: list[ReportRecord], threshold: float | None, panels: d
         rows.append(f"<tr class='{'ok' if ok else 'wrong'}'><td>{i + 1}</td><td data-v='{_e(src.name)}'>{link}</td>"
                     f"<td>{_e(r.defect_type)}</td><td>{'defective' if r.label else 'good'}</td>"
                     f"<td data-v='{r.score!r}'>{r.score:.4g}</td>"
-                    f"<td data-v='{'' if ratio is None else repr(ratio)}'>{'n/a' if ratio is None else f'{ratio:.3f}'}</td>"
+                    f"<td data-v='{'' if ratio is None else repr(ratio)}'>"
+                    f"{'n/a' if ratio is None else f'{ratio:.3f}'}</td>"
                     f"<td>{v}</td><td>{'yes' if ok else 'NO'}</td><td>{_e(areas)}</td><td>{panel}</td></tr>")
     return (f"<p>All {len(records)} images ({n_wrong} with a wrong verdict at the threshold). Click a column "
             "heading to sort; the file name opens the original image.</p>"
@@ -293,8 +294,8 @@ def production_section(points: list[M.OperatingPoint], policy: str | None) -> st
             "<p>What the line would see. <b>False-reject rate</b>: good parts rejected, per good part. "
             "<b>Escape rate</b>: defective parts passed as OK, per defective part (escapes per million parts "
             "shipped = escape rate &times; your line's defect rate). ppm = per million. In brackets: the 95% "
-            "confidence interval, the range the true rate is in given how few parts were measured. The alternatives are "
-            f"thresholds chosen on this very evaluation set, so their figures are optimistic.{one}</p>"
+            "confidence interval, the range the true rate is in given how few parts were measured. The alternatives "
+            f"are thresholds chosen on this very evaluation set, so their figures are optimistic.{one}</p>"
             "<table class='production'><thead><tr><th>operating point</th><th>threshold</th><th>false rejects"
             "</th><th>false-reject rate</th><th>false-reject ppm</th><th>escapes</th><th>escape rate</th>"
             "<th>escape ppm</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
@@ -412,7 +413,8 @@ def _table(header: list[str], rows: list[list], cls: str = "") -> str:
     return f"<table class='{cls}'><tr>{head}</tr>{body}</table>"
 
 
-CSS = """body{font-family:sans-serif;margin:24px;max-width:1400px;color:#222}table{border-collapse:collapse;margin:8px 0}
+CSS = """\
+body{font-family:sans-serif;margin:24px;max-width:1400px;color:#222}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.warn{background:#fdecea;border:2px solid #c0392b;
 padding:10px;margin:8px 0;font-weight:bold}.charts svg{margin:0 16px 16px 0;vertical-align:top}
 .gal figure{display:inline-block;margin:6px;vertical-align:top}.gal img{max-width:640px;border:1px solid #ccc}
@@ -483,12 +485,14 @@ def write_report(outdir: Path, metrics: dict, records: list[ReportRecord], *, ti
             *(f"<div class='warn'>&#9888; {_e(n)}</div>" for n in notes),
             production_section(points, m.get("threshold_policy")),
             compare_section(comparison),
-            ("<h2 id='operating-point'>Choosing an operating point</h2><p class='explain'>Moving the threshold right rejects fewer good "
+            ("<h2 id='operating-point'>Choosing an operating point</h2>"
+            "<p class='explain'>Moving the threshold right rejects fewer good "
             "parts and passes more defective ones. The first chart shows both rates for every threshold (the "
             "chosen one solid, the alternatives of the table above lettered); the second shows every image's "
             "score by type, so you can see which defect types cross the threshold first.</p>"
             "<div class='charts'>"), *choose, "</div>",
-            "<h2>Findings</h2>", "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in tips) + "</ul>" if tips else "<p>None.</p>",
+            "<h2>Findings</h2>",
+            "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in tips) + "</ul>" if tips else "<p>None.</p>",
             "<h2 id='ml'>Model quality (ML figures)</h2>", ML_WORDS.format(limit=f"{100 * limit:.0f}%"),
             _table(["metric", "value"], summary, "summary"),
             f"<h3>Confusion matrix at threshold {_e(_thr(thr))}</h3>", conf,
@@ -498,7 +502,8 @@ def write_report(outdir: Path, metrics: dict, records: list[ReportRecord], *, ti
                    types, "per-type"),
             baseline_section(m),
             analysis_section(m.get("analysis")),
-            ("<h2 id='gallery'>Gallery</h2><p class='explain'>Left: the original image. Middle: where the model sees anything "
+            ("<h2 id='gallery'>Gallery</h2>"
+            "<p class='explain'>Left: the original image. Middle: where the model sees anything "
             "unusual, coloured by the scale on the right (blue = like the good images, green = at the pixel "
             "threshold, red = far above it; thin white outline = areas above the pixel threshold) with the "
             "true defect outline (ground truth) in thick white. Under each image: why it got its verdict.</p>"),

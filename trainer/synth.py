@@ -87,7 +87,7 @@ def _stroke(h: int, w: int, length: float, thick: float, jitter: float, branches
     def walk(y: float, x: float, ang: float, nseg: int, t0: float) -> list[tuple[float, float]]:
         pts = [(y, x)]
         bend = rng.normal(0, jitter * 0.3)
-        for i in range(nseg):
+        for _ in range(nseg):
             ang += bend + rng.normal(0, jitter)
             y, x = y + seg * math.sin(ang), x + seg * math.cos(ang)
             pts.append((y, x))
@@ -315,21 +315,12 @@ def _match_channels(patch: np.ndarray, like: np.ndarray) -> np.ndarray:
     return patch
 
 
-def to_unit(image: np.ndarray) -> np.ndarray:
-    """uint8/uint16/float image -> float32 in [0, 1], channels unchanged (BGR stays BGR)."""
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) / 65535.0
-    return np.clip(image, 0, 1).astype(np.float32)
-
-
 def write_dataset(good_paths: Sequence[Path], out: str | Path, n: int, rng: np.random.Generator,
                   synth: DefectSynth | None = None) -> dict[str, int]:
     """MVTec layout under `out`: train/good (symlinks to the sources), test/<kind>/synth_NNNNN.png and
     ground_truth/<kind>/synth_NNNNN_mask.png (0/255). An image with several kinds goes to test/mixed.
     Returns images written per folder."""
-    from linesight.export.images import read_image
+    from linesight.export.images import read_image, to_unit
 
     good_paths = [Path(p) for p in good_paths]
     if not good_paths:

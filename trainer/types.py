@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -23,9 +23,10 @@ from linesight.errors import DataError
 from linesight.export.bundle import load_bundle, new_revision, sha256, write_bundle
 from linesight.export.engine import Engine
 from linesight.export.images import read_image
-from linesight.export.type_classifier import METHODS, UNKNOWN, TypeClassifier, embed_regions
+from linesight.export.type_classifier import METHODS, UNKNOWN, embed_regions
 from linesight.trainer.data import fingerprint, open_dataset, read_mask
 from linesight.trainer.progress import Progress
+from linesight.trainer.type_training import fit_classifier
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,8 @@ def cross_validate(data: LabeledRegions, *, folds: int = 5, method: str = "knn",
         if not test.any():
             continue
         train = ~test
-        clf = TypeClassifier.fit(data.embeddings[train], list(y[train]), data.groups[train], method=method,
-                                 floor_quantile=floor_quantile)
+        clf = fit_classifier(data.embeddings[train], list(y[train]), data.groups[train], method=method,
+                             floor_quantile=floor_quantile)
         answers = clf.predict_embeddings(data.embeddings[test])
         pred[test] = [a.type for a in answers]
         conf[test] = [a.confidence for a in answers]
@@ -183,9 +184,9 @@ def train_types(bundle_path: str | Path, dataset: str | Path, *, folds: int = 5,
     cv = cross_validate(data, folds=folds, method=method, seed=seed)
     info = {"backbone_sha256": sha256(bundle.onnx), "dataset": Path(dataset).name,
             "dataset_fingerprint": data.fingerprint, "min_region_px": min_region_px,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "per_type_regions": cv["per_type_regions"], "n_images": cv["n_images"], "cv": cv}
-    clf = TypeClassifier.fit(data.embeddings, data.labels, data.groups, method=method, info=info, **data.geometry)
+    clf = fit_classifier(data.embeddings, data.labels, data.groups, method=method, info=info, **data.geometry)
     for name in [n for n in bundle.extras if n.startswith("types/")]:  # a previous classifier, whatever its files
         del bundle.extras[name]
     bundle.extras.update(clf.to_extras())

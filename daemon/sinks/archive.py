@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,7 @@ class Archive:
 
     def _write(self, verdict: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:
         now = time.time()
-        day = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
         name = f"{int(verdict.get('seq', 0)):012d}_{sanitise_part_id(verdict.get('part_id'))}_" \
                f"{'OK' if verdict.get('verdict') == 'OK' else 'NG'}"
         day_dir = self._dir / day

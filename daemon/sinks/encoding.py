@@ -16,11 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-
-from linesight.export.overlay import HEATMAP_GAIN, colorize as colorize_heatmap  # noqa: F401 (one colouring)
-
-
 from linesight.export.bundle import json_default as _default  # noqa: E402 (numpy values in messages)
+from linesight.export.overlay import HEATMAP_GAIN  # noqa: F401 (one colouring)
+from linesight.export.overlay import colorize as colorize_heatmap
 
 
 def _finite(obj: Any) -> Any:

@@ -15,7 +15,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from linesight.errors import LinesightError
@@ -110,10 +109,6 @@ class Source(ABC):
             "trigger() applies to genicam sources with trigger.mode: software"
         )
 
-    @property
-    def supports_trigger(self) -> bool:
-        return False
-
     def __enter__(self) -> Source:
         self.open()
         return self
@@ -147,10 +142,6 @@ class Source(ABC):
             self._up = False
             if error is not None:
                 self._last_error = error
-
-    def _note_error(self, error: str) -> None:
-        with self._lock:
-            self._last_error = error
 
     def _add_dropped(self, n: int) -> None:
         with self._lock:
@@ -222,23 +213,3 @@ class Pacer:
         else:
             self._due += self.period
 
-
-def to_bgr_or_gray(image: np.ndarray, grayscale: bool) -> np.ndarray:
-    """Normalise a decoded image to the Frame convention: HxW or HxWx3 BGR, uint8/uint16.
-
-    Raises ValueError (caller turns it into a bad frame) for other dtypes or channel counts.
-    """
-    if image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"unsupported pixel type {image.dtype} (expected 8- or 16-bit integer)")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3:
-        if image.shape[2] == 4:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-        elif image.shape[2] != 3:
-            raise ValueError(f"unsupported channel count {image.shape[2]} (expected 1, 3 or 4)")
-        if grayscale:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    elif image.ndim != 2:
-        raise ValueError(f"unsupported image shape {image.shape}")
-    return np.ascontiguousarray(image)

@@ -19,7 +19,7 @@ from linesight.config.sources import (
     SyntheticSourceConfig,
     VideoSourceConfig,
 )
-from linesight.errors import ConfigError
+from linesight.errors import ConfigError, validation_problems
 
 from .base import Source, SourceError
 
@@ -31,11 +31,7 @@ def parse_source_config(data: Mapping[str, Any]) -> SourceConfig:
     try:
         return _ADAPTER.validate_python(dict(data))
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"source.{loc}: {err['msg']}" if loc else f"source: {err['msg']}")
-        raise ConfigError("invalid source config:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(f"invalid source config: {validation_problems(exc, 'source', prefix='source')}") from None
 
 
 def require_camera_support(cfg: GenICamSourceConfig) -> None:

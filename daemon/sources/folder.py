@@ -25,9 +25,9 @@ import numpy as np
 
 from linesight.config.sources import FolderSourceConfig
 from linesight.errors import DataError
-from linesight.export.images import decode_image
+from linesight.export.images import decode_image, to_bgr_or_gray
 
-from .base import EndOfStream, Frame, Pacer, Source, SourceError, to_bgr_or_gray
+from .base import EndOfStream, Frame, Pacer, Source, SourceError
 
 log = logging.getLogger(__name__)
 

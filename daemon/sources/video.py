@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 
 from linesight.config.sources import VideoSourceConfig
+from linesight.export.images import to_bgr_or_gray
 
-from .base import EndOfStream, Frame, Source, SourceError, to_bgr_or_gray
+from .base import EndOfStream, Frame, Source, SourceError
 
 log = logging.getLogger(__name__)
 

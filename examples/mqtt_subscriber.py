@@ -2,9 +2,9 @@
 
 Run (as a read-only broker user, see config/mosquitto/linesight.acl and docs/mqtt-security.md)::
 
-    LS_MQTT_PASSWORD=... python -m linesight.daemon.mqtt_subscriber_example --username hmi \\
+    LS_MQTT_PASSWORD=... python examples/mqtt_subscriber.py --username hmi \\
         --password-env LS_MQTT_PASSWORD --topic 'linesight/site1/line1/+/verdict'
-    python -m linesight.daemon.mqtt_subscriber_example --host broker --port 8883 --ca-file ca.crt ...
+    python examples/mqtt_subscriber.py --host broker --port 8883 --ca-file ca.crt ...
 
 Output: one line per verdict, ``<seq> <part_id> <OK|NG> <reason> score=<score>``. A verdict that arrives
 after its deadline is not printed as a decision: one ``stale verdict ...`` line goes to stderr and it is
@@ -13,6 +13,9 @@ the *broker* from handing out an old verdict. Once a verdict is in the subscribe
 client library's queue, nothing removes it; a slow consumer measured 226 of 235 verdicts arriving after
 their deadline, up to 109 s late. Check ``host_ts + deadline_ms`` (`is_stale`) on arrival and treat a stale
 verdict like a fail-safe one - never act on a stale OK. Host and consumer clocks must agree (NTP/PTP).
+
+Every key of a verdict, and when it is left out (a fail-safe verdict without a prediction has no `score`):
+docs/verdict.schema.json; in Python `linesight.daemon.verdict.Verdict.parse(payload)` checks a payload.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-
-from linesight.daemon.zmq_subscriber_example import is_stale  # copy it along: the same check for both feeds
+from zmq_subscriber import is_stale  # the file beside this one: copy both, the same check for both feeds
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

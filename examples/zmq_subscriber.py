@@ -2,14 +2,15 @@
 
 Run (daemon running with the default outputs config)::
 
-    python -m linesight.daemon.zmq_subscriber_example                      # verdict lines only
-    python -m linesight.daemon.zmq_subscriber_example --images tcp://127.0.0.1:5557 --save-dir /tmp/hmi
-    python -m linesight.daemon.zmq_subscriber_example --count 10           # exit after 10 verdicts
+    python examples/zmq_subscriber.py                      # verdict lines only
+    python examples/zmq_subscriber.py --images tcp://127.0.0.1:5557 --save-dir /tmp/hmi
+    python examples/zmq_subscriber.py --count 10           # exit after 10 verdicts
 
 Output: one line per verdict, ``<seq> <part_id> <OK|NG> <reason> score=<score>``; with --save-dir the
 latest image and heatmap are written as ``latest_image.<ext>`` / ``latest_heatmap.<ext>``. A verdict that
 arrives after its deadline is not printed as a decision: one ``stale verdict ...`` line goes to stderr
-and it is counted (summary on exit).
+and it is counted (summary on exit). Every key of a verdict, and when it is left out (a fail-safe verdict
+without a prediction has no `score`): docs/verdict.schema.json (`linesight.daemon.verdict.Verdict`).
 
 Things an HMI must know (see linesight.daemon.sinks.zmq_sink for the wire format):
 * Check every verdict's age on arrival (`is_stale`): ``host_ts + deadline_ms`` in the past means the
@@ -30,7 +31,7 @@ import json
 import math
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def is_stale(verdict: dict[str, Any], now: float | None = None) -> bool:
     except (KeyError, TypeError, ValueError):
         return True
     if ts.tzinfo is None:  # the daemon always writes UTC ("...Z"); a bare time is read as UTC too
-        ts = ts.replace(tzinfo=timezone.utc)
+        ts = ts.replace(tzinfo=UTC)
     if not math.isfinite(deadline_s):  # NaN/inf deadline: no proof of freshness
         return True
     return (time.time() if now is None else now) >= ts.timestamp() + deadline_s
