@@ -98,8 +98,9 @@ def run_int8(a) -> None:
     res = {}
     for q in ("none", "int8"):
         # int8 with its AUROC gate open, so both graphs are measured; the gate's verdict is printed below
-        cfg = preset("fast", weights="imagenet", input_size=a.size, quantize=q, model_id=f"bench-{q}",
-                     int8_max_auroc_drop=1.0 if q == "int8" else None, hnsw_ef_search=a.ef)
+        cfg = preset("fast", weights="imagenet", input_size=a.size, model_id=f"bench-{q}",
+                     quantize={"mode": q, "max_auroc_drop": 1.0 if q == "int8" else None},
+                     index={"hnsw_ef_search": a.ef})
         b, sec = fit_quiet(a.data, tmp / f"{q}.zip", cfg)
         m = b.manifest
         print(f"[{q}] fit {sec:.1f} s, bank {list(b.bank.shape)}, onnx {m.onnx.precision}; index {index_line(m)}",
@@ -107,7 +108,7 @@ def run_int8(a) -> None:
         if m.onnx.int8 is not None:
             r = m.onnx.int8
             drop = r.auroc_float - r.auroc_int8 if r.auroc_int8 is not None else float("nan")
-            bound = preset("fast").int8_max_auroc_drop
+            bound = preset("fast").quantize.max_auroc_drop
             print(f"[{q}] int8 record: {r.model_dump()}\n[{q}] the default gate (drop <= {bound}) would "
                   f"{'keep' if drop <= bound else 'refuse'} it "
                   f"(synthetic-defect AUROC drop {drop:+.4f})", flush=True)
@@ -284,8 +285,8 @@ def run_equal_work(a) -> None:
     n_bank_imgs = n_train - round(n_train * hold)
     # anomalib's 10 % of 749 x 1024 patches, from the images left for the bank
     ratio = min(1.0, 76_700 / (n_bank_imgs * 1024))
-    cfg = preset("fast", backbone="resnet18", weights="none", input_size=256, embedding_dim=384, coreset_ratio=ratio,
-                 holdout_fraction=hold, model_id="bench-equal", quantize=a.quantize)
+    cfg = preset("fast", backbone="resnet18", weights="none", input_size=256, embedding_dim=384,
+                 coreset={"ratio": ratio}, holdout_fraction=hold, model_id="bench-equal", quantize={"mode": a.quantize})
     if a.bundle:  # an earlier run's auto.zip: the same fit, not repeated
         tmp, b, sec = Path(a.bundle).parent, load_bundle(a.bundle), float("nan")
     else:

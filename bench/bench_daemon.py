@@ -86,7 +86,7 @@ def fit_bundle(tmp: Path, width: int, height: int) -> Path:
         save(examples / "test" / chunk["defect_kind"], f"{i:03d}.png", img)
         save(examples / "ground_truth" / chunk["defect_kind"], f"{i:03d}_mask.png", mask)
     out = tmp / f"bundle-{width}x{height}"
-    fit(data, out, preset("fast", model_id="bench", scales=[0]))
+    fit(data, out, preset("fast", model_id="bench", views={"scales": [0]}))
     calibrate(out, examples, policy="fewest_errors")
     train_types(out, examples, folds=4)
     return out

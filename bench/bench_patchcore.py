@@ -160,7 +160,7 @@ def main() -> None:
             feats, _ = extract(eng.features, imgs, [None] * len(imgs), eng.scales[0].info, eng.spec, eng.stride, 16)
             n10 = int(len(feats) * 0.10)
             t = time.perf_counter()
-            greedy_coreset(feats, n10, projection_dim=cfg.coreset_projection_dim, chunk_size=cfg.coreset_chunk)
+            greedy_coreset(feats, n10, projection_dim=cfg.coreset.projection_dim, chunk_size=cfg.coreset.chunk)
             r["coreset10_s"] = time.perf_counter() - t
             print(f"[fast] coreset 10 % of the fast bank: {n10} of {len(feats)} x {feats.shape[1]} in "
                   f"{r['coreset10_s']:.1f} s ({n10 / r['coreset10_s']:.0f} picks/s; anomalib: 2.9 picks/s)", flush=True)

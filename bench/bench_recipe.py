@@ -2,9 +2,10 @@
 
 Usage:
     .venv/bin/python bench/bench_recipe.py [--data PATH] [--preset fast] KEY=VALUE ...
-KEY is any FitConfig field (input_size=160 coreset_ratio=0.25 backbone=efficientnet_lite2 knn_index=ivf
-'scales=[0,1]' ...; values are JSON, bare words are strings). Equivalent CLI: `linesight fit DATA -o m.zip
---preset P --input-size ...` then `linesight evaluate m.zip DATA -o e`. Asserts nothing.
+KEY is any FitConfig field, SECTION.FIELD inside a section (input_size=160 coreset.ratio=0.25
+backbone=efficientnet_lite2 index.kind=ivf 'views.scales=[0,1]' ...; values are JSON, bare words are strings).
+Equivalent CLI: `linesight fit DATA -o m.zip --preset P --input-size ...` then `linesight evaluate m.zip DATA -o e`.
+Asserts nothing.
 """
 from __future__ import annotations
 
@@ -38,7 +39,13 @@ def main() -> None:
     from linesight.trainer.evaluate import evaluate
     from linesight.trainer.fit import fit
 
-    kw = {k: value(v) for k, v in (o.split("=", 1) for o in a.overrides)}
+    kw: dict = {}
+    for key, text in (o.split("=", 1) for o in a.overrides):
+        *sections, name = key.split(".")
+        at = kw
+        for section in sections:
+            at = at.setdefault(section, {})
+        at[name] = value(text)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):

@@ -125,7 +125,7 @@ def variants(weights: str, names: list[str], scene: str) -> dict:
         "augment_geo": {"augment": AugmentConfig(hflip=True, vflip=True, rotate_deg=4.0, copies=2)},
         # same copies, coreset ratio / 3: the bank keeps the size of "base" (isolates the effect of the copies)
         "augment_same_bank": {"augment": AugmentConfig(hflip=True, rotate_deg=4.0, brightness=0.08, contrast=0.3,
-                                                       copies=2), "coreset_ratio": 0.01 / 3},
+                                                       copies=2), "coreset": {"ratio": 0.01 / 3}},
     }
     unknown = sorted(set(names) - set(frames))
     if unknown:

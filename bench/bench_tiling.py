@@ -113,10 +113,11 @@ def main() -> int:
     ap.add_argument("--json", help="write the results here too")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    plans = {"whole": {"resize": "letterbox"}, "tiles1": {"scales": [1.0]}, "tiles2.7": {"scales": [2.667]},
-             "plan": {"defect_size": (8, 200), "resize": "letterbox"},
-             "tiles1_ivf": {"scales": [1.0], "knn_index": "ivf"},
-             "plan_ivf": {"defect_size": (8, 200), "resize": "letterbox", "knn_index": "ivf"}}
+    plans = {"whole": {"views": {"resize": "letterbox"}}, "tiles1": {"views": {"scales": [1.0]}},
+             "tiles2.7": {"views": {"scales": [2.667]}},
+             "plan": {"views": {"defect_size": (8, 200), "resize": "letterbox"}},
+             "tiles1_ivf": {"views": {"scales": [1.0]}, "index": {"kind": "ivf"}},
+             "plan_ivf": {"views": {"defect_size": (8, 200), "resize": "letterbox"}, "index": {"kind": "ivf"}}}
     rng = np.random.default_rng(7)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

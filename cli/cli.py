@@ -32,28 +32,22 @@ def fit_overrides(a: argparse.Namespace) -> dict:
     field here or is a verb option (tests/test_cli_fit.py keeps the two lists in step: no flag is ignored)."""
     domain = "mask" if a.roi else "auto" if a.auto_foreground else None
     flags = dict(model_id=a.model_id, backbone=a.backbone, weights=a.weights, input_size=a.input_size,
-                 embedding_dim=a.embedding_dim, coreset_ratio=a.coreset_ratio, k=a.k, seed=a.seed,
+                 embedding_dim=a.embedding_dim, k=a.k, seed=a.seed,
                  reweight=True if a.reweight else None, adapt=a.adapt if a.adapt != "none" else None,
-                 knn_index=a.knn, quantize=a.quantize,
-                 selfsup_minutes=a.selfsup_minutes, selfsup_steps=a.selfsup_steps, selfsup_save=a.save_weights,
-                 resize=a.resize,
-                 defect_size=tuple(a.defect_size) if a.defect_size else None, px_per_mm=a.px_per_mm,
-                 scales=a.scales, tile_overlap=a.tile_overlap, domain=domain, domain_mask=a.roi,
-                 domain_dark=True if a.dark else None, domain_erode=a.erode)
+                 coreset={"ratio": a.coreset_ratio}, index={"kind": a.knn}, quantize={"mode": a.quantize},
+                 selfsup={"minutes": a.selfsup_minutes, "steps": a.selfsup_steps, "save": a.save_weights},
+                 views={"resize": a.resize, "defect_size": tuple(a.defect_size) if a.defect_size else None,
+                        "px_per_mm": a.px_per_mm, "scales": a.scales, "tile_overlap": a.tile_overlap},
+                 domain={"mode": domain, "mask": a.roi, "dark": True if a.dark else None, "erode": a.erode},
+                 frame={"photometric": {"mode": a.photometric}, "align": {"mode": a.align}})
+    from linesight.config.fit import FitConfig, deep_merge
+
     from_file: dict = {}
     if a.config:
-        from linesight.config.fit import FitConfig
         from linesight.config.loader import load_model
 
         from_file = load_model(a.config, FitConfig).model_dump(exclude_unset=True)  # file:line errors
-    if a.photometric or a.align:
-        frame = dict(from_file.get("frame", {}))
-        if a.photometric:
-            frame["photometric"] = {**frame.get("photometric", {}), "mode": a.photometric}
-        if a.align:
-            frame["align"] = {**frame.get("align", {}), "mode": a.align}
-        from_file["frame"] = frame
-    return {**from_file, **{k: v for k, v in flags.items() if v is not None}}
+    return deep_merge(from_file, flags)  # flags win; an unset flag (None) keeps the file's value
 
 
 def _fit(a: argparse.Namespace) -> int:

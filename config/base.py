@@ -7,3 +7,9 @@ from pydantic import BaseModel, ConfigDict
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def moved_to(cls, key: str) -> str | None:
+        """Where `key`, unknown here, lives now when an older layout had it (the loader says so instead of
+        "unknown field"); None: nowhere."""
+        return None

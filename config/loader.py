@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from linesight.config.base import Strict
 from linesight.errors import ConfigError
 
 __all__ = [
@@ -442,6 +443,9 @@ def _unknown_field_message(located: _Located) -> str:
     name = str(located.shown_path[-1]) if located.shown_path else "?"
     if located.owner is None:
         return f"unknown field '{name}'"
+    moved = located.owner.moved_to(name) if issubclass(located.owner, Strict) else None
+    if moved:
+        return f"{name} is now {moved}"
     known = _field_names(located.owner)
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:

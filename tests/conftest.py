@@ -305,7 +305,7 @@ def small_bundle(small_dataset: Path, tmp_path_factory: pytest.TempPathFactory) 
     from linesight.trainer.fit import fit
 
     out = tmp_path_factory.mktemp("bundle") / "model"
-    fit(small_dataset, out, preset("fast", weights="none", input_size=96, embedding_dim=64, coreset_ratio=0.1,
+    fit(small_dataset, out, preset("fast", weights="none", input_size=96, embedding_dim=64, coreset={"ratio": 0.1},
                                    model_id="test-model"))
     return out
 

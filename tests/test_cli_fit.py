@@ -40,22 +40,24 @@ def test_unknown_knn_choice_is_a_usage_error(data, tmp_path, capsys):
     assert exc.value.code == 2 and "invalid choice: 'annoy'" in capsys.readouterr().err
 
 
-#: every fit flag -> (a value, the FitConfig field it must reach, the value it must have there)
+#: every fit flag -> (a value, the FitConfig field it must reach (section.field inside a section), its value there)
 FLAG_FIELDS = [
     (["--model-id", "m7"], "model_id", "m7"), (["--backbone", "resnet18"], "backbone", "resnet18"),
     (["--weights", "none"], "weights", "none"), (["--adapt", "self"], "adapt", "self"),
-    (["--selfsup-minutes", "2"], "selfsup_minutes", 2.0), (["--selfsup-steps", "9"], "selfsup_steps", 9),
-    (["--save-weights", "w.pth", "--weights", "self"], "selfsup_save", "w.pth"),
+    (["--selfsup-minutes", "2"], "selfsup.minutes", 2.0), (["--selfsup-steps", "9"], "selfsup.steps", 9),
+    (["--save-weights", "w.pth", "--weights", "self"], "selfsup.save", "w.pth"),
     (["--input-size", "96"], "input_size", 96), (["--embedding-dim", "32"], "embedding_dim", 32),
-    (["--coreset-ratio", "0.3"], "coreset_ratio", 0.3), (["--k", "3"], "k", 3), (["--reweight"], "reweight", True),
-    (["--knn", "hnsw"], "knn_index", "hnsw"), (["--quantize", "int8"], "quantize", "int8"),
+    (["--coreset-ratio", "0.3"], "coreset.ratio", 0.3), (["--k", "3"], "k", 3), (["--reweight"], "reweight", True),
+    (["--knn", "hnsw"], "index.kind", "hnsw"), (["--quantize", "int8"], "quantize.mode", "int8"),
     (["--seed", "5"], "seed", 5),
     (["--photometric", "clahe"], "frame", "clahe"), (["--align", "rigid"], "frame", "rigid"),
-    (["--resize", "letterbox"], "resize", "letterbox"), (["--defect-size", "8", "200"], "defect_size", (8.0, 200.0)),
-    (["--px-per-mm", "20", "--defect-size", "1", "2"], "px_per_mm", 20.0), (["--scales", "0", "1"], "scales", [0, 1]),
-    (["--tile-overlap", "32"], "tile_overlap", 32), (["--roi", "roi.png"], "domain_mask", "roi.png"),
-    (["--auto-foreground"], "domain", "auto"), (["--dark", "--auto-foreground"], "domain_dark", True),
-    (["--erode", "4", "--auto-foreground"], "domain_erode", 4),
+    (["--resize", "letterbox"], "views.resize", "letterbox"),
+    (["--defect-size", "8", "200"], "views.defect_size", (8.0, 200.0)),
+    (["--px-per-mm", "20", "--defect-size", "1", "2"], "views.px_per_mm", 20.0),
+    (["--scales", "0", "1"], "views.scales", [0, 1]),
+    (["--tile-overlap", "32"], "views.tile_overlap", 32), (["--roi", "roi.png"], "domain.mask", "roi.png"),
+    (["--auto-foreground"], "domain.mode", "auto"), (["--dark", "--auto-foreground"], "domain.dark", True),
+    (["--erode", "4", "--auto-foreground"], "domain.erode", 4),
 ]
 #: flags of the verb itself, not fit options
 VERB_FLAGS = {"-h", "--help", "-o", "--output", "--force", "--preset", "--config"}
@@ -79,9 +81,11 @@ def test_every_fit_flag_reaches_a_fit_config_field_and_none_is_ignored():
     covered = {argv[0] for argv, _, _ in FLAG_FIELDS}
     assert flags - VERB_FLAGS == covered, "a fit flag without a FitConfig field here: add it to FLAG_FIELDS"
     for argv, field, value in FLAG_FIELDS:
-        assert field in FitConfig.model_fields, field
         got = fit_overrides(parser.parse_args(["fit", "data", "-o", "out", *argv]))
-        seen = got[field]
+        model, seen = FitConfig, got
+        for name in field.split("."):  # "coreset.ratio": the section, then its field
+            assert name in model.model_fields, field
+            model, seen = model.model_fields[name].annotation, seen[name]
         if field == "frame":
             seen = next(v["mode"] for v in seen.values())
         assert seen == value, (argv, got)

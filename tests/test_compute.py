@@ -84,7 +84,7 @@ def test_hnsw_search_refines_each_images_top_patches():
 def test_ivf_tunes_nprobe_smallest_first():
     data = clustered(8000, 16, 100, 0)
     q, img = queries(data, 10, 100, 1)
-    info, cent, warning = choose_index(data[0], q, img, 10, FitConfig(knn_index="ivf"))
+    info, cent, warning = choose_index(data[0], q, img, 10, FitConfig(index={"kind": "ivf"}))
     assert info.kind == "ivf" and warning is None and cent.shape == (info.nlist, 16) and info.check.passed
     assert [int(t.setting.split()[-1]) for t in info.tried] == [p for p in (1, 2, 4, 8, 16) if p < info.nprobe]
 
@@ -94,7 +94,7 @@ def test_index_gate_says_no_to_a_bad_ivf_setting_and_falls_back_to_flat():
     rng = np.random.default_rng(0)
     bank = rng.standard_normal((4096, 32)).astype(np.float32)
     q = rng.standard_normal((400, 32)).astype(np.float32)
-    cfg = FitConfig(knn_index="ivf", ivf_nlist=256, ivf_nprobe=1)
+    cfg = FitConfig(index={"kind": "ivf", "ivf_nlist": 256, "ivf_nprobe": 1})
     info, cent, warning = choose_index(bank, q, np.repeat(np.arange(4), 100), 4, cfg, where="scale whole")
     assert info.kind == "flat" and cent is None and info.requested == "ivf"
     assert warning and "scale whole" in warning and "exact search" in warning and info.reason == warning
@@ -119,7 +119,7 @@ def test_ivf_bundle_records_its_check_and_reproduces_it(small_dataset, tmp_path)
     from linesight.trainer.fit import fit
 
     b = fit(small_dataset, tmp_path / "ivf", preset("fast", weights="none", input_size=96, embedding_dim=32,
-                                                    coreset_ratio=0.5, knn_index="ivf", index_max_error=0.5))
+                                                    coreset={"ratio": 0.5}, index={"kind": "ivf", "max_error": 0.5}))
     info = b.manifest.scales[0].index
     assert info.kind == "ivf" and info.check.passed and info.nprobe == 1  # tuned: 1 is within a 50 % bound
     assert b.manifest.scoring.index == "ivf" and b.manifest.scoring.nprobe == 1
@@ -134,7 +134,8 @@ def test_fit_falls_back_to_flat_when_the_requested_index_fails_its_check(small_d
     from linesight.trainer.fit import fit
 
     b = fit(small_dataset, tmp_path / "bad", preset("fast", weights="none", input_size=96, embedding_dim=32,
-                                                    coreset_ratio=1.0, knn_index="ivf", ivf_nlist=256, ivf_nprobe=1))
+                                                    coreset={"ratio": 1.0},
+                                                    index={"kind": "ivf", "ivf_nlist": 256, "ivf_nprobe": 1}))
     info = b.manifest.scales[0].index
     assert info.kind == "flat" and not info.tried[0].passed
     assert any("exact search (flat) instead" in w for w in b.manifest.warnings)
@@ -149,7 +150,7 @@ def test_hnsw_bundle_runs_its_stored_graph_and_refuses_a_corrupt_one(small_datas
     from linesight.trainer.fit import fit
 
     fit(small_dataset, tmp_path / "h", preset("fast", weights="none", input_size=96, embedding_dim=32,
-                                              coreset_ratio=0.5, knn_index="hnsw"))
+                                              coreset={"ratio": 0.5}, index={"kind": "hnsw"}))
     b = load_bundle(tmp_path / "h")
     info = b.manifest.scales[0].index
     assert info.kind == "hnsw" and info.check.passed and b.manifest.scales[0].hnsw_file in b.extras
@@ -242,8 +243,9 @@ def test_int8_bundle_loads_and_scores_in_the_engine(small_dataset, tmp_path):
     from linesight.trainer.fit import fit
 
     # the AUROC gate is unit-tested above; on 4 held-out images it is too coarse to pin down here
-    b = fit(small_dataset, tmp_path / "int8", preset("fast", weights="imagenet", input_size=96, quantize="int8",
-                                                     holdout_fraction=0.25, int8_max_auroc_drop=1.0))
+    b = fit(small_dataset, tmp_path / "int8", preset("fast", weights="imagenet", input_size=96,
+                                                     quantize={"mode": "int8", "max_auroc_drop": 1.0},
+                                                     holdout_fraction=0.25))
     m = b.manifest
     assert m.onnx.precision == "int8" and m.onnx.int8.kept
     assert m.onnx.int8.parity_rel_rms <= m.onnx.int8.parity_tolerance

@@ -15,7 +15,7 @@ def test_example_fit_config_is_valid():
     from linesight.config.loader import load_model
 
     cfg = load_model(EXAMPLE, FitConfig)
-    assert cfg.defect_size == (0.5, 12) and cfg.frame.photometric.mode == "gain_offset"
+    assert cfg.views.defect_size == (0.5, 12) and cfg.frame.photometric.mode == "gain_offset"
 
 
 def test_bad_fit_config_names_file_and_line(tmp_path, capsys):
@@ -26,6 +26,39 @@ def test_bad_fit_config_names_file_and_line(tmp_path, capsys):
     assert main(["fit", "nowhere", "-o", str(tmp_path / "b"), "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "fit.yaml:2" in err and "resize" in err
+
+
+@pytest.mark.parametrize("line, message", [("coreset_ratio: 0.3", "coreset_ratio is now coreset.ratio"),
+                                           ("knn_index: ivf", "knn_index is now index.kind"),
+                                           ("selfsup_minutes: 2", "selfsup_minutes is now selfsup.minutes"),
+                                           ("tile_overlap: 32", "tile_overlap is now views.tile_overlap"),
+                                           ("domain: auto", "domain is now domain.mode"),
+                                           ("quantize: int8", "quantize is now quantize.mode")])
+def test_a_flat_key_of_the_old_layout_names_its_new_place_at_its_line(tmp_path, capsys, line, message):
+    from linesight.cli import main
+
+    old = tmp_path / "fit.yaml"
+    old.write_text(f"model_id: x\n{line}\n")
+    assert main(["fit", "nowhere", "-o", str(tmp_path / "b"), "--config", str(old)]) == 2
+    assert f"fit.yaml:2: {line.split(':')[0]}: {message}" in capsys.readouterr().err
+
+
+def test_sections_merge_key_by_key_in_presets_and_over_the_file(tmp_path):
+    from linesight.cli import build_parser, fit_overrides
+    from linesight.config.fit import PRESETS, preset
+
+    cfg = preset("fast", coreset={"chunk": 512}, selfsup={"minutes": 2.0})
+    assert cfg.coreset.ratio == PRESETS["fast"]["coreset"]["ratio"] and cfg.coreset.chunk == 512
+    assert cfg.selfsup.minutes == 2.0 and cfg.selfsup.steps == 4000
+    assert preset("fast", coreset={"ratio": 0.5}).coreset.projection_dim == 128
+    with pytest.raises(ValueError, match="coreset_ratio is now coreset.ratio"):
+        preset("fast", coreset_ratio=0.5)
+    fit_yaml = tmp_path / "fit.yaml"
+    fit_yaml.write_text("coreset:\n  chunk: 256\ndomain:\n  mode: auto\n  dark: true\n")
+    got = fit_overrides(build_parser().parse_args(["fit", "d", "-o", "o", "--config", str(fit_yaml),
+                                                   "--coreset-ratio", "0.3", "--erode", "2"]))
+    assert got["coreset"] == {"chunk": 256, "ratio": 0.3}
+    assert got["domain"] == {"mode": "auto", "dark": True, "erode": 2}
 
 
 def test_frame_prep_and_augment_reach_bundle_and_engine(small_dataset, tmp_path, capsys):

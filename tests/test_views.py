@@ -82,8 +82,8 @@ def test_multiscale_bundle_through_the_engine(small_dataset, tmp_path):
     from linesight.trainer.fit import fit
 
     out = tmp_path / "ms"
-    b = fit(small_dataset, out, preset("fast", weights="none", input_size=96, embedding_dim=32, coreset_ratio=0.05,
-                                       scales=[0, 1.5], resize="letterbox"))
+    b = fit(small_dataset, out, preset("fast", weights="none", input_size=96, embedding_dim=32, coreset={"ratio": 0.05},
+                                       views={"scales": [0, 1.5], "resize": "letterbox"}))
     m = b.manifest
     assert [s.mode for s in m.scales] == ["whole", "tiles"] and m.plan.fusion == "max_normalised"
     assert all(s.good_max > s.good_median for s in m.scales)
@@ -135,9 +135,9 @@ def test_ivf_index_matches_exact_scores_closely(small_dataset, tmp_path):
     from linesight.export.images import read_image
     from linesight.trainer.fit import fit
 
-    common = dict(weights="none", input_size=96, embedding_dim=32, coreset_ratio=0.2)
+    common = dict(weights="none", input_size=96, embedding_dim=32, coreset={"ratio": 0.2})
     fit(small_dataset, tmp_path / "flat", preset("fast", **common))
-    fit(small_dataset, tmp_path / "ivf", preset("fast", knn_index="ivf", ivf_nprobe=8, **common))
+    fit(small_dataset, tmp_path / "ivf", preset("fast", index={"kind": "ivf", "ivf_nprobe": 8}, **common))
     flat, ivf = Engine(tmp_path / "flat"), Engine(tmp_path / "ivf")
     assert ivf.manifest.scoring.index == "ivf" and ivf.manifest.scales[0].ivf_file
     assert ivf.check_golden() == []  # rebuilt from the stored centroids: the same scores as at fit

@@ -41,7 +41,7 @@ def ivf_centroids(bank: np.ndarray, cfg: FitConfig) -> np.ndarray:
     """k-means centroids of a bank, stored in the bundle so every load builds the same inverted lists."""
     import faiss
 
-    nlist = cfg.ivf_nlist or int(np.clip(np.sqrt(len(bank)), 16, 1024))
+    nlist = cfg.index.ivf_nlist or int(np.clip(np.sqrt(len(bank)), 16, 1024))
     nlist = min(nlist, max(1, len(bank) // 4))
     km = faiss.Kmeans(bank.shape[1], nlist, niter=20, seed=cfg.seed, verbose=False)
     km.train(np.ascontiguousarray(bank, dtype=np.float32))
@@ -134,15 +134,15 @@ def build_hnsw(bank: np.ndarray) -> tuple[np.ndarray, int]:
 def _candidates(bank: np.ndarray, cfg: FitConfig):
     """(setting, index, IndexInfo fields, the array the bundle stores) per setting to try, fastest first:
     IVF over nprobe when asked for, else HNSW over efSearch (measured faster at equal error)."""
-    if cfg.knn_index == "ivf":
+    if cfg.index.kind == "ivf":
         cent = ivf_centroids(bank, cfg)
         nlist = len(cent)
-        for p in [cfg.ivf_nprobe] if cfg.ivf_nprobe else [p for p in NPROBES if p <= max(1, nlist // 4)]:
+        for p in [cfg.index.ivf_nprobe] if cfg.index.ivf_nprobe else [p for p in NPROBES if p <= max(1, nlist // 4)]:
             index, exact, quantizer = make_index(bank, cent, p)
             yield f"ivf nlist {nlist} nprobe {p}", (index, exact, quantizer), {"nlist": nlist, "nprobe": p}, cent
         return
     graph, entry = build_hnsw(bank)
-    for ef in [cfg.hnsw_ef_search] if cfg.hnsw_ef_search else EF_SEARCHES:
+    for ef in [cfg.index.hnsw_ef_search] if cfg.index.hnsw_ef_search else EF_SEARCHES:
         built = make_index(bank, graph=graph, hnsw_m=HNSW_M, ef_search=ef, entry_point=entry)
         yield (f"hnsw M {HNSW_M} efSearch {ef}", built, {"hnsw_m": HNSW_M, "ef_search": ef, "entry_point": entry},
                graph)
@@ -154,8 +154,8 @@ def choose_index(bank: np.ndarray, feats: np.ndarray, image: np.ndarray, n_image
     graph -- or None, a warning when it fell back to flat).
 
     An approximate setting is kept only if every check image's score and the mean patch score are within
-    cfg.index_max_error of exact search; settings are tried fastest first, so the fastest that is stays."""
-    req, bound, rows = cfg.knn_index, cfg.index_max_error, len(bank)
+    cfg.index.max_error of exact search; settings are tried fastest first, so the fastest that is stays."""
+    req, bound, rows = cfg.index.kind, cfg.index.max_error, len(bank)
     if req == "flat":
         return IndexInfo(kind="flat", requested=req, reason="flat requested: exact search", bound=bound), None, None
     if req == "auto" and rows < AUTO_FLAT_ROWS:
@@ -167,7 +167,7 @@ def choose_index(bank: np.ndarray, feats: np.ndarray, image: np.ndarray, n_image
     d_ex, r_ex = knn_search(flat, None, feats, cfg.k)
     ref = (d_ex, r_ex, time.perf_counter() - t)
     kind = "ivf" if req == "ivf" else "hnsw"
-    tuned = cfg.ivf_nprobe is None if kind == "ivf" else cfg.hnsw_ef_search is None
+    tuned = cfg.index.ivf_nprobe is None if kind == "ivf" else cfg.index.hnsw_ef_search is None
     tried: list[IndexCheck] = []
     for setting, (index, exact, _quantizer), fields, stored in _candidates(bank, cfg):
         chk = _check(setting, index, exact, feats, image, n_images, cfg.k, ref, bound)
@@ -201,11 +201,11 @@ def _some_images(feats: np.ndarray, image: np.ndarray, n: int, seed: int) -> tup
 def int8_candidate(cfg: FitConfig, float_onnx: bytes, calibration: list[np.ndarray], parity_images: list[np.ndarray],
                    spec: PreprocessSpec) -> tuple[bytes | None, Int8Info]:
     """Quantize and parity-check: (int8 graph, its record), or (None, the refusal) when parity fails."""
-    step = max(1, len(calibration) // cfg.int8_calibration_images)
-    cal = preprocess_batch(calibration[::step][:cfg.int8_calibration_images], spec)
+    step = max(1, len(calibration) // cfg.quantize.calibration_images)
+    cal = preprocess_batch(calibration[::step][:cfg.quantize.calibration_images], spec)
     probe = preprocess_batch(parity_images[:8], spec)
     info = Int8Info(kept=False, reason="", format=onnx_export.INT8_FORMAT, calibration_images=len(cal),
-                    parity_tolerance=onnx_export.INT8_PARITY_TOLERANCE, auroc_max_drop=cfg.int8_max_auroc_drop)
+                    parity_tolerance=onnx_export.INT8_PARITY_TOLERANCE, auroc_max_drop=cfg.quantize.max_auroc_drop)
     try:
         int8 = onnx_export.quantize_int8(float_onnx, cal)
     except Exception as exc:  # noqa: BLE001 - onnxruntime.quantization raises untyped errors; float still runs

@@ -253,10 +253,11 @@ def baseline_bundle(bundle_path: str | Path, dataset: str | Path, baseline: str,
     try:
         cfg = FitConfig(model_id=f"{m.model.id}-random-baseline", backbone=m.backbone.name, weights="none",
                         input_size=int(m.preprocess["input_size"][0]), embedding_dim=m.features.embedding_dim,
-                        coreset_ratio=m.memory.coreset_ratio, k=m.scoring.k, reweight=m.scoring.reweight,
-                        sigma=m.scoring.sigma, seed=m.memory.seed, resize=m.preprocess.get("resize", "stretch"),
-                        scales=[s.pixels_per_input or 0 for s in m.scales] if m.scales else None,
-                        tile_overlap=next((s.overlap for s in m.scales if s.mode == "tiles"), None),
+                        coreset={"ratio": m.memory.coreset_ratio}, k=m.scoring.k, reweight=m.scoring.reweight,
+                        sigma=m.scoring.sigma, seed=m.memory.seed,
+                        views={"resize": m.preprocess.get("resize", "stretch"),
+                               "scales": [s.pixels_per_input or 0 for s in m.scales] if m.scales else None,
+                               "tile_overlap": next((s.overlap for s in m.scales if s.mode == "tiles"), None)},
                         frame={"photometric": {"mode": m.frame.photometric.mode},
                                "align": m.frame.align.model_dump(exclude={"reference_file"})})
     except ValidationError as exc:
@@ -267,8 +268,8 @@ def baseline_bundle(bundle_path: str | Path, dataset: str | Path, baseline: str,
     log.info("fitting the random-init baseline (%s, %d px, dim %d)", cfg.backbone, cfg.input_size, cfg.embedding_dim)
     fit(dataset, out, cfg)
     return out, (f"random-init {cfg.backbone} fitted in this run on {Path(dataset).name}/train/good "
-                 f"(input {cfg.input_size}, dim {cfg.embedding_dim}, coreset {cfg.coreset_ratio}, k {cfg.k}, "
-                 f"scales {cfg.scales or [0]}, {cfg.resize}; domain none)")
+                 f"(input {cfg.input_size}, dim {cfg.embedding_dim}, coreset {cfg.coreset.ratio}, k {cfg.k}, "
+                 f"scales {cfg.views.scales or [0]}, {cfg.views.resize}; domain none)")
 
 
 def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *, spec: str | Path | None = None,

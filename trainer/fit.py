@@ -83,13 +83,13 @@ def plan_scales(cfg: FitConfig, frames: list[np.ndarray]) -> tuple[list[ScaleInf
     or the single whole-frame view."""
     hw = tuple(int(np.median([f.shape[k] for f in frames])) for k in (0, 1))
     defect_px = None
-    if cfg.defect_size is not None:
-        defect_px = tuple(v * (cfg.px_per_mm or 1.0) for v in cfg.defect_size)
-        scales, why = make_plan(hw, defect_px, cfg.input_size, letterbox=cfg.resize == "letterbox",
+    if cfg.views.defect_size is not None:
+        defect_px = tuple(v * (cfg.views.px_per_mm or 1.0) for v in cfg.views.defect_size)
+        scales, why = make_plan(hw, defect_px, cfg.input_size, letterbox=cfg.views.resize == "letterbox",
                                 overlap=cfg.overlap)
-    elif cfg.scales is not None:
+    elif cfg.views.scales is not None:
         scales, why = [], ["explicit scales from the configuration"]
-        for r in cfg.scales:
+        for r in cfg.views.scales:
             scales.append(ScaleInfo(name="whole", mode="whole", bank_file="", n_bank=1) if r == 0 else
                           ScaleInfo(name=f"tiles@{r:g}", mode="tiles", pixels_per_input=r,
                                     overlap=cfg.overlap, bank_file="", n_bank=1))
@@ -101,7 +101,7 @@ def plan_scales(cfg: FitConfig, frames: list[np.ndarray]) -> tuple[list[ScaleInf
     scales.sort(key=lambda s: -(s.pixels_per_input or float("inf")))  # coarsest (whole) first
     for line in why:
         log.info("plan: %s", line)
-    return scales, PlanInfo(defect_size_px=defect_px, px_per_mm=cfg.px_per_mm, frame_hw=hw, reasoning=why)
+    return scales, PlanInfo(defect_size_px=defect_px, px_per_mm=cfg.views.px_per_mm, frame_hw=hw, reasoning=why)
 
 
 def prepare_frames(prep: FramePrep, images: list[np.ndarray], paths: list[Path],
@@ -124,16 +124,16 @@ def prepare_frames(prep: FramePrep, images: list[np.ndarray], paths: list[Path],
 
 
 def domain_of(cfg: FitConfig) -> tuple[DomainInfo, dict[str, bytes]]:
-    info = DomainInfo(mode=cfg.domain, auto_polarity="dark" if cfg.domain_dark else "bright",
-                      erode_px=cfg.domain_erode)
-    if cfg.domain != "mask":
+    info = DomainInfo(mode=cfg.domain.mode, auto_polarity="dark" if cfg.domain.dark else "bright",
+                      erode_px=cfg.domain.erode)
+    if cfg.domain.mode != "mask":
         return info, {}
     from linesight.export.images import read_image
 
-    m = read_image(cfg.domain_mask)
+    m = read_image(cfg.domain.mask)
     m = m if m.ndim == 2 else m[..., 0]
     if not (m > 0).any():
-        raise DataError(f"ROI mask {cfg.domain_mask} is all black: nothing would be inspected")
+        raise DataError(f"ROI mask {cfg.domain.mask} is all black: nothing would be inspected")
     info.mask_file = ROI_FILE
     return info, {ROI_FILE: cv2.imencode(".png", ((m > 0) * 255).astype(np.uint8))[1].tobytes()}
 
@@ -196,13 +196,13 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     bank_imgs, bank_paths = prepare_frames(FramePrep(frame_info, frame_extras), bank_imgs, bank_paths, skipped)
     sources = augment_sources(len(bank_imgs), cfg.augment)
     bank_imgs = augment(bank_imgs, cfg.augment)
-    spec = input_spec(cfg.backbone, cfg.input_size, cfg.resize)
+    spec = input_spec(cfg.backbone, cfg.input_size, cfg.views.resize)
     log.info("exporting %s to ONNX", cfg.backbone)
     with contextlib.redirect_stdout(io.StringIO()):
         onnx_bytes = onnx_export.export_onnx(module, spec.height, spec.width)
     probe = preprocess_batch(bank_imgs[:4], spec)
     diff, tol = onnx_export.parity(module, onnx_bytes, probe)
-    int8, int8_info = int8_candidate(cfg, onnx_bytes, bank_imgs, hold_imgs, spec) if cfg.quantize == "int8" \
+    int8, int8_info = int8_candidate(cfg, onnx_bytes, bank_imgs, hold_imgs, spec) if cfg.quantize.mode == "int8" \
         else (None, None)
 
     features = OnnxFeatures(onnx_bytes, where="exported graph")
@@ -256,8 +256,8 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         preprocess=spec.to_dict(),
         features=FeatureInfo(embedding_dim=cfg.embedding_dim, grid=(grid_h, grid_w), stride=stride),
         memory=MemoryInfo(n_patches=scales[0].n_patches,
-                          n_bank=len(bank), coreset_ratio=cfg.coreset_ratio,
-                          projection_dim=cfg.coreset_projection_dim, chunk_size=cfg.coreset_chunk, seed=cfg.seed,
+                          n_bank=len(bank), coreset_ratio=cfg.coreset.ratio,
+                          projection_dim=cfg.coreset.projection_dim, chunk_size=cfg.coreset.chunk, seed=cfg.seed,
                           seconds=round(coreset_s, 2)),
         scoring=ScoringInfo(k=cfg.k, reweight=cfg.reweight, sigma=cfg.sigma, index=scales[0].index.kind,
                             **({"nprobe": scales[0].index.nprobe} if scales[0].index.nprobe else {})),

@@ -46,7 +46,7 @@ def coreset_banks(features: OnnxFeatures, frames: list[np.ndarray], masks: list[
                   scales: list[ScaleInfo], spec: PreprocessSpec, stride: int, cfg: FitConfig,
                   extras: dict[str, bytes]
                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[ScaleInfo], float]:
-    """Per scale: extract, subsample to cfg.max_patches, greedy coreset. -> banks by file, each bank's rows among
+    """Per scale: extract, subsample to cfg.views.max_patches, greedy coreset. -> banks by file, each bank's rows among
     the scale's patches (to rebuild it through another graph), the scales with their bank files, coreset seconds.
     Bank locations go into `extras`."""
     banks: dict[str, np.ndarray] = {}
@@ -56,22 +56,22 @@ def coreset_banks(features: OnnxFeatures, frames: list[np.ndarray], masks: list[
     for k, sc in enumerate(scales):
         patches, locations = extract(features, frames, masks, sc, spec, stride, cfg.batch_size)
         n_patches = len(patches)
-        if n_patches > cfg.max_patches:
-            keep = np.sort(rng.choice(n_patches, cfg.max_patches, replace=False))
+        if n_patches > cfg.views.max_patches:
+            keep = np.sort(rng.choice(n_patches, cfg.views.max_patches, replace=False))
             log.info("scale %s: %d patches, keeping a random %d before the coreset", sc.name, n_patches, len(keep))
             patches, locations = patches[keep], locations[keep]
-        n_bank = max(1, int(round(n_patches * cfg.coreset_ratio)))
+        n_bank = max(1, int(round(n_patches * cfg.coreset.ratio)))
         n_bank = min(n_bank, len(patches))
-        log.info("coreset %s: %d of %d patches (%.1f%%)", sc.name, n_bank, n_patches, 100 * cfg.coreset_ratio)
+        log.info("coreset %s: %d of %d patches (%.1f%%)", sc.name, n_bank, n_patches, 100 * cfg.coreset.ratio)
         t0 = time.monotonic()
-        picks = greedy_coreset(patches, n_bank, projection_dim=cfg.coreset_projection_dim,
-                               chunk_size=cfg.coreset_chunk, seed=cfg.seed, progress=Progress(f"coreset {sc.name}",
+        picks = greedy_coreset(patches, n_bank, projection_dim=cfg.coreset.projection_dim,
+                               chunk_size=cfg.coreset.chunk, seed=cfg.seed, progress=Progress(f"coreset {sc.name}",
                                                                                                n_bank))
         coreset_s += time.monotonic() - t0
         bank_file, loc_file = (BANK_FILE, LOCATIONS_FILE) if k == 0 else (f"banks/scale{k}.npy",
                                                                           f"banks/scale{k}_locations.npy")
         banks[bank_file] = np.ascontiguousarray(patches[picks])
-        rows[bank_file] = keep[picks] if n_patches > cfg.max_patches else picks
+        rows[bank_file] = keep[picks] if n_patches > cfg.views.max_patches else picks
         extras[loc_file] = bank_bytes(locations[picks], np.int32)
         scales[k] = sc.model_copy(update={"bank_file": bank_file, "locations_file": loc_file,
                                           "n_patches": n_patches, "n_bank": n_bank})

@@ -153,7 +153,7 @@ def _validate(backbone: nn.Module, head: SegHead, x: torch.Tensor, labels: np.nd
 def train_selfsup(backbone: nn.Module, channels: tuple[int, int], train_images: list[np.ndarray],
                   val_images: list[np.ndarray], cfg: FitConfig) -> SelfSupResult:
     """Train `backbone` (in place, then restored to its best validation state) on synthetic defects."""
-    crop = cfg.selfsup_crop or cfg.input_size
+    crop = cfg.selfsup.crop or cfg.input_size
     if crop % 16 or crop > cfg.input_size:
         raise DataError(f"selfsup crop {crop} must be a multiple of 16 and <= input size {cfg.input_size}")
     if not train_images or not val_images:
@@ -166,27 +166,27 @@ def train_selfsup(backbone: nn.Module, channels: tuple[int, int], train_images: 
     head = SegHead(channels)
     unused = BACKBONES[cfg.backbone].unused
     params = [p for n, p in backbone.named_parameters() if not n.startswith(unused)] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.selfsup_lr, weight_decay=1e-4)
-    warmup = min(100, max(1, cfg.selfsup_steps // 10))
-    budget = cfg.selfsup_minutes * 60
+    opt = torch.optim.AdamW(params, lr=cfg.selfsup.lr, weight_decay=1e-4)
+    warmup = min(100, max(1, cfg.selfsup.steps // 10))
+    budget = cfg.selfsup.minutes * 60
     t0 = time.monotonic()
 
     def lr_factor(s: int) -> float:
         """Linear warm-up, then (cosine) decay over whichever ends first: the step count or the time budget."""
         ramp = min(1.0, (s + 1) / warmup)
-        if cfg.selfsup_schedule == "constant":
+        if cfg.selfsup.schedule == "constant":
             return ramp
-        done = max(s / cfg.selfsup_steps, (time.monotonic() - t0) / budget)
+        done = max(s / cfg.selfsup.steps, (time.monotonic() - t0) / budget)
         return ramp * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     backbone.train(), head.train()
-    prog = Progress("self-supervised training", cfg.selfsup_steps)
+    prog = Progress("self-supervised training", cfg.selfsup.steps)
     loss_curve, val_curve, run = [], [], []
     best = (-1.0, 0, copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
     bad_evals, stopped, step = 0, "max steps", 0
-    for step in range(1, cfg.selfsup_steps + 1):
-        x, m = batches.sample(cfg.selfsup_batch)
+    for step in range(1, cfg.selfsup.steps + 1):
+        x, m = batches.sample(cfg.selfsup.batch)
         loss = seg_loss(head(*backbone.pyramid(x)), m)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -195,9 +195,9 @@ def train_selfsup(backbone: nn.Module, channels: tuple[int, int], train_images: 
         run.append(loss.item())
         elapsed = time.monotonic() - t0
         # ETA honours whichever ends first: the step count or the time budget
-        prog(step, min(cfg.selfsup_steps, int(step * budget / elapsed)) if elapsed > 0 else None)
-        last = step == cfg.selfsup_steps or elapsed >= budget
-        if step % cfg.selfsup_val_every == 0 or last:
+        prog(step, min(cfg.selfsup.steps, int(step * budget / elapsed)) if elapsed > 0 else None)
+        last = step == cfg.selfsup.steps or elapsed >= budget
+        if step % cfg.selfsup.val_every == 0 or last:
             v = _validate(backbone, head, val_x, val_y, cfg.batch_size)
             loss_curve.append(float(np.mean(run)))
             val_curve.append((step, v))
@@ -209,7 +209,7 @@ def train_selfsup(backbone: nn.Module, channels: tuple[int, int], train_images: 
                 bad_evals = 0
             else:
                 bad_evals += 1
-                if bad_evals >= cfg.selfsup_patience:
+                if bad_evals >= cfg.selfsup.patience:
                     stopped = "early stop"
                     break
         if elapsed >= budget:
@@ -241,19 +241,19 @@ def self_supervised_model(cfg: FitConfig, dataset: str | Path, init: str = "none
     res = train_selfsup(backbone, BACKBONES[cfg.backbone].channels, train_imgs, hold_imgs, cfg)
     fp = fingerprint(train_paths, ds.root)[:16]
     origin = f"fine-tuned from {start.detail}" if start else "from scratch"
-    crop = cfg.selfsup_crop or cfg.input_size
+    crop = cfg.selfsup.crop or cfg.input_size
     res.detail = (f"self-supervised ({origin}) on {len(train_imgs)} good images of {ds.name} (fingerprint {fp}) "
-                  f"with synthetic defects; {res.steps} steps x {cfg.selfsup_batch} crops {crop}px, "
-                  f"lr {cfg.selfsup_lr}, seed {cfg.seed}; best step {res.best_step}, held-out synthetic AUROC "
+                  f"with synthetic defects; {res.steps} steps x {cfg.selfsup.batch} crops {crop}px, "
+                  f"lr {cfg.selfsup.lr}, seed {cfg.seed}; best step {res.best_step}, held-out synthetic AUROC "
                   f"{res.best_val_auroc:.3f} ({res.stopped}, {res.seconds:.0f} s); no real defects seen")
-    if cfg.selfsup_save:
-        torch.save(res.backbone.state_dict(), cfg.selfsup_save)  # plain tensors (torch.load weights_only=True)
-        log.info("self-supervised backbone saved to %s (refit banks with --weights %s)", cfg.selfsup_save,
-                 cfg.selfsup_save)
+    if cfg.selfsup.save:
+        torch.save(res.backbone.state_dict(), cfg.selfsup.save)  # plain tensors (torch.load weights_only=True)
+        log.info("self-supervised backbone saved to %s (refit banks with --weights %s)", cfg.selfsup.save,
+                 cfg.selfsup.save)
     module = PatchFeatures(res.backbone, BACKBONES[cfg.backbone].channels, cfg.embedding_dim).eval()
     info = WeightsInfo(source="self", pretrained=True, detail=res.detail, sha256=start.sha256 if start else None,
                        training={"loss_curve": [round(v, 5) for v in res.loss_curve],
                                  "val_curve": [[int(s), round(float(v), 5)] for s, v in res.val_curve],
                                  "best_step": res.best_step, "stopped": res.stopped, "seconds": round(res.seconds, 1)})
-    log.info("selfsup loss curve (per %d steps): %s", cfg.selfsup_val_every, [round(v, 4) for v in res.loss_curve])
+    log.info("selfsup loss curve (per %d steps): %s", cfg.selfsup.val_every, [round(v, 4) for v in res.loss_curve])
     return module, info, res
