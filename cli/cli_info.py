@@ -56,7 +56,7 @@ def info_text(bundle: Bundle, where: str) -> str:
     m = bundle.manifest
     w = m.backbone.weights
     pre = m.preprocess
-    size = "x".join(map(str, pre["input_size"]))
+    size = "x".join(map(str, pre.input_size))
     scales = [f"{s.name}: " + ("whole frame" if s.mode == "whole" else
                                f"tiles at {s.pixels_per_input:g} frame px per input px, overlap {s.overlap} px")
               + f", bank {s.n_bank} rows of {s.n_patches} patches" for s in m.scales] or [
@@ -88,7 +88,7 @@ def info_text(bundle: Bundle, where: str) -> str:
         ("backbone", [f"{m.backbone.name} ({', '.join(m.backbone.layers)}); weights {w.source}"
                       + ("" if w.pretrained else " - NOT pretrained: accuracy will be poor")
                       + (f": {w.detail}" if w.detail else "")]),
-        ("input", [f"{size} px, {pre.get('resize', 'stretch')}, colour {pre.get('color', '?')}"]),
+        ("input", [f"{size} px, {pre.resize}, colour {pre.color}"]),
         ("features", [(f"{m.features.embedding_dim}-dim patches on a {m.features.grid[0]}x{m.features.grid[1]} grid "
                       f"(one per {m.features.stride} input px)")]),
         ("scoring", [f"kNN {m.scoring.index}" + (f" (nprobe {m.scoring.nprobe})" if m.scoring.index == "ivf" else "")

@@ -244,11 +244,24 @@ class DatasetInfo(Strict):
     n_bank_images: int | None = Field(None, description="Images the bank was built from (originals + copies)")
 
 
+class PreprocessInfo(Strict):
+    """How a frame becomes the backbone's input (export.preprocess.PreprocessSpec runs it): size, aspect handling,
+    resampling, colour order, scaling to [0, 1] by the dtype's maximum, then (x - mean) / std per channel."""
+
+    input_size: tuple[int, int] = Field(description="(height, width) of the backbone input")
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    interpolation: Literal["area-down/linear-up"] = "area-down/linear-up"
+    color: Literal["rgb"] = "rgb"
+    scale: Literal["dtype-max"] = "dtype-max"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
 class Manifest(Strict):
     schema_: str = Field(alias="schema")
     model: ModelInfo
     backbone: BackboneInfo
-    preprocess: dict
+    preprocess: PreprocessInfo
     features: FeatureInfo
     memory: MemoryInfo
     scoring: ScoringInfo

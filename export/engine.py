@@ -68,7 +68,7 @@ class Engine:
         m = self.bundle.manifest
         self.manifest = m
         try:
-            self.spec = PreprocessSpec.from_dict(m.preprocess)
+            self.spec = PreprocessSpec.from_info(m.preprocess)
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleError(f"bundle {self.bundle.path}: bad preprocess spec: {exc}") from exc
         self.features = OnnxFeatures(self.bundle.onnx, threads=threads, prefer_gpu=prefer_gpu,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from linesight.config.manifest import PreprocessInfo
 from linesight.export.images import check_image, to_unit_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,18 +27,13 @@ class PreprocessSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "stretch"  # whole-frame scales: "stretch" to the input, or "letterbox" (keep aspect, pad)
 
-    def to_dict(self) -> dict:
-        return {"input_size": [self.height, self.width], "resize": self.resize,
-                "interpolation": "area-down/linear-up", "color": "rgb", "scale": "dtype-max",
-                "mean": list(self.mean), "std": list(self.std)}
+    def to_info(self) -> PreprocessInfo:
+        return PreprocessInfo(input_size=(self.height, self.width), resize=self.resize, mean=self.mean, std=self.std)
 
     @classmethod
-    def from_dict(cls, d: dict) -> PreprocessSpec:
-        h, w = d["input_size"]
-        resize = d.get("resize", "stretch")
-        if resize not in ("stretch", "letterbox"):
-            raise ValueError(f"preprocess.resize {resize!r} is not one of stretch, letterbox")
-        return cls(height=int(h), width=int(w), mean=tuple(d["mean"]), std=tuple(d["std"]), resize=resize)
+    def from_info(cls, info: PreprocessInfo) -> PreprocessSpec:
+        (h, w), (mean, std) = info.input_size, (info.mean, info.std)
+        return cls(height=h, width=w, mean=mean, std=std, resize=info.resize)
 
 
 def resize_native(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:

@@ -320,7 +320,7 @@ class TypeClassifier:
         if clf is None:
             return None
         pre = bundle.manifest.preprocess
-        geometry = (tuple(int(v) for v in pre["input_size"]), pre.get("resize", "stretch"))
+        geometry = (pre.input_size, pre.resize)
         if clf.input_hw is not None and (clf.input_hw, clf.resize) != geometry:
             raise BundleError(f"bundle {bundle.path}: type classifier was built for input {clf.input_hw} "
                               f"({clf.resize}), the bundle preprocesses to {geometry[0]} ({geometry[1]}); re-run "

@@ -134,7 +134,7 @@ def test_onnx_export_of_pretrained_lite0_matches_torch():
 def test_lite_input_normalisation_is_recorded():
     spec = input_spec("efficientnet_lite0", 320, "letterbox")
     assert spec.mean == pytest.approx((127 / 255,) * 3) and spec.std == pytest.approx((128 / 255,) * 3)
-    assert spec.to_dict()["input_size"] == [320, 320] and spec.resize == "letterbox"
+    assert spec.to_info().input_size == (320, 320) and spec.resize == "letterbox"
     assert input_spec("resnet18", 224).mean == pytest.approx((0.485, 0.456, 0.406))
 
 

@@ -252,10 +252,10 @@ def baseline_bundle(bundle_path: str | Path, dataset: str | Path, baseline: str,
                         "--baseline PATH to compare with an existing bundle instead")
     try:
         cfg = FitConfig(model_id=f"{m.model.id}-random-baseline", backbone=m.backbone.name, weights="none",
-                        input_size=int(m.preprocess["input_size"][0]), embedding_dim=m.features.embedding_dim,
+                        input_size=m.preprocess.input_size[0], embedding_dim=m.features.embedding_dim,
                         coreset={"ratio": m.memory.coreset_ratio}, k=m.scoring.k, reweight=m.scoring.reweight,
                         sigma=m.scoring.sigma, seed=m.memory.seed,
-                        views={"resize": m.preprocess.get("resize", "stretch"),
+                        views={"resize": m.preprocess.resize,
                                "scales": [s.pixels_per_input or 0 for s in m.scales] if m.scales else None,
                                "tile_overlap": next((s.overlap for s in m.scales if s.mode == "tiles"), None)},
                         frame={"photometric": {"mode": m.frame.photometric.mode},
@@ -329,7 +329,7 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *
     (outdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     provenance = {"model": f"{m.model.id} v{m.model.version}", "backbone": m.backbone.name,
                   "weights": f"{m.backbone.weights.source} ({m.backbone.weights.detail})",
-                  "input size": "x".join(map(str, m.preprocess["input_size"])), "bank": f"{m.memory.n_bank} x "
+                  "input size": "x".join(map(str, m.preprocess.input_size)), "bank": f"{m.memory.n_bank} x "
                   f"{m.features.embedding_dim}", "k": m.scoring.k, "threshold": f"{m.thresholds.image:.4f} "
                   f"({m.thresholds.policy}; {m.thresholds.source})", "dataset": str(dataset),
                   "engine": engine.provider}

@@ -253,7 +253,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
         model=ModelInfo(id=cfg.model_id, version=next_version(out, cfg.model_id),
                         created_at=datetime.now(UTC).isoformat(timespec="seconds")),
         backbone=BackboneInfo(name=cfg.backbone, layers=list(BACKBONES[cfg.backbone].layers), weights=weights_info),
-        preprocess=spec.to_dict(),
+        preprocess=spec.to_info(),
         features=FeatureInfo(embedding_dim=cfg.embedding_dim, grid=(grid_h, grid_w), stride=stride),
         memory=MemoryInfo(n_patches=scales[0].n_patches,
                           n_bank=len(bank), coreset_ratio=cfg.coreset.ratio,

@@ -61,7 +61,7 @@ def collect_regions(engine: Engine, dataset: str | Path, *, min_region_px: int =
         raise DataError(f"{ds.root}: no labeled defect examples (need test/<type>/*.png with "
                         "ground_truth/<type>/<stem>_mask.png)")
     pre = engine.manifest.preprocess
-    geometry = {"input_hw": tuple(int(v) for v in pre["input_size"]), "resize": pre.get("resize", "stretch")}
+    geometry = {"input_hw": pre.input_size, "resize": pre.resize}
     emb, labels, groups, names, skipped = [], [], [], [], []
     prog = Progress("type examples", len(samples))
     for s0 in range(0, len(samples), batch):
