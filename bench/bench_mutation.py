@@ -76,7 +76,7 @@ UNIVERSE = ["tests/test_pipeline.py", "tests/test_identity.py", "tests/test_comm
             "tests/test_daemon_threads.py", "tests/test_daemon.py", "tests/test_daemon_archive.py",
             "tests/test_frame_limits.py", "tests/test_bundle_engine.py", "tests/test_data_safety.py",
             "tests/test_preflight.py", "tests/test_broker_acl.py", "tests/test_consumer_freshness.py",
-            "tests/test_gates.py"]
+            "tests/test_gates.py", "tests/test_type_classifier.py", "tests/test_verdict_schema.py"]
 TOOL = "mutmut<3"
 WORK = ".mutbench"  # CLONE/.mutbench: helpers, coverage data, logs, results
 

@@ -627,3 +627,218 @@ def test_stats_expose_source_errors_refused_reloads_and_missing_part_ids(small_b
         assert (h["source_errors"], h["reload_refused"], h["part_id_missing"]) == (2, 2, 2)
     finally:
         svc.seqs.close()
+
+
+# ------------------------------------------------------------------------------------------------ 15. second run
+# Survivors of the re-run after the gaps above were closed (docs/mutation-testing.md, "Second run").
+class ListSource:
+    """Serves the given frames as fast as they are read, then ends (a camera far faster than the model)."""
+
+    name = "burst-cam"
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self.frames = list(frames)
+
+    def read(self, timeout_s=None):
+        if not self.frames:
+            raise EndOfStream
+        return self.frames.pop(0)
+
+
+def test_a_full_inference_queue_drops_with_its_reason_and_says_why_on_the_frame(small_bundle):
+    # kills the queue_full label and the frame_dropped detail mutants (acquire_loop)
+    p, rec = pipeline(config(small_bundle, queue_size=1))
+    drops: list[str] = []
+    p.on_drop = drops.append
+    p.source = ListSource([frame(i) for i in range(5)])
+    p.acquire_loop()  # nothing decides meanwhile: the first frame fills the queue, the other 4 are dropped
+    assert drops == ["queue_full"] * 4
+    dropped = [v for v in rec.verdicts if v["reason"] == "frame_dropped"]
+    assert len(dropped) == 4
+    assert {v["detail"] for v in dropped} == {"inference queue full (frames arrive faster than the model decides)"}
+
+
+def test_a_full_reload_queue_is_refused_with_how_many_wait(small_bundle):
+    # kills the request_reload refusal text mutant (no test filled the queue)
+    from linesight.daemon.pipeline import RELOAD_QUEUE
+
+    p, _ = pipeline(config(small_bundle))
+    jobs = [p.request_reload() for _ in range(RELOAD_QUEUE)]  # no reload thread: they all wait
+    assert jobs == sorted(set(jobs))
+    with pytest.raises(ValueError) as exc:
+        p.request_reload()
+    assert str(exc.value) == f"{RELOAD_QUEUE} reloads are already waiting; retry after their outcomes"
+
+
+def test_micro_batches_never_exceed_max_batch(small_bundle):
+    # kills `len(batch) < max_batch` -> `<=` in run()
+    p, rec = pipeline(config(small_bundle, queue_size=16, max_batch=3))
+    sizes: list[int] = []
+    real = p.holder.engine.predict_batch
+
+    def counted(images, **kw):
+        sizes.append(len(images))
+        return real(images, **kw)
+
+    p.holder.engine.predict_batch = counted
+    for i in range(10):
+        p.in_q.put_nowait(p.admit(frame(i)))
+    p.acquisition_done.set()
+    p.run()
+    assert len(rec.verdicts) == 10 and sum(sizes) == 10 and max(sizes) == 3, sizes
+
+
+def test_stage_observations_name_their_stage_and_add_up_the_engine_timings(small_bundle):
+    # kills the "preprocess"/"inference" scale and sum mutants and the "analysis" stage name
+    p, rec = pipeline(config(small_bundle, queue_size=8))
+    seen: list[tuple[str, float]] = []
+    p.on_stage = lambda stage, seconds: seen.append((stage, seconds))
+    timings: list[dict] = []
+    real = p.holder.engine.predict_batch
+
+    def spy(images, **kw):
+        preds = real(images, **kw)
+        timings.append(dict(preds[0].timings_ms))
+        return preds
+
+    p.holder.engine.predict_batch = spy
+    img = np.random.default_rng(0).integers(0, 255, (80, 96), np.uint8)  # noise: NG on this bundle
+    p.in_q.put_nowait(p.admit(frame(0, img)))
+    p.acquisition_done.set()
+    p.run()
+    (t,) = timings
+    by = {stage: s for stage, s in seen}
+    assert by["preprocess"] == pytest.approx(t["preprocess"] / 1e3)
+    assert by["inference"] == pytest.approx((t["features"] + t["knn"] + t["postprocess"]) / 1e3)
+    assert rec.verdicts[0]["verdict"] == "NG" and "defects" in rec.verdicts[0]
+    assert "analysis" in by and 0 <= by["analysis"] < 10
+
+
+def test_a_failing_analysis_keeps_the_score_verdict_and_alarms_with_the_error(small_bundle, monkeypatch, caplog):
+    # kills the analysis_error text mutant and the log context mutants (camera, seq)
+    p, rec = pipeline(config(small_bundle, queue_size=8))
+
+    def broken(*a, **k):
+        raise KeyError("spec")
+
+    monkeypatch.setattr(p, "_analyse", broken)
+    img = np.random.default_rng(0).integers(0, 255, (80, 96), np.uint8)
+    p.in_q.put_nowait(p.admit(frame(0, img)))
+    p.acquisition_done.set()
+    with caplog.at_level(logging.ERROR, logger="linesight.daemon.pipeline"):
+        p.run()
+    assert len(rec.verdicts) == 1 and rec.verdicts[0]["reason"] != "inference_error"
+    alarms = [a for a in rec.alarms if a[0] == "analysis_error"]
+    assert [a[1] for a in alarms] == ["defect analysis failed: KeyError: 'spec'"]
+    (r,) = [r for r in caplog.records if r.getMessage() == "defect analysis failed"]
+    assert (r.camera, r.seq) == ("s", rec.verdicts[0]["seq"])
+
+
+def test_a_bundle_with_warnings_runs_and_says_so_in_one_alarm(small_bundle, tmp_path):
+    # kills the model_warning text mutant
+    folder = copy_bundle(small_bundle, tmp_path / "warned")
+    edit_manifest(folder, lambda raw: raw.__setitem__("warnings", ["FEATURES NOT PRETRAINED", "stale thresholds"]))
+    p, rec = pipeline(config(folder))
+    p.warn_model(p.holder.engine, job=7)
+    b = p.holder.engine.bundle
+    assert rec.alarms == [("model_warning", f"model {b.label}: FEATURES NOT PRETRAINED; stale thresholds",
+                           {"job": 7})]
+
+
+def test_load_refusals_say_exactly_what_and_how_to_fix(zips, small_bundle, tmp_path, monkeypatch, caplog):
+    # kills the min_defect_px, golden-separator and "unexpected error" text mutants (ModelHolder.load)
+    import linesight.daemon.model as model_mod
+
+    smallest = Engine(zips["a"]).smallest_defect_px()
+    h = ModelHolder(zips["a"], min_defect_px=smallest / 2)
+    with pytest.raises(ModelRefused) as exc:
+        h.load()
+    assert str(exc.value) == (f"bundle {zips['a']} refused: its finest scale sees defects from {smallest:.0f} px, "
+                              f"the station needs {smallest / 2:g} px (model.min_defect_px); fit with --defect-size")
+    folder = copy_bundle(small_bundle, tmp_path / "golden")
+
+    def shift(raw):
+        for g in raw["golden"][:2]:
+            g["score"] += 1.0
+
+    edit_manifest(folder, shift)
+    problems = Engine(folder).check_golden()
+    assert len(problems) == 2
+    with pytest.raises(ModelRefused) as exc:
+        ModelHolder(folder).load()
+    assert str(exc.value) == f"bundle {folder} refused: golden images do not reproduce: {'; '.join(problems)}"
+
+    monkeypatch.setattr(model_mod, "Engine", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
+    with caplog.at_level(logging.ERROR, logger="linesight.daemon.model"), pytest.raises(ModelRefused):
+        ModelHolder(zips["a"]).load()
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == [f"unexpected error loading bundle {zips['a']}"]
+
+
+class IdleSource:
+    """A camera with no trigger: read() waits its whole timeout and returns nothing."""
+
+    name = "idle-cam"
+
+    def read(self, timeout_s=None):
+        time.sleep(timeout_s or 0)
+        return None
+
+
+def test_stop_is_prompt_for_acquisition_and_reload_threads(small_bundle):
+    # kills the read-timeout (0.25 -> 1.25 s) and reload-poll (0.1 -> 1.1 s) mutants: systemd's stop must not wait
+    p, _ = pipeline(config(small_bundle, model={"watch": False}))
+    p.source = IdleSource()
+    threads = [threading.Thread(target=p.acquire_loop, daemon=True), _reload_thread(p)]
+    threads[0].start()
+    time.sleep(0.1)  # both are now inside a wait: read(0.25 s) and the reload queue's get(0.1 s)
+    t0 = time.monotonic()
+    p.stop_event.set()
+    for t in threads:
+        t.join(5)
+    assert time.monotonic() - t0 < 0.7 and not any(t.is_alive() for t in threads)
+
+
+def test_a_source_error_backs_off_half_a_second_before_the_next_read(small_bundle):
+    # kills the back-off mutant (0.5 -> 1.5 s): long enough not to spin on a dead camera, short enough to recover
+    p, _ = pipeline(config(small_bundle, max_frames=1))
+    calls: list[float] = []
+
+    class OnceBroken:
+        name = "once-broken"
+
+        def read(self, timeout_s=None):
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                raise RuntimeError("link down")
+            return frame(0)
+
+    p.source = OnceBroken()
+    p.acquire_loop()
+    assert len(calls) == 2 and 0.45 <= calls[1] - calls[0] < 1.0, calls
+
+
+def test_the_watcher_looks_once_per_interval(zips, tmp_path):
+    # kills `next_check = now + interval` -> `now - interval` (a stat of the bundle on every 0.1 s poll)
+    path = tmp_path / "m.zip"
+    shutil.copy(zips["a"], path)
+    p, _ = pipeline(config(path, model={"watch": True, "watch_interval_s": 0.5}))
+    looks: list[float] = []
+    real = p.holder.changed
+    p.holder.changed = lambda: looks.append(time.monotonic()) or real()
+    t = _reload_thread(p)
+    time.sleep(1.3)
+    p.stop_event.set()
+    t.join(5)
+    assert 1 <= len(looks) <= 3, looks
+
+
+def test_model_logs_carry_structured_identity_and_rollback_without_a_previous_model_says_so(zips, caplog):
+    # kills the log-context key mutants (model_id, model_version) and the rollback refusal text
+    h = ModelHolder(zips["a"])
+    with pytest.raises(ModelRefused) as exc:
+        h.rollback()
+    assert str(exc.value) == "no previous model to roll back to"
+    with caplog.at_level(logging.INFO, logger="linesight.daemon.model"):
+        h.load()
+    (r,) = [r for r in caplog.records if r.getMessage().startswith("model gates-test v1 active")]
+    assert (r.model_id, r.model_version) == ("gates-test", 1)
