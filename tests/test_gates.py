@@ -29,6 +29,7 @@ from linesight.daemon.notify import Notifier
 from linesight.daemon.pipeline import Pipeline
 from linesight.daemon.service import Service
 from linesight.daemon.sinks.archive import Archive
+from linesight.daemon.sinks.encoding import Outgoing
 from linesight.daemon.sinks.verdict_log import VerdictLog
 from linesight.daemon.sources.base import EndOfStream, Frame
 from linesight.daemon.sources.synthetic import SyntheticSource
@@ -398,6 +399,7 @@ def test_plain_reload_reaches_the_handler_with_rollback_false():
     ("feedback", {"seq": 0, "label": "OK"}, "greater than or equal to 1"),             # #4: seqs start at 1
     ("feedback", {"seq": -1, "label": "OK"}, "greater than or equal to 1"),            # #4
     ("feedback", {"seq": 1, "label": "OK", "part_id": "p" * 201}, "at most 200 characters"),  # #5, #6
+    ("feedback", {"seq": 1, "label": "OK", "note": "n" * 1001}, "at most 1000 characters"),
 ])
 def test_command_field_limits_are_refused_with_the_reason(name, payload, reason):
     d = Dispatcher({m: (lambda c: {"ok": True}) for m in MODELS.values()})
@@ -552,7 +554,8 @@ def test_archive_drain_gives_up_after_its_timeout_and_says_what_was_not_archived
             svc._drain_archive(timeout_s=0.2)
         assert time.monotonic() - t0 < 1.0
         assert archive_thread.is_alive()
-        assert "archive still writing after 0.2 s: 3 queued records not archived" in caplog.text
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("archive")] == [
+            "archive still writing after 0.2 s: 3 queued records not archived"]
     finally:
         gate.set()
         archive_thread.join(10)
@@ -577,8 +580,9 @@ def test_seq_store_under_a_regular_file_is_refused_naming_the_setting(tmp_path):
     # kills #11 (the "state directory unusable" refusal never ran)
     f = tmp_path / "file"
     f.write_text("")
-    with pytest.raises(StateError, match=r"pipeline\.state_dir"):
+    with pytest.raises(StateError) as exc:
         SeqStore(f / "x", "st")
+    assert str(exc.value) == f"state directory {f / 'x'}: Not a directory; set pipeline.state_dir to a writable folder"
 
 
 def test_seq_store_that_cannot_persist_logs_and_keeps_counting(tmp_path, monkeypatch, caplog):
@@ -842,3 +846,144 @@ def test_model_logs_carry_structured_identity_and_rollback_without_a_previous_mo
         h.load()
     (r,) = [r for r in caplog.records if r.getMessage().startswith("model gates-test v1 active")]
     assert (r.model_id, r.model_version) == ("gates-test", 1)
+
+
+def test_dispatcher_refusals_name_the_valid_and_the_enabled_commands():
+    # kills the separator and text mutants of the unknown / not-enabled refusals
+    d = Dispatcher({}, allowed=("pause", "resume"))
+    with pytest.raises(ValueError) as exc:
+        d("explode", {})
+    assert str(exc.value) == f"unknown command 'explode'; valid: {', '.join(MODELS)}"
+    with pytest.raises(ValueError) as exc:
+        d("reload", {})
+    assert str(exc.value) == "command 'reload' is not enabled on this station (enabled: pause, resume)"
+
+
+def test_a_dry_run_seq_store_closes_like_any_other(tmp_path):
+    # kills `self._fh = None` -> `""` after a check-config dry run (close() would then fail on a str)
+    store = SeqStore(tmp_path / "state", "st", dry_run=True)
+    store.close()
+    store.close()
+
+
+def test_archive_drain_with_a_full_queue_counts_every_queued_record(small_bundle, tmp_path, caplog):
+    # kills `ended = False` -> `None` (the end marker could not be queued: every queued item is a record)
+    svc = Service(config(small_bundle, outputs={"archive": {"dir": str(tmp_path / "archive"),
+                                                            "save_ok_fraction": 1.0}}), notifier=Notifier(None))
+    gate = threading.Event()
+    svc.archive = Archive(svc.cfg.outputs.archive)
+    real_save = svc.archive.save
+    svc.archive.save = lambda *a, **k: gate.wait(30) and real_save(*a, **k)
+    svc._start_thread(svc._archive_loop, "archive")
+    thread = svc._threads[0]
+    try:
+        for i in range(svc.arch_q.maxsize + 1):  # one held in save(), then the queue full
+            svc.arch_q.put(Outgoing(verdict={"seq": i + 1, "verdict": "NG"}, payload=b"{}"), timeout=5)
+        deadline = time.monotonic() + 5
+        while not svc.arch_q.full() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with caplog.at_level(logging.ERROR, logger="linesight.daemon.service"):
+            svc._drain_archive(timeout_s=0.2)
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("archive")] == [
+            f"archive still writing after 0.2 s: {svc.arch_q.maxsize} queued records not archived"]
+    finally:
+        gate.set()
+        svc.arch_q.put(None)
+        thread.join(10)
+        svc.seqs.close()
+
+
+def _refusal(kind: str, folder: Path) -> str:
+    """Break `folder` (a copy of a good bundle) one way; return the exact one-line refusal the user must see."""
+    import hashlib
+
+    m = json.loads((folder / "manifest.json").read_text())
+    if kind == "fifo":
+        os.mkfifo(folder / "pipe")
+        return f"bundle {folder}: pipe is not a regular file"
+    if kind == "not_json":
+        (folder / "manifest.json").write_text("{not json")
+        try:
+            json.loads("{not json")
+        except json.JSONDecodeError as exc:
+            return f"bundle {folder}: manifest.json is not valid JSON ({exc})"
+    if kind == "schema":
+        edit_manifest(folder, lambda raw: raw.__setitem__("schema", "linesight.bundle/0"))
+        return (f"bundle {folder} has schema 'linesight.bundle/0'; this linesight reads "
+                f"'{m['schema']}'. Re-export the model with a matching linesight version.")
+    if kind == "invalid":
+        edit_manifest(folder, lambda raw: raw.__setitem__("memory", 5))
+        return (f"bundle {folder}: invalid manifest: memory: Input should be a valid dictionary or instance of "
+                "MemoryInfo")
+    listed = next(n for n in m["files"] if n.startswith("golden/"))
+    if kind == "missing":
+        (folder / listed).unlink()
+        return f"bundle {folder} is missing {listed} (listed in the manifest)"
+    if kind == "changed":
+        (folder / listed).write_bytes((folder / listed).read_bytes() + b"x")
+        return (f"bundle {folder}: {listed} does not match its sha256 in the manifest (file changed, corrupted or "
+                "truncated)")
+    if kind == "bank":
+        junk = b"\x93NUMPY not really"
+        (folder / "memory_bank.npy").write_bytes(junk)
+        edit_manifest(folder, lambda raw: raw["files"].__setitem__("memory_bank.npy", hashlib.sha256(junk).hexdigest()))
+        try:
+            np.load(__import__("io").BytesIO(junk), allow_pickle=False)
+        except ValueError as exc:
+            return f"bundle {folder}: memory_bank.npy is not a plain numpy array ({exc})"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "not_json", "schema", "invalid", "missing", "changed", "bank"])
+def test_every_bundle_refusal_is_exactly_one_line_naming_what_and_where(small_bundle, tmp_path, kind):
+    # kills the text mutants of _read_files/_load: the message is the user's contract, checked whole
+    folder = copy_bundle(small_bundle, tmp_path / "model")
+    expected = _refusal(kind, folder)
+    with pytest.raises(BundleError) as exc:
+        load_bundle(folder)
+    assert str(exc.value) == expected and "\n" not in expected
+
+
+def test_a_stat_error_names_the_os_reason_and_a_golden_mismatch_both_scores(small_bundle, tmp_path):
+    # kills the "cannot be read" and golden-mismatch text mutants
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(BundleError) as exc:
+        load_bundle(loop)
+    assert str(exc.value) == f"bundle {loop} cannot be read: Too many levels of symbolic links"
+    b = load_bundle(small_bundle)
+    g = b.manifest.golden[0]
+    g.score = g.score + 1.0
+    (problem,) = [p for p in Engine(b).check_golden() if g.file in p]
+    real = g.score - 1.0
+    assert problem.startswith(f"golden image {g.file}: score ")
+    assert problem.endswith(f", manifest recorded {g.score:.6g}")
+    assert abs(float(problem.split("score ")[1].split(",")[0]) - real) <= 1e-3 * max(abs(real), 1.0)
+
+
+def test_shutdown_waits_for_the_publish_thread_and_reports_the_stop(small_bundle, tmp_path, caplog):
+    # kills `t.name == "publish"` -> `!=` (verdicts queued at stop would be lost), the "closing source failed"
+    # log (a source whose close raises must not end the shutdown) and the stopped log's verdict count
+    from linesight.daemon.sinks.verdict_log import VerdictLog
+
+    svc = Service(config(small_bundle, outputs={"verdict_log": {"enabled": True, "path": str(tmp_path / "v.jsonl")}}),
+                  notifier=Notifier(None))
+    svc.holder.load()
+    svc.verdict_log = VerdictLog(svc.cfg.outputs.verdict_log)
+    real_write = svc.verdict_log.write
+    svc.verdict_log.write = lambda *a, **k: time.sleep(0.05) or real_write(*a, **k)  # a slow disk
+    svc._start_thread(svc._publish_loop, "publish")
+
+    def close_fails():
+        raise OSError("camera gone")
+
+    svc.source.close = close_fails
+    for i in range(12):
+        svc.pipeline.process([svc.pipeline.admit(frame(i))])
+    with caplog.at_level(logging.INFO, logger="linesight.daemon.service"):
+        svc.shutdown()
+    lines = (tmp_path / "v.jsonl").read_text().splitlines()
+    assert len(lines) == 12  # every verdict queued at the stop reached the log before it was closed
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["closing source failed"]
+    (stopped,) = [r for r in caplog.records if r.getMessage() == "linesight daemon stopped"]
+    assert stopped.verdicts == 12
