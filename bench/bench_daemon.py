@@ -92,6 +92,11 @@ def fit_bundle(tmp: Path, width: int, height: int) -> Path:
     return out
 
 
+def drawn_kind(source_seq: int) -> str:
+    """What SyntheticFrames drew on defect frame `source_seq` (scratch and blob alternate)."""
+    return "scratch" if ((source_seq + 1) // DEFECT_EVERY) % 2 == 1 else "blob"
+
+
 def learned_types(bundle: str) -> list[str]:
     """The bundle's learned defect types ([] = shape rules only)."""
     from linesight.export.bundle import load_bundle
@@ -216,6 +221,10 @@ def run_phase(bundle: str, port: int, tmp: Path, rate: float | None, seconds: fl
             "decided_ng_fraction": sum(v["verdict"] == "NG" for v in decided) / len(decided) if decided else None,
             # learned_type None: the classifier did not run on that region
             "regions_learned_type": dict(Counter(str(d.get("learned_type")) for d in defects)),
+            # the drawn kind (the synthetic source alternates scratch, blob) -> the worst region's final type
+            "worst_region_type": dict(Counter(
+                f"{drawn_kind(v['camera']['source_seq'])}->{v['defects'][0].get('type')}" for v in decided
+                if v["verdict"] == "NG" and v.get("defects") and (v["camera"]["source_seq"] + 1) % DEFECT_EVERY == 0)),
             "content": dict(Counter(f"{'defect' if (v['camera']['source_seq'] + 1) % DEFECT_EVERY == 0 else 'clean'}"
                                     f"->{v['reason'] if v['fail_safe'] else v['verdict']}" for v in window)),
             "archived_records": len(list(archive.rglob("*.json"))),  # the whole run, warm-up included
@@ -263,7 +272,8 @@ def main() -> None:
         r2 = run_phase(bundle, port, tmp, rate, a.soak_s, width, height, a.queue, a.deadline_ms)
         print(f"[paced {rate:g} Hz, {r2['seconds']:.0f} s] {r2['decided_per_s']:.1f} decided frames/s, fail-safe "
               f"{r2['fail_safe']}, NG {fmt(r2['decided_ng_fraction'], '.1%')} of decided, frames {r2['content']}, "
-              f"learned types of the regions {r2['regions_learned_type']}, whole run: verdicts on MQTT "
+              f"learned types of the regions {r2['regions_learned_type']}, drawn -> worst region's type "
+              f"{r2['worst_region_type']}, whole run: verdicts on MQTT "
               f"{r2['run_verdicts_on_mqtt']} of {r2['run_frames']} frames, {r2['run_images_to_hmi']} images to the "
               f"HMI, {r2['archived_records']} NG archived; trigger->verdict p50 "
               f"{r2['trigger_to_verdict_p50_ms']:.1f} ms p99 {r2['trigger_to_verdict_p99_ms']:.1f} ms, OK inference "
