@@ -987,3 +987,46 @@ def test_shutdown_waits_for_the_publish_thread_and_reports_the_stop(small_bundle
     assert [r.getMessage() for r in caplog.records if r.exc_info] == ["closing source failed"]
     (stopped,) = [r for r in caplog.records if r.getMessage() == "linesight daemon stopped"]
     assert stopped.verdicts == 12
+
+
+# ------------------------------------------------------------------------------------------------ 16. seed-1 sample
+# Survivors of an out-of-sample run (seed 1) on the commit with section 15 (docs/mutation-testing.md).
+def test_door_refusals_and_fail_safe_details_are_exact(small_bundle, caplog):
+    # kills the max_frame_pixels and no_model detail texts, and the "source ended" / "inference failed" logs
+    p, rec = pipeline(config(small_bundle, queue_size=8, source={"type": "synthetic", "name": "s", "width": 96,
+                                                                  "height": 80, "rate_hz": None,
+                                                                  "max_frame_pixels": 4000}))
+    p.process([p.admit(frame(0))])  # 96 x 80 = 7680 px > 4000
+    assert rec.verdicts[-1]["detail"] == "frame of 96x80 px is larger than source.max_frame_pixels (4000)"
+    p.holder.engine = None
+    p.process([p.admit(frame(1, np.full((40, 40), 9, np.uint8)))])
+    assert (rec.verdicts[-1]["reason"], rec.verdicts[-1]["detail"]) == ("no_model", "no valid model loaded")
+    q, rec2 = pipeline(config(small_bundle, queue_size=8))
+
+    def broken(images, **kw):
+        raise RuntimeError("onnxruntime: bad input")
+
+    q.holder.engine.predict_batch = broken
+    q.source = ListSource([])
+    with caplog.at_level(logging.INFO, logger="linesight.daemon.pipeline"):
+        q.process([q.admit(frame(0))])
+        q.acquire_loop()
+    assert rec2.verdicts[0]["reason"] == "inference_error"
+    assert "inference failed" in [r.getMessage() for r in caplog.records if r.exc_info]
+    assert "source burst-cam ended" in [r.getMessage() for r in caplog.records]
+
+
+def test_the_watcher_waits_one_interval_before_its_first_look(zips, tmp_path):
+    # kills `next_check = now + interval` -> `now - interval` at start (a stat before the first interval)
+    path = tmp_path / "m.zip"
+    shutil.copy(zips["a"], path)
+    p, _ = pipeline(config(path, model={"watch": True, "watch_interval_s": 0.6}))
+    looks: list[float] = []
+    real = p.holder.changed
+    p.holder.changed = lambda: looks.append(time.monotonic()) or real()
+    t0 = time.monotonic()
+    t = _reload_thread(p)
+    time.sleep(0.4)
+    p.stop_event.set()
+    t.join(5)
+    assert looks == [], [x - t0 for x in looks]
