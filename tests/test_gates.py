@@ -821,18 +821,25 @@ def test_a_source_error_backs_off_half_a_second_before_the_next_read(small_bundl
     assert len(calls) == 2 and 0.45 <= calls[1] - calls[0] < 1.0, calls
 
 
-def test_the_watcher_looks_once_per_interval(zips, tmp_path):
-    # kills `next_check = now + interval` -> `now - interval` (a stat of the bundle on every 0.1 s poll)
+def watcher_looks(zip_path: Path, tmp_path: Path, interval_s: float, run_s: float) -> list[float]:
+    """When (seconds after the reload thread started) the watcher stat-ed the bundle during `run_s`."""
     path = tmp_path / "m.zip"
-    shutil.copy(zips["a"], path)
-    p, _ = pipeline(config(path, model={"watch": True, "watch_interval_s": 0.5}))
+    shutil.copy(zip_path, path)
+    p, _ = pipeline(config(path, model={"watch": True, "watch_interval_s": interval_s}))
     looks: list[float] = []
     real = p.holder.changed
     p.holder.changed = lambda: looks.append(time.monotonic()) or real()
+    t0 = time.monotonic()
     t = _reload_thread(p)
-    time.sleep(1.3)
+    time.sleep(run_s)
     p.stop_event.set()
     t.join(5)
+    return [x - t0 for x in looks]
+
+
+def test_the_watcher_looks_once_per_interval(zips, tmp_path):
+    # kills `next_check = now + interval` -> `now - interval` (a stat of the bundle on every 0.1 s poll)
+    looks = watcher_looks(zips["a"], tmp_path, 0.5, 1.3)
     assert 1 <= len(looks) <= 3, looks
 
 
@@ -1018,15 +1025,4 @@ def test_door_refusals_and_fail_safe_details_are_exact(small_bundle, caplog):
 
 def test_the_watcher_waits_one_interval_before_its_first_look(zips, tmp_path):
     # kills `next_check = now + interval` -> `now - interval` at start (a stat before the first interval)
-    path = tmp_path / "m.zip"
-    shutil.copy(zips["a"], path)
-    p, _ = pipeline(config(path, model={"watch": True, "watch_interval_s": 0.6}))
-    looks: list[float] = []
-    real = p.holder.changed
-    p.holder.changed = lambda: looks.append(time.monotonic()) or real()
-    t0 = time.monotonic()
-    t = _reload_thread(p)
-    time.sleep(0.4)
-    p.stop_event.set()
-    t.join(5)
-    assert looks == [], [x - t0 for x in looks]
+    assert watcher_looks(zips["a"], tmp_path, 0.6, 0.4) == []
