@@ -1026,3 +1026,30 @@ def test_door_refusals_and_fail_safe_details_are_exact(small_bundle, caplog):
 def test_the_watcher_waits_one_interval_before_its_first_look(zips, tmp_path):
     # kills `next_check = now + interval` -> `now - interval` at start (a stat before the first interval)
     assert watcher_looks(zips["a"], tmp_path, 0.6, 0.4) == []
+
+
+def test_an_explicit_reload_of_the_active_bundle_still_reports_its_outcome(zips):
+    # kills `only_if_new: bool = False` -> `True` (a PLC's reload job of an unchanged bundle would get no answer)
+    p, rec = pipeline(config(zips["a"], model={"watch": False}))
+    t = _reload_thread(p)
+    try:
+        job = p.request_reload(str(zips["a"]))
+        deadline = time.monotonic() + 10
+        while not any(a[2].get("job") == job for a in rec.alarms) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [a[0] for a in rec.alarms if a[2].get("job") == job][:1] == ["model_changed"]
+    finally:
+        p.stop_event.set()
+        t.join(5)
+
+
+def test_a_second_daemon_for_the_station_is_refused_with_the_reason(tmp_path):
+    # kills the "another linesight daemon" text mutant
+    first = SeqStore(tmp_path / "state", "st")
+    try:
+        with pytest.raises(StateError) as exc:
+            SeqStore(tmp_path / "state", "st")
+        assert str(exc.value) == (f"{first.path}: another linesight daemon is running for station st; one station, "
+                                  "one daemon (two would hand out the same part ids)")
+    finally:
+        first.close()
