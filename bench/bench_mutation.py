@@ -245,7 +245,7 @@ def who_tests_what(data, broken):
         file_union = set()
         lines = {}
         for first, last, qual in items:
-            node = find(tree, qual)
+            node = node_at(tree, first, last)
             item_union = set().union(*(ctx.get(ln, set()) for ln in range(first, last + 1)))
             file_union |= item_union
             fns = [n for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
@@ -277,19 +277,13 @@ def who_tests_what(data, broken):
     return result
 
 
-def find(tree, qual):
-    node = tree
-    for part in qual.split("."):
-        for child in getattr(node, "body", []):
-            names = [getattr(child, "name", None)] + [getattr(t, "id", None) for t in getattr(child, "targets", [])]
-            if isinstance(child, ast.AnnAssign):
-                names.append(getattr(child.target, "id", None))
-            if part in names:
-                node = child
-                break
-        else:
-            raise SystemExit(f"scope: {qual} not found")
-    return node
+def node_at(tree, first, last):
+    """The scope item's AST node, found by the span the host computed from this same source (scope_ranges)."""
+    for n in ast.walk(tree):
+        if getattr(n, "end_lineno", None) == last and min(
+                [getattr(n, "lineno", -1)] + [d.lineno for d in getattr(n, "decorator_list", [])]) == first:
+            return n
+    raise SystemExit(f"scope: no statement spans lines {first}-{last}")
 
 
 def baseline():
