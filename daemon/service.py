@@ -124,21 +124,20 @@ class Service:
 
     def _archive_loop(self) -> None:
         """Writes queued records; between them, age retention runs every `archive_prune_s` so max_age_days
-        holds on a stopped line too (save() alone only prunes when frames arrive)."""
-        next_prune = time.monotonic() + self.archive_prune_s
+        holds on a stopped line too (save() alone only prunes when frames arrive); the first run is at start, so
+        records a long stop aged out are gone before the first frame."""
+        next_prune = time.monotonic()
         while True:
-            try:
-                item = self.arch_q.get(timeout=min(1.0, self.archive_prune_s))
-            except queue.Empty:
-                item = False
-            if item is None:
-                return
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + self.archive_prune_s
                 self.archive.prune()
                 self.metrics.set_archive_bytes(self.archive.size_bytes)
-            if item is False:
+            try:
+                item = self.arch_q.get(timeout=min(1.0, self.archive_prune_s))
+            except queue.Empty:
                 continue
+            if item is None:
+                return
             errors = self.archive.counters["errors"]
             self.archive.save(item.verdict, item.pictures, item.payload)
             self.pub_q.release(item)
