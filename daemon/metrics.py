@@ -212,6 +212,21 @@ class _AlarmCollector(Collector):
         yield fam
 
 
+class _FramesCollector(Collector):
+    """linesight_frames_total, read at scrape from the pipeline's own count: one count of frames, not two."""
+
+    HELP = "Frames received from the camera."
+
+    def __init__(self) -> None:
+        self.read: Callable[[], int] = lambda: 0
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily("linesight_frames", self.HELP)
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily("linesight_frames", self.HELP, value=float(self.read()))
+
+
 class Metrics:
     """All daemon metrics on a private registry, plus the HTTP endpoint (`serve`/`stop`)."""
 
@@ -221,7 +236,8 @@ class Metrics:
         self.deadline_s = deadline_s
         self.queues = tuple(queues)
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.frames = Counter("linesight_frames", "Frames received from the camera.", registry=r)
+        self._frames = _FramesCollector()
+        r.register(self._frames)
         self.frames_dropped = Counter("linesight_frames_dropped", "Frames dropped before a verdict, by reason.",
                                       ("reason",), registry=r)
         self.verdicts = Counter("linesight_verdicts", "Verdicts published, by verdict (fail-safe ones count as NG).",
@@ -317,9 +333,6 @@ class Metrics:
         with self._alarm_lock:
             self._alarm_counts[label] += 1
 
-    def frame_received(self) -> None:
-        self.frames.inc()
-
     def frame_dropped(self, reason: str) -> None:
         label = self._bounded("linesight_frames_dropped_total", reason, FRAME_DROP_REASONS)
         self.frames_dropped.labels(label).inc()
@@ -355,6 +368,10 @@ class Metrics:
 
     def set_camera_up(self, up: bool) -> None:
         self.camera_up.set(1 if up else 0)
+
+    def watch_frames(self, count: Callable[[], int]) -> None:
+        """linesight_frames_total is `count()` at scrape (the pipeline's frames_in)."""
+        self._frames.read = count
 
     def watch_mqtt_connected(self, connected: Callable[[], bool]) -> None:
         """Read at scrape time: a gauge set from the stats tick lagged the broker's return by up to 10 s.

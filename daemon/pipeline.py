@@ -41,7 +41,6 @@ class Pipeline:
         self.cfg, self.source, self.holder = cfg, source, holder
         self._publish, self._alarm, self._on_tick = publish, alarm, on_tick or (lambda: None)
         self.on_verdict = observe or (lambda v: None)  # extra listener (demo, tests)
-        self.on_frame: Callable[[], None] = lambda: None
         self.on_drop: Callable[[str], None] = lambda reason: None
         self.on_stage: Callable[[str, float], None] = lambda stage, seconds: None
         self.on_types: Callable[[list[str]], None] = lambda names: None  # a bundle's learned defect types
@@ -184,7 +183,6 @@ class Pipeline:
                 if frame is None:
                     continue
                 self.frames_in += 1
-                self.on_frame()
                 item = self.admit(frame)
                 try:
                     self.in_q.put_nowait(item)

@@ -69,7 +69,7 @@ class Service:
         self._keep_map = (images_out and out.zmq.send_heatmap) or out.archive.enabled
         self.pipeline = Pipeline(cfg, self.source, self.holder, self._enqueue, self.alarm, station=self.station,
                                  on_tick=self._tick, seqs=self.seqs)
-        self.pipeline.on_frame = self.metrics.frame_received
+        self.metrics.watch_frames(lambda: self.pipeline.frames_in)
         self.pipeline.on_drop = self.metrics.frame_dropped
         self.pipeline.on_stage = self.metrics.observe_stage
         self.pipeline.on_types = self.metrics.add_defect_types  # learned types, when a bundle brings them

@@ -215,7 +215,6 @@ def test_incomplete_buffer_becomes_a_bad_frame() -> None:
         frames += read_n(src, 3)
         bad = [f for f in frames if f.error]
         assert len(bad) == 1 and "incomplete buffer" in bad[0].error and bad[0].image is None
-        assert src.status.bad_frames == 1
         i = next(i for i, f in enumerate(frames) if f.error)
         assert bad[0].frame_id == frames[i - 1].frame_id + 1  # the discarded buffer used the next frame id
         seqs = [f.seq for f in frames]

@@ -71,8 +71,9 @@ def test_metrics_values_change_after_updates(served) -> None:
         assert s[("linesight_failsafe_total", (("reason", r),))] == 0
     assert s[("linesight_up", ())] == 0
 
-    for _ in range(3):
-        m.frame_received()
+    frames_in = [0]
+    m.watch_frames(lambda: frames_in[0])  # the pipeline's count, read at scrape
+    frames_in[0] = 3
     m.frame_dropped("queue_full")
     m.record_verdict({"verdict": "OK", "reason": "score_below_threshold",
                       "latency_ms": {"inference": 12.0, "total": 30.0}})
@@ -155,7 +156,7 @@ def test_healthz_status_codes(served) -> None:
 def test_sink_counters_exposed_and_registries_isolated(served, free_tcp_port) -> None:
     m, url, _ = served
     other = Metrics(deadline_s=1.0)  # a second instance must not collide with the first
-    other.frame_received()
+    other.watch_frames(lambda: 1)
     sink = ZmqSink(ZmqConfig(verdict_endpoint=f"tcp://127.0.0.1:{free_tcp_port()}", image_endpoint=None))
     try:
         m.watch_sink("zmq", lambda: sink.counters)

@@ -61,8 +61,6 @@ class SourceStatus:
     up: bool  # connected/open and delivering
     reconnects: int  # successful reconnections since open()
     last_error: str | None  # most recent connection/acquisition problem (kept after recovery)
-    frames: int  # frames produced (good + bad)
-    bad_frames: int  # frames produced with `error` set
     dropped: int = 0  # frames the source knows were lost before reaching it (camera frame-id gaps)
 
 
@@ -78,8 +76,6 @@ class Source(ABC):
         self.name = name
         self._lock = threading.Lock()
         self._seq = 0
-        self._n_frames = 0
-        self._n_bad = 0
         self._dropped = 0
         self._reconnects = 0
         self._up = False
@@ -125,8 +121,6 @@ class Source(ABC):
                 up=self._up,
                 reconnects=self._reconnects,
                 last_error=self._last_error,
-                frames=self._n_frames,
-                bad_frames=self._n_bad,
                 dropped=self._dropped,
             )
 
@@ -155,15 +149,11 @@ class Source(ABC):
 
     def _make_frame(self, image: np.ndarray | None, *, seq: int | None = None,
                     host_ts_ns: int | None = None, error: str | None = None, **meta: Any) -> Frame:
-        """Build a Frame and count it. `seq`/`host_ts_ns` are given when reserved at trigger time."""
+        """Build a Frame (the pipeline counts it). `seq`/`host_ts_ns` are given when reserved at trigger time."""
         if seq is None:
             seq = self._next_seq()
         if image is None and error is None:
             error = "no image data"
-        with self._lock:
-            self._n_frames += 1
-            if error is not None:
-                self._n_bad += 1
         return Frame(
             image=image if error is None else None,
             seq=seq,
