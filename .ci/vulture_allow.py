@@ -10,6 +10,8 @@ _.width_px, _.orientation_deg, _.width_mm, _.learned_confidence, _.image_index, 
 _.neighbourhood, _.n_queries, _.requested, _.calibration_images, _.parity_rel_rms, _.score_rel_error_median
 _.score_correlation, _.features_ms_float, _.features_ms_int8, _.input, _.n_bank_images, _.schema_, _.product
 _.conditions, _.source_seq, _.hash, _.inference, _.camera, _.latency_ms, _.bad_frames, _.dropped, _.interpolation
+# A project's metadata.json: when it last changed, for people and tools reading the folder (workspace.record).
+_.modified
 # Every fail-safe reason is a member of the FailSafe enum; metrics and the schema enumerate them.
 _.DEADLINE_MISSED, _.FRAME_DROPPED, _.INFERENCE_ERROR, _.NO_MODEL, _.CAMERA_ERROR, _.BAD_FRAME, _.ALIGNMENT_FAILED
 # Attributes set on library objects (paho properties, onnxruntime options, faiss, numpy flags, harvesters).

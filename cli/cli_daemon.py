@@ -26,19 +26,26 @@ def _check(a: argparse.Namespace) -> int:
     from linesight.daemon.preflight import load_station, preflight
 
     cfg, doc = load_station(a.config)
-    problems = [str(p) for p in preflight(cfg, doc)]
+    found = preflight(cfg, doc)
+    problems = [str(p) for p in found]
     for line in problems:
         print(line, file=sys.stderr)
     warnings = []
-    if a.bundle and cfg.model.bundle.exists():
+    bundle = cfg.model.bundle
+    if cfg.model.project is not None and not any(p.field == "model.project" for p in found):
+        from linesight.project.workspace import Project
+
+        bundle = Project.open(cfg.model.project).active_bundle()
+    if a.bundle and bundle is not None and bundle.exists():
         from linesight.export.bundle import load_bundle
 
-        warnings = load_bundle(cfg.model.bundle).manifest.warnings
+        warnings = load_bundle(bundle).manifest.warnings
         for w in warnings:  # the daemon runs such a bundle, with a model_warning alarm: say so here first
-            log.warning("bundle %s: %s", cfg.model.bundle, w.upper())
+            log.warning("bundle %s: %s", bundle, w.upper())
     print(json.dumps({"config": a.config, "valid": not problems, "problems": problems, "warnings": warnings,
-                      "station": cfg.outputs.mqtt.station_id,
-                      "source": cfg.source.type, "bundle": str(cfg.model.bundle)}, indent=2))
+                      "station": cfg.outputs.mqtt.station_id, "source": cfg.source.type,
+                      "bundle": None if bundle is None else str(bundle),
+                      "project": None if cfg.model.project is None else str(cfg.model.project)}, indent=2))
     return 0 if not problems else 2
 
 

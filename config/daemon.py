@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from linesight.config.base import Strict
 from linesight.config.inspection import MAX_REGIONS
@@ -14,7 +14,10 @@ from linesight.config.sources import SourceConfig
 
 class ModelConfig(Strict):
 
-    bundle: Path = Field(description="Bundle folder or .zip written by `linesight fit`")
+    bundle: Path | None = Field(None, description="Bundle folder or .zip written by `linesight fit` (or `project`)")
+    project: Path | None = Field(None, description="Inspection project folder (`linesight project`): the station "
+                                 "runs its active version, reloads when another is activated, and archives into "
+                                 "its detect_results/ unless outputs.archive.dir is set")
     watch: bool = Field(True, description="Reload automatically when the bundle file/folder changes")
     watch_interval_s: float = Field(2.0, gt=0, description="How often the bundle's modification time is checked")
     golden_tolerance: float = Field(1e-3, gt=0, description="Relative score difference allowed on the golden images "
@@ -25,6 +28,17 @@ class ModelConfig(Strict):
     min_defect_px: float | None = Field(None, gt=0, description="Smallest defect (frame pixels) this station must "
                                         "catch: a bundle whose finest scale cannot see it is refused (fit it with "
                                         "--defect-size)")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> ModelConfig:
+        if (self.bundle is None) == (self.project is None):
+            raise ValueError("give either bundle (a bundle path) or project (a project folder), not "
+                             + ("both" if self.bundle is not None else "neither"))
+        return self
+
+    def models_folder(self) -> Path:
+        """Where cmd/reload may load bundles from when reload_dirs is not set."""
+        return self.bundle.parent if self.bundle is not None else self.project / "models"
 
 
 class PartIdConfig(Strict):
@@ -73,7 +87,7 @@ class AnalysisConfig(Strict):
 
 class DaemonConfig(Strict):
 
-    model: ModelConfig = Field(description="The bundle to run")
+    model: ModelConfig = Field(description="The model to run: a bundle, or a project's active version")
     source: SourceConfig = Field(description="Where frames come from")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Deadlines, queues, fail-safe")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="Defect analysis of NG frames")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from linesight.errors import LinesightError
 from linesight.export.engine import Engine
+from linesight.project.workspace import Project
 
 log = logging.getLogger(__name__)
 
@@ -15,12 +16,13 @@ class ModelRefused(LinesightError):
     """A bundle failed to load or to reproduce its golden scores; the previous model keeps running."""
 
 
-def _stamp(path: Path) -> tuple[float, int] | None:
-    """Change detector for a .zip or a bundle folder (a folder is replaced atomically by write_bundle)."""
+def _stamp(path: Path) -> tuple[str, float, int] | None:
+    """Change detector for a .zip or a bundle folder (a folder is replaced atomically by write_bundle); the path
+    is part of it, so a project activating another version is a change."""
     try:
         target = path / "manifest.json" if path.is_dir() else path
         st = target.stat()
-        return st.st_mtime, st.st_size
+        return str(path), st.st_mtime, st.st_size
     except OSError:
         return None
 
@@ -28,9 +30,10 @@ def _stamp(path: Path) -> tuple[float, int] | None:
 class ModelHolder:
     """`engine` is read by the processing loop once per frame; a swap is a single reference assignment."""
 
-    def __init__(self, path: Path, *, threads: int | None = None, golden_tolerance: float = 1e-3,
-                 min_defect_px: float | None = None):
-        self.path = Path(path)
+    def __init__(self, path: Path | None, *, project: Path | None = None, threads: int | None = None,
+                 golden_tolerance: float = 1e-3, min_defect_px: float | None = None):
+        self.project = project
+        self.path = Path(path) if path is not None else Path(project or ".")  # a project's: set by the first load
         self.min_defect_px = min_defect_px
         self.threads = threads
         self.golden_tolerance = golden_tolerance
@@ -42,7 +45,7 @@ class ModelHolder:
     def load(self, path: Path | None = None, *, only_if_new: bool = False) -> Engine | None:
         """Load and verify a bundle, then make it current. Raises ModelRefused; the old model stays.
         only_if_new (the file watcher): the same content rewritten or touched is no model change -> None."""
-        path = Path(path or self.path)
+        path = Path(path) if path else self.target()
         with self._lock:
             stamp = _stamp(path)
             try:
@@ -77,9 +80,22 @@ class ModelHolder:
             log.warning("rolled back to model %s", self.engine.bundle.label)
             return self.engine
 
+    def target(self) -> Path:
+        """The bundle to load: the configured one, or the project's active version as metadata.json says now."""
+        if self.project is None:
+            return self.path
+        try:
+            return Project.open(self.project).active_bundle()
+        except LinesightError as exc:
+            raise ModelRefused(str(exc)) from exc
+
     def changed(self) -> bool:
         """True when the bundle on disk differs from what was last loaded (or last refused)."""
-        stamp = _stamp(self.path)
+        try:
+            stamp = _stamp(self.target())
+        except ModelRefused as exc:  # a project mid-edit or without an active version: keep what runs
+            log.debug("model source unreadable: %s", exc)
+            return False
         if stamp is None or stamp == self._stamp:
             return False
         self._stamp = stamp  # refuse a bad bundle once, not on every poll

@@ -28,6 +28,7 @@ from linesight.config.sources import (
     VideoSourceConfig,
 )
 from linesight.errors import ConfigError, LinesightError
+from linesight.project.workspace import DETECT_RESULTS, Project
 
 __all__ = ["Problem", "check_before_start", "load_station", "preflight"]
 
@@ -54,8 +55,13 @@ def load_station(path: str | Path) -> tuple[DaemonConfig, YamlDocument]:
     YAML document so problems found later can name the line of their setting."""
     cfg, doc = load_model_and_document(path, DaemonConfig)
     base = Path(path).resolve().parent
-    if not cfg.model.bundle.is_absolute():
-        cfg.model.bundle = base / cfg.model.bundle
+    m = cfg.model
+    if m.bundle is not None and not m.bundle.is_absolute():
+        m.bundle = base / m.bundle
+    if m.project is not None:
+        m.project = m.project if m.project.is_absolute() else base / m.project
+        if "dir" not in cfg.outputs.archive.model_fields_set:  # detect results land in the project
+            cfg.outputs.archive.dir = m.project / DETECT_RESULTS
     for key in ("spec", "knowledge"):
         value = getattr(cfg.analysis, key)
         if value is not None and not value.is_absolute():
@@ -155,7 +161,13 @@ def check_before_start(cfg: DaemonConfig, doc: YamlDocument | None = None) -> No
 
 
 def _model(found: _Found, m: ModelConfig) -> None:
-    if not m.bundle.exists():
+    if m.project is not None:
+        try:
+            Project.open(m.project).active_bundle()
+        except LinesightError as exc:
+            found.add("model.project", f"{exc}; `run` starts anyway: every frame gets the fail-safe verdict "
+                      "(no_model) until a version is activated", blocks_start=False)
+    elif not m.bundle.exists():
         found.add("model.bundle", f"{m.bundle} does not exist; `run` starts anyway: every frame gets the "
                   "fail-safe verdict (no_model) until a bundle appears there or arrives by cmd/reload",
                   blocks_start=False)

@@ -50,7 +50,7 @@ class Service:
         out = cfg.outputs
         self.station = out.mqtt.station_id
         self.metrics = Metrics(deadline_s=cfg.pipeline.deadline_ms / 1000.0)
-        self.holder = ModelHolder(cfg.model.bundle, threads=cfg.model.threads,
+        self.holder = ModelHolder(cfg.model.bundle, project=cfg.model.project, threads=cfg.model.threads,
                                   golden_tolerance=cfg.model.golden_tolerance,
                                   min_defect_px=cfg.model.min_defect_px)
         self.source = build_source(cfg.source)
@@ -176,9 +176,12 @@ class Service:
 
     def _cmd_reload(self, cmd: Reload) -> dict:
         """Queued in order, never collapsed: the reply names the job, its outcome comes as an alarm with it."""
+        if cmd.bundle is not None and self.cfg.model.project is not None:
+            raise ValueError(f"this station runs project {self.cfg.model.project}: activate a version with "
+                             "`linesight project activate` (it reloads by itself) instead of naming a bundle")
         if cmd.bundle is not None:
             where = Path(cmd.bundle).resolve()
-            allowed = [d.resolve() for d in (self.cfg.model.reload_dirs or [self.cfg.model.bundle.parent])]
+            allowed = [d.resolve() for d in (self.cfg.model.reload_dirs or [self.cfg.model.models_folder()])]
             if not any(where.is_relative_to(d) for d in allowed):
                 raise ValueError(f"bundle {cmd.bundle} is outside the folders this station loads models from "
                                  f"({', '.join(map(str, allowed))}; model.reload_dirs)")

@@ -4,7 +4,8 @@ import sys
 
 MODULES = ["linesight.export.engine", "linesight.export.bundle", "linesight.export.preprocess", "linesight.daemon",
            "linesight.config.manifest", "linesight.config.fit", "linesight.export.analysis",
-           "linesight.config.inspection"]
+           "linesight.config.inspection", "linesight.config.project", "linesight.project.workspace",
+           "linesight.project.data", "linesight.project.transfer"]
 
 
 def test_runtime_packages_do_not_import_torch():

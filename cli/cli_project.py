@@ -1,0 +1,230 @@
+"""`linesight project <verb>`: an inspection project — its images, train config and versioned models."""
+from __future__ import annotations
+
+import argparse
+import json
+
+DESCRIPTION = """\
+An inspection project keeps everything about one inspection in one folder: the images (content-addressed,
+labeled, with masks), the train config, every model version with its bundle, report, config and data
+fingerprint, which version is active, and the history of what was done. Stations run a project's active
+version with `model: {project: DIR}` in their config. Layout and files: docs/project.md.
+"""
+
+EPILOG = """\
+workflow:
+  linesight project init tiles --name "magnetic tile, line 3"
+  linesight project add -p tiles DATASET/train/good                       # label good (default)
+  linesight project add -p tiles DATASET/test/crack --label crack --masks DATASET/ground_truth/crack
+  linesight project fit -p tiles                                          # -> models/v1 (never overwrites)
+  linesight project versions -p tiles
+  linesight project activate -p tiles v1
+  linesight project diff -p tiles v1 v2
+  linesight project rollback -p tiles                                     # back to the previous active one
+  linesight project export -p tiles tiles.zip                             # one hash-checked zip
+  linesight project import tiles.zip tiles-copy                           # into a new or empty folder
+
+-p/--project defaults to the current folder. Errors in your input are reported in one line, exit 2.
+"""
+
+
+def _version(text: str) -> int:
+    """`v3` or `3`."""
+    t = text.removeprefix("v")
+    if not t.isdigit() or int(t) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version: write v1, v2, ...")
+    return int(t)
+
+
+def _open(a: argparse.Namespace):
+    from linesight.project.workspace import Project
+
+    return Project.open(a.project)
+
+
+def _init(a: argparse.Namespace) -> int:
+    from linesight.project.workspace import Project
+
+    p = Project.init(a.dir, a.name, a.description or "")
+    print(json.dumps({"project": str(p.root), "name": p.metadata().name}, indent=2))
+    return 0
+
+
+def _add(a: argparse.Namespace) -> int:
+    from linesight.project.data import add_images
+
+    r = add_images(_open(a), a.inputs, a.label, a.masks)
+    print(json.dumps({"added": r.added, "duplicates": r.duplicates, "masks": r.masks,
+                      "unreadable": r.unreadable}, indent=2))
+    return 0 if r.added or r.duplicates else 2
+
+
+def _fit(a: argparse.Namespace) -> int:
+    from linesight.config.loader import load_model
+    from linesight.config.project import TrainConfig
+    from linesight.project.training import fit_version
+
+    config = load_model(a.config, TrainConfig) if a.config else None
+    info = fit_version(_open(a), config)
+    print(json.dumps(info.model_dump(mode="json", by_alias=True, exclude={"train_config"}), indent=2))
+    return 0
+
+
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def versions_table(project) -> str:
+    active = project.metadata().active
+    rows = [("", "version", "created", "backbone", "image thr", "AUROC", "false rej", "escape", "hash")]
+    for v in project.versions():
+        m = v.metrics
+        rows.append(("*" if v.version == active else "", f"v{v.version}", v.created.replace("+00:00", "Z"),
+                     v.backbone, f"{v.image_threshold:.4g}", "-" if m.image_auroc is None else f"{m.image_auroc:.3f}",
+                     _rate(m.false_reject_rate), _rate(m.escape_rate), v.bundle_hash))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join([*lines, "(* = active)" if active else "(no version active)"])
+
+
+def _versions(a: argparse.Namespace) -> int:
+    p = _open(a)
+    if a.json:
+        print(json.dumps([v.model_dump(mode="json", by_alias=True) for v in p.versions()], indent=2))
+    else:
+        print(versions_table(p))
+    return 0
+
+
+def _flat(prefix: str, value) -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for k, v in value.items():
+            out |= _flat(f"{prefix}.{k}" if prefix else str(k), v)
+        return out
+    return {prefix: value}
+
+
+def version_diff(project, a: int, b: int) -> list[tuple[str, object, object]]:
+    """(field, in vA, in vB) for every field that differs: config (full fit config), thresholds, plan, metrics."""
+    va, vb = project.version(a), project.version(b)
+
+    def view(v) -> dict[str, object]:
+        d = v.model_dump(mode="json", exclude={"version", "created", "schema_", "train_config"})
+        d["fit"] = v.train_config.fit_config().model_dump(mode="json")
+        d["calibration"] = v.train_config.calibration.model_dump(mode="json")
+        d["preset"], d["test_fraction"] = v.train_config.preset, v.train_config.test_fraction
+        return _flat("", d)
+
+    fa, fb = view(va), view(vb)
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)]
+
+
+def _diff(a: argparse.Namespace) -> int:
+    rows = version_diff(_open(a), a.a, a.b)
+    if a.json:
+        print(json.dumps([{"field": k, f"v{a.a}": x, f"v{a.b}": y} for k, x, y in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"v{a.a} and v{a.b} do not differ (beyond their number and time)")
+    for k, x, y in rows:
+        print(f"{k}: {json.dumps(x)} -> {json.dumps(y)}")
+    return 0
+
+
+def _activate(a: argparse.Namespace) -> int:
+    info = _open(a).activate(a.version)
+    print(json.dumps({"active": f"v{info.version}", "bundle_hash": info.bundle_hash}))
+    return 0
+
+
+def _rollback(a: argparse.Namespace) -> int:
+    p = _open(a)
+    back = p.rollback()
+    print(json.dumps({"active": f"v{back}", "bundle_hash": p.version(back).bundle_hash}))
+    return 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from linesight.project.training import evaluate_version
+
+    out = evaluate_version(_open(a), a.version)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from linesight.project.transfer import export_project
+
+    r = export_project(_open(a), a.zip, results=not a.no_results, force=a.force)
+    print(json.dumps({"zip": str(r.zip), "files": r.files, "bytes": r.bytes, "zip_bytes": r.zip_bytes,
+                      "detect_results": r.results, "skipped": r.skipped}, indent=2))
+    return 0
+
+
+def _import(a: argparse.Namespace) -> int:
+    from linesight.project.transfer import MAX_IMPORT_BYTES, import_project
+
+    limit = MAX_IMPORT_BYTES if a.max_size_gb is None else int(a.max_size_gb * 1024**3)
+    r = import_project(a.zip, a.dir, max_bytes=limit)
+    print(json.dumps({"project": str(r.project), "name": r.name, "files": r.files, "bytes": r.bytes,
+                      "exported": r.exported, "exported_by": f"linesight {r.linesight}"}, indent=2))
+    return 0
+
+
+def _gib(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not 0 < v < 1e9:  # nan and inf refused too
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size in GiB above 0, e.g. 16")
+    return v
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("project", help="an inspection project: images, train config, model versions",
+                              description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="project_verb", required=True, metavar="ACTION")
+
+    def action(name: str, help_: str, func, with_project: bool = True) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+        if with_project:
+            s.add_argument("-p", "--project", default=".", metavar="DIR", help="the project folder (default: .)")
+        s.set_defaults(func=func)
+        return s
+
+    s = action("init", "create a project folder (new or empty)", _init, with_project=False)
+    s.add_argument("dir")
+    s.add_argument("--name", help="shown in reports and the UI (default: the folder name)")
+    s.add_argument("--description", help="what is inspected, where")
+    s = action("add", "copy images in (content-addressed: a duplicate is skipped) with a label and masks", _add)
+    s.add_argument("inputs", nargs="+", metavar="DIR|FILE", help="image files or folders (searched recursively)")
+    s.add_argument("--label", default="good", help="good (default) or a defect type, e.g. crack")
+    s.add_argument("--masks", metavar="DIR", help="defect masks: DIR/<stem>_mask.png or DIR/<stem>.png per image")
+    s = action("fit", "train the next version (models/vN: bundle, report, config, data fingerprint)", _fit)
+    s.add_argument("--config", metavar="TRAIN.json", help="train config to use instead of the project's "
+                   "train_config.json (recorded in the version)")
+    s = action("evaluate", "evaluate a version on the project's current held-out images", _evaluate)
+    s.add_argument("version", type=_version, help="vN")
+    s = action("versions", "list the versions: created, backbone, threshold, AUROC, false reject, escape", _versions)
+    s.add_argument("--json", action="store_true")
+    s = action("diff", "what differs between two versions: config, thresholds, plan, metrics", _diff)
+    s.add_argument("a", type=_version, metavar="vA")
+    s.add_argument("b", type=_version, metavar="vB")
+    s.add_argument("--json", action="store_true")
+    s = action("activate", "make vN the version stations running this project inspect with", _activate)
+    s.add_argument("version", type=_version, metavar="vN")
+    action("rollback", "activate the version that was active before the current one", _rollback)
+    s = action("export", "write the project into one zip (every file with its sha256 in a manifest)", _export)
+    s.add_argument("zip", metavar="FILE.zip")
+    s.add_argument("--no-results", action="store_true", help="leave detect_results/ out")
+    s.add_argument("--force", action="store_true", help="replace FILE.zip even if it is not a project export")
+    s = action("import", "unpack a project export into a new or empty folder, every file hash-checked", _import,
+               with_project=False)
+    s.add_argument("zip", metavar="FILE.zip")
+    s.add_argument("dir", metavar="DIR", help="the new project folder (must not exist, or be empty)")
+    s.add_argument("--max-size-gb", type=_gib, metavar="N",
+                   help="refuse a zip that expands to more than N GiB (default: 16; a zip bomb stops here)")
+
