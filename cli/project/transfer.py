@@ -25,7 +25,7 @@ from pydantic import ValidationError
 import linesight
 from linesight.config.project import ExportedFile, ExportManifest
 from linesight.errors import DataError, LinesightError, validation_problems
-from linesight.project.workspace import DETECT_RESULTS, FEEDBACK, METADATA, MODELS, TRAIN_DATA, Project, now
+from linesight.project.workspace import DETECT_RESULTS, LAYOUT, METADATA, Project, now
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ MAX_MEMBERS = 1_000_000
 MAX_MANIFEST_BYTES = 256 * 1024**2
 _CHUNK = 1024**2
 _DRIVE = re.compile(r"^[A-Za-z]:")
-_LAYOUT = (TRAIN_DATA, f"{TRAIN_DATA}/images", f"{TRAIN_DATA}/masks", MODELS, DETECT_RESULTS, FEEDBACK)
 
 
 @dataclass
@@ -359,7 +358,7 @@ def import_project(zip_path: str | Path, dest: str | Path, *, max_bytes: int = M
                 except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
                     raise _Refused(name, f"damaged ({_one_line(exc)})") from None
         name = _validate(tmp, src)
-        for sub in _LAYOUT:  # empty folders are not in a zip
+        for sub in LAYOUT:  # empty folders are not in a zip
             (tmp / sub).mkdir(parents=True, exist_ok=True)
         Project(tmp).record("import", f"from {src.name}: {len(manifest.files)} files, exported "
                                       f"{manifest.created} by linesight {manifest.linesight}")

@@ -30,6 +30,8 @@ FEEDBACK = "feedback"
 VERSION_FILE = "version.json"
 BUNDLE_DIR = "bundle"
 REPORT_DIR = "report"
+#: The folders of a new project (an import recreates the empty ones a zip cannot hold).
+LAYOUT = (TRAIN_DATA, f"{TRAIN_DATA}/images", f"{TRAIN_DATA}/masks", MODELS, DETECT_RESULTS, FEEDBACK)
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,5})$")
 M = TypeVar("M", bound=BaseModel)
 
@@ -89,8 +91,7 @@ class Project:
                                modified=stamp, history=[HistoryEntry(time=stamp, action="init",
                                                                      detail=f"project {name or root.name!r}")])
         try:
-            for sub in (TRAIN_DATA, f"{TRAIN_DATA}/images", f"{TRAIN_DATA}/masks", MODELS, DETECT_RESULTS,
-                        FEEDBACK):
+            for sub in LAYOUT:
                 (root / sub).mkdir(parents=True, exist_ok=True)
             write_json(root / TRAIN_CONFIG, TrainConfig())
             write_json(root / TRAIN_DATA / "index.json", DataIndex())
