@@ -182,6 +182,41 @@ def _gib(text: str) -> float:
     return v
 
 
+def _feedback(a: argparse.Namespace) -> int:
+    """Feedback from the CLI: each image is scored by the active version, so the record carries the verdict it
+    corrects, as a station's does."""
+    from linesight.export.engine import Engine
+    from linesight.export.images import read_image
+    from linesight.project.data import collect
+    from linesight.project.feedback import append, new_record
+
+    p = _open(a)
+    active = p.metadata().active
+    engine = Engine(p.bundle_path(active)) if active is not None else None
+    out = []
+    for path in collect(a.images):
+        fields: dict = {"label": a.label, "source": "cli", "by": a.by, "note": a.note, "image": str(path.resolve())}
+        if engine is not None:
+            pred = engine.predict(read_image(path))
+            fields |= {"version": active, "model_hash": engine.identity["hash"], "score": pred.score,
+                       "verdict": "NG" if pred.score >= engine.threshold else "OK"}
+        record = new_record(**fields)
+        append(p.feedback_dir, record)
+        out.append({"id": record.id, "image": record.image, "verdict": record.verdict, "label": record.label})
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _learn(a: argparse.Namespace) -> int:
+    from linesight.project.learning import learn
+
+    r = learn(_open(a), a.parent)
+    print(json.dumps({"version": f"v{r.info.version}", "parent": f"v{r.info.parent}", "learned": len(
+        r.info.learned_feedback), "bank_rows_added": r.rows_added, "before": r.parent.text(),
+        "after": r.learned.text(), "seconds": r.info.seconds, "skipped": r.skipped}, indent=2))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("project", help="an inspection project: images, train config, model versions",
                               description=DESCRIPTION, epilog=EPILOG,
@@ -217,6 +252,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s = action("activate", "make vN the version stations running this project inspect with", _activate)
     s.add_argument("version", type=_version, metavar="vN")
     action("rollback", "activate the version that was active before the current one", _rollback)
+    s = action("feedback", "say what parts really were (OK, NG or a defect type): input for `project learn`",
+               _feedback)
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="the inspected images (files or folders)")
+    s.add_argument("--label", required=True, help="OK, NG, or a defect type (e.g. crack)")
+    s.add_argument("--by", help="who says so (recorded)")
+    s.add_argument("--note", help="free text (recorded)")
+    s = action("learn", "a new version from the pending feedback, without a refit: rejected good parts extend "
+               "the memory bank; refused if it lets more labeled defects through", _learn)
+    s.add_argument("--parent", type=_version, metavar="vN", help="the version to learn from (default: the active "
+                   "one, else the newest)")
     s = action("export", "write the project into one zip (every file with its sha256 in a manifest)", _export)
     s.add_argument("zip", metavar="FILE.zip")
     s.add_argument("--no-results", action="store_true", help="leave detect_results/ out")

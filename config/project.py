@@ -48,6 +48,32 @@ def check_label(label: str) -> str:
     return label
 
 
+class FeedbackRecord(Strict):
+    """What an operator or engineer said a part really was, with the verdict it answers (one line of
+    feedback/feedback.jsonl). `project learn` turns these into a new version."""
+
+    id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    time: str
+    label: str = Field(description="OK, NG, or the defect type it showed")
+    source: Literal["mqtt", "cli", "ui"]
+    by: str | None = Field(None, max_length=200, description="Who gave it")
+    station: str | None = None
+    run: int | None = None
+    seq: int | None = None
+    part_id: str | None = None
+    model_hash: str | None = Field(None, description="The bundle hash the verdict carried")
+    version: int | None = Field(None, description="The project version that gave the verdict")
+    verdict: Literal["OK", "NG"] | None = None
+    score: float | None = None
+    image: str | None = Field(None, description="The inspected frame: an archived record's image or a file")
+    note: str | None = Field(None, max_length=1000)
+
+    @field_validator("label")
+    @classmethod
+    def _label_ok(cls, v: str) -> str:
+        return v if v in ("OK", "NG") else check_label(v)
+
+
 class ImageEntry(Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     file: str = Field(description="Path under train_data/, e.g. images/<sha256>.png")
@@ -55,6 +81,7 @@ class ImageEntry(Strict):
     mask: str | None = Field(None, description="Path under train_data/ of the defect mask (white = defect)")
     name: str = Field(description="The file name it was added from (for people; never used as a path)")
     added: str
+    origin: Literal["add", "feedback"] = Field("add", description="feedback: learned from; never a test image")
 
     @field_validator("label")
     @classmethod
@@ -119,6 +146,8 @@ class VersionInfo(Strict):
     plan: list[str] = Field(default_factory=list)
     metrics: VersionMetrics = Field(default_factory=VersionMetrics)
     seconds: float = 0.0
+    learned_feedback: list[str] = Field(default_factory=list, description="Feedback record ids this version "
+                                        "learned (learn versions)")
 
 
 class ExportedFile(Strict):

@@ -295,12 +295,12 @@ class Engine:
 
     def scale_scores(self, images: list[np.ndarray]) -> list[list[tuple[float, np.ndarray]]]:
         """Raw (image score, inspected cell scores) per image per scale: the fusion statistics at fit."""
-        frames, masks, _ = self._prepare(images)
+        frames, masks, _ = self.prepare(images)
         timing = {"features": 0.0, "knn": 0.0}
         per_scale = [self._see(frames, masks, s, False, timing) for s in self.scales]
         return [[(seen[i].image, seen[i].cells[seen[i].use]) for seen in per_scale] for i in range(len(images))]
 
-    def _prepare(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray | None], list]:
+    def prepare(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray | None], list]:
         """The engine's boundary: each image validated (once; nothing after re-checks), photometric normalisation
         and alignment (as at fit), then the domain of each prepared frame."""
         frames, reports = [], []
@@ -318,7 +318,7 @@ class Engine:
         if not images:
             return []
         t0 = time.perf_counter()
-        frames, masks, reports = self._prepare(images)
+        frames, masks, reports = self.prepare(images)
         timing = {"features": 0.0, "knn": 0.0}
         t1 = time.perf_counter()
         per_scale = [self._see(frames, masks, s, keep_features and k == 0, timing) for k, s in enumerate(self.scales)]
@@ -355,15 +355,19 @@ class Engine:
             r.timings_ms = {k: round(v, 3) for k, v in timings.items()}
         return results
 
+    def golden_image(self, file: str) -> np.ndarray | None:
+        """A golden image of the bundle, decoded; None when the bundle lacks it."""
+        data = self.bundle.golden.get(file.removeprefix("golden/"))
+        return None if data is None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
     def check_golden(self, tolerance: float = 1e-3) -> list[str]:
         """Score the bundle's golden images; return the mismatches (empty = the bundle behaves as recorded)."""
         problems = []
         for g in self.manifest.golden:
-            data = self.bundle.golden.get(g.file.removeprefix("golden/"))
-            if data is None:
+            img = self.golden_image(g.file)
+            if img is None:
                 problems.append(f"golden image {g.file} missing")
                 continue
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
             got = self.predict(img).score
             # relative to the score, or to the threshold for scores near 0 (a drift that small cannot move a
             # decision); the old floor of 1.0 let +30 % through for models whose scores are far below 1

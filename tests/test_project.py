@@ -352,3 +352,96 @@ def test_station_config_puts_detect_results_in_the_project_and_refuses_named_bun
             svc._cmd_reload(Reload(bundle=str(proj.bundle_path(1))))
     finally:
         svc.seqs.close()
+
+
+# ------------------------------------------------------------------------------------------------ feedback, learn
+def test_cli_feedback_records_the_verdict_it_corrects_and_refuses_bad_labels(fitted, images, tmp_path, capsys):
+    from linesight.project.feedback import pending, read_all
+
+    proj = inactive_copy(fitted, tmp_path / "tiles")
+    proj.activate(1)
+    goods = sorted(images["good"].iterdir())[:3]
+    rc, out, _ = cli(capsys, "project", "feedback", "-p", str(proj.root), *map(str, goods), "--label", "OK",
+                     "--by", "anna")
+    assert rc == 0 and len(json.loads(out)) == 3
+    records = read_all(proj)
+    assert [r.image for r in records] == [str(g.resolve()) for g in goods] and pending(proj) == records
+    r = records[0]
+    assert (r.label, r.by, r.source, r.version, r.model_hash) == ("OK", "anna", "cli", 1, proj.version(1).bundle_hash)
+    assert r.verdict in ("OK", "NG") and r.score is not None
+    rc, _, err = cli(capsys, "project", "feedback", "-p", str(proj.root), str(goods[0]), "--label", "Bad")
+    assert rc == 2 and "feedback: label: Value error, label 'Bad'" in err and len(read_all(proj)) == 3
+    (proj.feedback_dir / "feedback.jsonl").open("a").write("{broken\n")
+    assert len(read_all(proj)) == 3  # a damaged line is left out (and logged), the rest still count
+
+
+@pytest.fixture(scope="module")
+def blobs(images, tmp_path_factory) -> Project:
+    """A project whose defects are unmistakable (a bright square painted on a good tile): even tiny random-init
+    features separate them, so what learning does to recall shows, not the features' noise."""
+    import cv2
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("blobs")
+    (root / "bad").mkdir()
+    (root / "masks").mkdir()
+    for k, src in enumerate(sorted(images["good"].iterdir())[-4:]):
+        img = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
+        h, w = img.shape
+        mask = np.zeros_like(img)
+        mask[h // 3: h // 3 + h // 4, w // 3: w // 3 + w // 4] = 255
+        img[mask > 0] = 255
+        cv2.imwrite(str(root / "bad" / f"blob{k}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"blob{k}_mask.png"), mask)
+    p = Project.init(root / "proj", "blobs")
+    add_images(p, sorted(images["good"].iterdir())[:-4])
+    add_images(p, [root / "bad"], "blob", root / "masks")
+    fit_version(p, TrainConfig(fit=TINY, test_fraction=0.3, calibration={"max_false_reject": 0.2}))
+    return p
+
+
+def test_learn_makes_a_child_version_from_feedback_and_consumes_it(blobs, tmp_path, capsys):
+    from linesight.project.feedback import append, new_record, pending
+
+    proj = inactive_copy(blobs, tmp_path / "tiles")
+    rc, _, err = cli(capsys, "project", "learn", "-p", str(proj.root))
+    assert rc == 2 and "no pending feedback" in err
+    extra = sorted(need_data().joinpath("test", "good").iterdir())[:4]
+    for path in extra:  # good parts it never saw
+        append(proj.feedback_dir, new_record(label="OK", source="cli", image=str(path), verdict="NG"))
+    append(proj.feedback_dir, new_record(label="OK", source="mqtt", seq=9))  # not archived: no image
+    rc, out, err = cli(capsys, "project", "learn", "-p", str(proj.root))
+    assert rc == 0, err
+    r = json.loads(out)
+    assert (r["version"], r["parent"], r["learned"]) == ("v2", "v1", 4)
+    assert r["bank_rows_added"][0] > 0 and len(r["skipped"]) == 1 and "no image" in r["skipped"][0]
+    v2 = proj.version(2)
+    assert (v2.how, v2.parent, len(v2.learned_feedback)) == ("learn", 1, 4)
+    from linesight.export.bundle import load_bundle
+    from linesight.export.engine import Engine
+
+    b1, b2 = load_bundle(proj.bundle_path(1)), load_bundle(proj.bundle_path(2))
+    assert len(b2.bank) == len(b1.bank) + r["bank_rows_added"][0] and b2.manifest.golden
+    assert b2.manifest.model.version > b1.manifest.model.version and b2.digest[:16] == v2.bundle_hash
+    assert Engine(b2).check_golden() == []  # golden scores re-recorded for the grown bank
+    assert sum(e.origin == "feedback" for e in proj.data_index().images) == 4  # kept, never as test images
+    assert [x.seq for x in pending(proj)] == [9]  # only the record without an image is still pending
+
+
+def test_the_learn_gate_refuses_lost_recall_and_golden_images_turning_ng_with_the_numbers(blobs):
+    from linesight.export.bundle import load_bundle
+    from linesight.project.learning import LearnRefused, Rates, _gate
+
+    old = load_bundle(blobs.bundle_path(1))
+    same = old.manifest.model_copy(deep=True)
+    new = type(old)(manifest=same, onnx=old.onnx, bank=old.bank)
+    _gate(1, old, Rates(1, 5, 1, 4), Rates(0, 5, 1, 4), new)  # fewer false rejects, same escapes: passes
+    with pytest.raises(LearnRefused) as exc:
+        _gate(1, old, Rates(1, 5, 1, 4), Rates(0, 5, 2, 4), new)
+    assert str(exc.value) == ("learned version refused: it lets more labeled defects through than v1 (v1: false "
+                              "reject 1/5, escape 1/4; learned: false reject 0/5, escape 2/4)")
+    g = same.golden[0]
+    assert g.score < same.thresholds.image
+    g.score = same.thresholds.image  # a golden image the parent passed is NG now
+    with pytest.raises(LearnRefused, match=f"golden image\\(s\\) {g.file} would be NG \\(OK in v1\\)"):
+        _gate(1, old, Rates(1, 5, 1, 4), Rates(1, 5, 1, 4), new)

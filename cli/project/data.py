@@ -50,7 +50,7 @@ def _mask_for(image: Path, masks: Path | None) -> Path | None:
 
 
 def add_images(project: Project, inputs: list[str | Path], label: str = GOOD,
-               masks: str | Path | None = None) -> AddReport:
+               masks: str | Path | None = None, origin: str = "add") -> AddReport:
     try:
         check_label(label)
     except ValueError as exc:
@@ -85,7 +85,7 @@ def add_images(project: Project, inputs: list[str | Path], label: str = GOOD,
             shutil.copyfile(mask_src, project.data_dir / mask_rel)
             report.masks += 1
         index.images.append(ImageEntry(sha256=digest, file=rel, label=label, mask=mask_rel, name=path.name[:255],
-                                       added=now()))
+                                       added=now(), origin=origin))
         known.add(digest)
         report.added += 1
     if report.added:

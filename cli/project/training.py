@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def held_out(entry: ImageEntry, fraction: float) -> bool:
-    """Deterministic by content: the same image is always on the same side."""
-    return int(entry.sha256[:8], 16) / 2**32 < fraction
+    """Deterministic by content: the same image is always on the same side. A good image learned from feedback
+    is never a test image (the model has seen it)."""
+    return entry.origin == "add" and int(entry.sha256[:8], 16) / 2**32 < fraction
 
 
 def data_fingerprint(index: DataIndex) -> str:

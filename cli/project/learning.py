@@ -1,0 +1,239 @@
+"""`project learn`: feedback into a new version without a refit. Torch-free: features come from the version's
+own ONNX graph, through the engine's frame preparation and the trainer's patch extraction (views.scan).
+
+Good parts the model rejected add the patches its bank did not cover (greedy coreset of the new patches that
+score above the held-out good median, at the version's coreset ratio). Every score moves with the bank, so the
+thresholds are calibrated again to the version's targets on the project's held-out labeled images (feedback
+images are never among them). Defect feedback joins that labeled set. The new version must keep the golden
+images its parent passed OK and must not let more of the labeled defects through than its parent, else it is
+refused with the numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from linesight.config.project import GOOD, VersionInfo, VersionMetrics
+from linesight.errors import DataError, LinesightError
+from linesight.export.bundle import (
+    BANK_FILE,
+    TRAIN_IMAGES_FILE,
+    Bundle,
+    bank_bytes,
+    load_bundle,
+    new_revision,
+    write_bundle,
+)
+from linesight.export.engine import Engine
+from linesight.export.images import read_image
+from linesight.export.knn import knn_search
+from linesight.project.data import add_images
+from linesight.project.feedback import image_of, pending
+from linesight.project.training import build_view, data_fingerprint
+from linesight.project.workspace import BUNDLE_DIR, Project, now
+
+log = logging.getLogger(__name__)
+FEEDBACK_ORIGIN = "feedback"
+
+
+class LearnRefused(LinesightError):
+    """The learned version would be worse than its parent on the project's own labeled data."""
+
+
+@dataclass
+class Rates:
+    false_reject: int
+    good: int
+    escape: int
+    defective: int
+
+    def text(self) -> str:
+        return f"false reject {self.false_reject}/{self.good}, escape {self.escape}/{self.defective}"
+
+
+@dataclass
+class LearnResult:
+    info: VersionInfo
+    parent: Rates
+    learned: Rates
+    rows_added: list[int]  # per scale
+    skipped: list[str] = field(default_factory=list)
+
+
+def _rates(engine: Engine, view: Path) -> Rates:
+    """At the engine's threshold, on the view's labeled images, scored as calibrate scores them."""
+    from linesight.trainer.data import open_dataset
+    from linesight.trainer.evaluate import score_samples
+
+    test = open_dataset(view).test if (view / "test").is_dir() else []
+    records, _ = score_samples(engine, test)
+    t = engine.manifest.thresholds.image
+    good = [r.score for r in records if not r.label]
+    bad = [r.score for r in records if r.label]
+    return Rates(sum(s >= t for s in good), len(good), sum(s < t for s in bad), len(bad))
+
+
+def _new_rows(engine: Engine, frames: list[np.ndarray], masks: list, k: int, ratio: float, seed: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Scale k: (rows to add, their (image, y, x) locations among `frames`): the new patches the bank does not
+    cover yet, thinned by the coreset at the version's ratio."""
+    from linesight.trainer.coreset import greedy_coreset
+    from linesight.trainer.patches import extract
+
+    scale = engine.scales[k]
+    patches, locations = extract(engine.features, frames, masks, scale.info, engine.spec, engine.stride, batch=8)
+    dist, _ = knn_search(scale.index, scale.exact, patches, engine.manifest.scoring.k)
+    score = dist.mean(axis=1)
+    floor = scale.info.good_median if scale.info.good_median is not None else float(np.median(score))
+    novel = np.nonzero(score > floor)[0]
+    n = min(len(novel), max(1, int(round(len(patches) * ratio))))
+    if n == 0:
+        return np.empty((0, patches.shape[1]), np.float32), np.empty((0, 3), np.int32)
+    picks = novel[greedy_coreset(patches[novel], n, seed=seed)]
+    return patches[picks], locations[picks]
+
+
+def _grown(engine: Engine, frames: list[np.ndarray], masks: list, names: list[str], seed: int,
+           what: str) -> tuple[Bundle, list[int]]:
+    """The engine's bundle with the new rows appended to every scale's bank (exact search from here on)."""
+    b = engine.bundle
+    m = b.manifest.model_copy(deep=True)
+    extras = dict(b.extras)
+    first_image = len(engine.train_images)
+    added, bank0 = [], b.bank
+    for k, sc in enumerate(engine.scales):
+        rows, locs = _new_rows(engine, frames, masks, k, m.memory.coreset_ratio, seed)
+        locs = locs.copy()
+        locs[:, 0] += first_image
+        bank = np.ascontiguousarray(np.concatenate([sc.bank, rows]).astype(np.float32))
+        update: dict = {"n_bank": len(bank)}
+        if sc.info.index is not None and sc.info.index.kind != "flat":  # its stored graph no longer fits the bank
+            update |= {"index": sc.info.index.model_copy(update={"kind": "flat", "reason": f"learn: {what}; "
+                                                                 "exact search until the next fit"}),
+                       "hnsw_file": None, "ivf_file": None}
+            extras.pop(sc.info.hnsw_file or sc.info.ivf_file or "", None)
+        if sc.info.locations_file and sc.locations is not None:
+            extras[sc.info.locations_file] = bank_bytes(np.concatenate([sc.locations, locs]), np.int32)
+        if sc.info.bank_file == BANK_FILE:
+            bank0 = bank
+        else:
+            extras[sc.info.bank_file] = bank_bytes(bank)
+        m.scales[k] = sc.info.model_copy(update=update)
+        added.append(len(rows))
+    m.memory.n_bank = len(bank0)
+    if TRAIN_IMAGES_FILE in extras:
+        extras[TRAIN_IMAGES_FILE] = json.dumps(engine.train_images + [f"{n} (feedback)" for n in names]).encode()
+    new_revision(m, what)
+    grown = Bundle(manifest=m, onnx=b.onnx, bank=bank0, golden=dict(b.golden), extras=extras)
+    check = Engine(grown)
+    for g in m.golden:  # the bank changed, so do the golden scores: re-recorded, and gated below
+        g.score = check.predict(check.golden_image(g.file)).score
+    return grown, added
+
+
+def _take(project: Project, records: list) -> tuple[list[str], list[tuple[Path, np.ndarray]], list[str]]:
+    """Feedback images into the project's data (labeled; learned goods never test images again): the record ids
+    used, the good images to learn, what was left out and why."""
+    skipped, goods, used = [], [], []
+    for r in records:
+        try:
+            path = image_of(project, r)
+        except DataError as exc:
+            skipped.append(str(exc))
+            continue
+        label = GOOD if r.label == "OK" else "ng" if r.label == "NG" else r.label
+        rep = add_images(project, [path], label, origin=FEEDBACK_ORIGIN)
+        if rep.unreadable:
+            skipped += rep.unreadable
+            continue
+        used.append(r.id)
+        if label == GOOD:
+            goods.append((path, read_image(path)))
+    if not used:
+        raise DataError(f"project {project.root}: {len(records)} pending feedback record(s), none with a readable "
+                        f"image: {'; '.join(skipped[:3])}")
+    index = project.data_index()
+    seen = {hashlib.sha256(p.read_bytes()).hexdigest() for p, _ in goods}
+    for e in index.images:
+        if e.sha256 in seen:
+            e.origin = FEEDBACK_ORIGIN
+    project.save_data_index(index)
+    return used, goods, skipped
+
+
+def _gate(parent: int, old: Bundle, before: Rates, after: Rates, final: Bundle) -> None:
+    """Golden images the parent passed stay OK; labeled defects let through do not rise."""
+    t_old, t_new = old.manifest.thresholds.image, final.manifest.thresholds.image
+    was_ok = {g.file for g in old.manifest.golden if g.score < t_old}
+    now_ng = [g.file for g in final.manifest.golden if g.file in was_ok and g.score >= t_new]
+    if now_ng:
+        raise LearnRefused(f"learned version refused: golden image(s) {', '.join(now_ng)} would be NG "
+                           f"(OK in v{parent})")
+    if after.escape > before.escape:
+        raise LearnRefused(f"learned version refused: it lets more labeled defects through than v{parent} "
+                           f"(v{parent}: {before.text()}; learned: {after.text()})")
+
+
+def learn(project: Project, parent: int | None = None) -> LearnResult:
+    """The next version from `parent` (default: the active one, else the newest) and the pending feedback.
+    Feedback images join the project's data even when the learned version is refused."""
+    from linesight.trainer.calibration import ThresholdRefused
+    from linesight.trainer.evaluate import calibrate
+
+    t0 = time.monotonic()
+    numbers = project.version_numbers()
+    parent = parent or project.metadata().active or (numbers[-1] if numbers else None)
+    if parent is None:
+        raise DataError(f"project {project.root} has no version to learn from; run `linesight project fit` first")
+    pinfo = project.version(parent)
+    records = pending(project)
+    if not records:
+        raise DataError(f"project {project.root}: no pending feedback (every record is learned already)")
+    used, goods, skipped = _take(project, records)
+    index = project.data_index()
+    engine = Engine(project.bundle_path(parent))
+    n, build = project.new_version()
+    try:
+        view = build / ".data"
+        build_view(project, index, pinfo.train_config.test_fraction, view)
+        before = _rates(engine, view)
+        grown, added = engine.bundle, [0] * len(engine.scales)
+        if goods:
+            frames, masks, reports = engine.prepare([img for _, img in goods])
+            keep = [i for i, r in enumerate(reports) if not (r.failure or r.unaligned)]
+            skipped += [f"{goods[i][0]}: does not register to the alignment reference" for i in range(len(goods))
+                        if i not in keep]
+            grown, added = _grown(engine, [frames[i] for i in keep], [masks[i] for i in keep],
+                                  [goods[i][0].name for i in keep], pinfo.train_config.fit_config().seed,
+                                  f"learned {len(keep)} good image(s) from feedback")
+        write_bundle(build / BUNDLE_DIR, grown)
+        if goods and before.good and before.defective:  # every score moved: calibrate again, to the same targets
+            try:
+                calibrate(build / BUNDLE_DIR, view, pinfo.train_config.calibration)
+            except ThresholdRefused as exc:
+                raise LearnRefused(f"learned version refused: {exc}") from None
+        final = load_bundle(build / BUNDLE_DIR)
+        after = _rates(Engine(final), view)
+        _gate(parent, engine.bundle, before, after, final)
+        shutil.rmtree(view)
+        t = final.manifest.thresholds
+        info = pinfo.model_copy(update={
+            "version": n, "created": now(), "how": "learn", "parent": parent, "bundle_hash": final.digest[:16],
+            "data_fingerprint": data_fingerprint(index), "n_train": pinfo.n_train + len(goods),
+            "metrics": VersionMetrics(false_reject_rate=after.false_reject / after.good if after.good else None,
+                                      escape_rate=after.escape / after.defective if after.defective else None,
+                                      n_good=after.good, n_defective=after.defective),
+            "image_threshold": t.image, "pixel_threshold": t.pixel, "policy": t.policy,
+            "seconds": round(time.monotonic() - t0, 1), "learned_feedback": used})
+        project.commit_version(n, build, info)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)  # ours: no half version stays
+        raise
+    return LearnResult(info, before, after, added, skipped)
