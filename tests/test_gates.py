@@ -1155,3 +1155,171 @@ def test_the_archive_prunes_records_a_long_stop_aged_out_when_it_starts(small_bu
         svc.arch_q.put(None)
         t.join(5)
         svc.seqs.close()
+
+
+# ------------------------------------------------------------------------------------------------ 18. seed-2 sample
+# Survivors of a second out-of-sample run (seed 2, docs/mutation-testing.md).
+def test_a_frame_of_exactly_max_frame_pixels_is_inspected(small_bundle):
+    # kills `h * w > max_frame_pixels` -> `>=`: the limit is the largest frame allowed, not the first refused
+    p, rec = pipeline(config(small_bundle, source={"type": "synthetic", "name": "s", "width": 96, "height": 80,
+                                                   "rate_hz": None, "max_frame_pixels": 96 * 80}))
+    p.process([p.admit(frame(0))])
+    assert rec.verdicts[-1]["reason"] != "bad_frame" and rec.verdicts[-1]["score"] is not None
+
+
+def test_inference_latency_is_the_engine_call_and_a_late_decision_says_its_deadline(small_bundle):
+    # kills `perf_counter() - t0` -> `+ t0` and the deadline_missed detail text
+    p, rec = pipeline(config(small_bundle, deadline_ms=250))
+    t0 = time.perf_counter()
+    p.process([p.admit(frame(0))])
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    assert 0 < rec.verdicts[-1]["latency_ms"]["inference"] <= wall_ms
+    real = p.holder.engine.predict_batch
+    p.holder.engine.predict_batch = lambda images, **kw: time.sleep(0.4) or real(images, **kw)  # a slow engine
+    p.process([p.admit(frame(1))])
+    assert (rec.verdicts[-1]["reason"], rec.verdicts[-1]["detail"]) == ("deadline_missed",
+                                                                        "decided after the 250 ms deadline")
+    assert rec.verdicts[-1]["latency_ms"]["inference"] >= 400
+
+
+def test_the_processing_loop_turns_at_least_every_quarter_second_when_idle(small_bundle):
+    # kills the idle get timeout 0.2 -> 1.2 s: health's stall check and stop both rely on the loop turning
+    p, _ = pipeline(config(small_bundle))
+    ticks: list[float] = []
+    p._on_tick = lambda: ticks.append(time.monotonic())
+    t = threading.Thread(target=p.run, daemon=True)
+    t.start()
+    time.sleep(1.2)
+    p.stop_event.set()
+    p.acquisition_done.set()
+    t.join(5)
+    assert not t.is_alive() and len(ticks) >= 4 and max(np.diff(ticks)) < 0.5, np.diff(ticks)
+
+
+def test_a_missing_bundle_is_refused_naming_the_path_twice_never_garbled(tmp_path):
+    # kills the ModelRefused text mutant of ModelHolder.load
+    missing = tmp_path / "nope.zip"
+    with pytest.raises(ModelRefused) as exc:
+        ModelHolder(missing).load()
+    assert str(exc.value) == f"bundle {missing} refused: bundle {missing} does not exist"
+
+
+def test_a_rewrite_with_the_active_content_is_noticed_once_not_on_every_poll(zips, tmp_path, caplog):
+    # kills `self._stamp = stamp` -> None on the only_if_new path (a reload every watch interval, forever), and
+    # the watcher's "changed on disk" log text
+    path = tmp_path / "m.zip"
+    shutil.copy(zips["a"], path)
+    h = ModelHolder(path)
+    h.load()
+    os.utime(path, (time.time() + 5, time.time() + 5))  # rewritten, same content
+    assert h.changed() is True
+    assert h.load(only_if_new=True) is None
+    assert h.changed() is False
+    p, _ = pipeline(config(path, model={"watch": True, "watch_interval_s": 0.2}))
+    shutil.copy(zips["b"], path)
+    os.utime(path, (time.time() + 9, time.time() + 9))
+    with caplog.at_level(logging.INFO, logger="linesight.daemon.pipeline"):
+        t = _reload_thread(p)
+        deadline = time.monotonic() + 10
+        while p.holder.engine.manifest.model.version != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p.stop_event.set()
+        t.join(5)
+    assert f"bundle {path} changed on disk: reloading" in [r.getMessage() for r in caplog.records]
+
+
+def test_dispatcher_validation_errors_name_the_command_then_the_field():
+    # kills the text mutant of the dispatcher's validation refusal
+    d = Dispatcher({m: (lambda cmd: {}) for m in MODELS.values()})
+    with pytest.raises(ValueError) as exc:
+        d("pause", {"x": 1})
+    assert str(exc.value) == "pause: x: Extra inputs are not permitted"
+
+
+def test_closing_a_seq_store_twice_is_harmless(tmp_path):
+    # kills `self._fh = None` -> "" in close(): a second close (shutdown after a failed start) must not raise
+    s = SeqStore(tmp_path / "state", "st")
+    s.next()
+    s.close()
+    s.close()
+    assert SeqStore(tmp_path / "state", "st").next() > 1
+
+
+def test_the_archive_prunes_once_per_period_not_once_per_record(small_bundle, tmp_path):
+    # kills `next_prune = now + period` -> `now - period` (a prune, a disk walk, for every archived frame)
+    cfg = config(small_bundle, outputs={"archive": {"enabled": True, "dir": str(tmp_path / "archive"),
+                                                    "save_ok_fraction": 1.0}})
+    svc = Service(cfg, notifier=Notifier(None))
+    svc.holder.load()
+    svc.archive = Archive(cfg.outputs.archive)
+    prunes: list[float] = []
+    real = svc.archive.prune
+    svc.archive.prune = lambda: prunes.append(time.monotonic()) or real()
+    svc.archive_prune_s = 30.0
+    svc._start_thread(svc._archive_loop, "archive")
+    svc._start_thread(svc._publish_loop, "publish")
+    try:
+        for i in range(12):
+            svc.pipeline.process([svc.pipeline.admit(frame(i))])
+        deadline = time.monotonic() + 10
+        while svc.archive.counters["saved"] < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert svc.archive.counters["saved"] == 12 and len(prunes) == 1  # the one at start
+    finally:
+        svc.shutdown()
+
+
+def test_a_failing_archive_alarms_with_its_folder_and_problem(small_bundle, tmp_path):
+    # kills the archive_error alarm text mutant
+    (tmp_path / "file").write_text("x")
+    cfg = config(small_bundle, outputs={"archive": {"enabled": True, "dir": str(tmp_path / "file" / "archive"),
+                                                    "save_ok_fraction": 1.0}})
+    svc = Service(cfg, notifier=Notifier(None))
+    svc.holder.load()
+    svc.archive = Archive(cfg.outputs.archive)
+    alarms: list[tuple[str, str]] = []
+    svc.pipeline._alarm = lambda code, msg, **ctx: alarms.append((code, msg))
+    svc._start_thread(svc._archive_loop, "archive")
+    svc._start_thread(svc._publish_loop, "publish")
+    try:
+        svc.pipeline.process([svc.pipeline.admit(frame(0))])
+        deadline = time.monotonic() + 10
+        while not any(c == "archive_error" for c, _ in alarms) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        svc.shutdown()
+    (msg,) = [m for c, m in alarms if c == "archive_error"]
+    assert msg == f"archive {cfg.outputs.archive.dir}: {svc.archive.last_problem}"
+
+
+def test_a_reload_outside_the_model_folders_names_each_allowed_folder(small_bundle, tmp_path):
+    # kills the join text of the reload refusal
+    a, b = tmp_path / "a", tmp_path / "b"
+    svc = Service(config(small_bundle, model={"reload_dirs": [str(a), str(b)]}), notifier=Notifier(None))
+    try:
+        with pytest.raises(ValueError) as exc:
+            svc._cmd_reload(Reload(bundle=str(tmp_path / "elsewhere" / "m.zip")))
+        assert str(exc.value) == (f"bundle {tmp_path / 'elsewhere' / 'm.zip'} is outside the folders this station "
+                                  f"loads models from ({a.resolve()}, {b.resolve()}; model.reload_dirs)")
+    finally:
+        svc.seqs.close()
+
+
+def test_shutdown_waits_for_the_acquisition_thread(small_bundle):
+    # kills `t.name == "acquire"` in shutdown: a frame the camera is still delivering must not outlive the stop
+    class SlowSource(ListSource):
+        def read(self, timeout_s=None):
+            time.sleep(0.3)
+            return frame(0)
+
+        def close(self):
+            pass
+
+    svc = Service(config(small_bundle), notifier=Notifier(None))
+    svc.holder.load()
+    svc.source = svc.pipeline.source = SlowSource([])
+    svc._start_thread(svc.pipeline.acquire_loop, "acquire")
+    time.sleep(0.1)
+    svc.shutdown()
+    acquire = next(t for t in svc._threads if t.name == "acquire")
+    assert not acquire.is_alive()
