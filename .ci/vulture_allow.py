@@ -23,3 +23,9 @@ _.collect, _.model_config
 # Public API for integrators and tooling (documented; tests drive them): a received verdict parsed strictly, the
 # schema written to docs/verdict.schema.json, metrics records and pixel AUROC for bench scripts.
 _.parse, _.schema_json, _.EvalRecord, _.pixel_auroc
+# TrendMonitor.state, read by integrators, tests/test_trends.py and docs/trends.md's reader: what each chart was
+# designed for (in-control level) and how much of the burn-in is left.
+_.in_control, _.burn_in_left
+# FeedbackRecord.model_hash: written with every feedback record (which model gave the corrected verdict), read by
+# people and the UI, not by linesight itself.
+_.model_hash

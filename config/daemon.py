@@ -85,11 +85,30 @@ class AnalysisConfig(Strict):
     trend_window: int = Field(50, ge=1, description="Recent parts kept for trend conditions (NG rate, repeats)")
 
 
+class TrendsConfig(Strict):
+    """Trend charts on the verdicts (daemon.trends, docs/trends.md): early warning before the NG-rate alarm."""
+
+    enabled: bool = Field(True, description="Chart every decided verdict and alarm (trend_score, trend_ng_rate, "
+                          "trend_type) when a chart crosses its control limit")
+    burn_in: int = Field(1000, ge=100, description="Decided parts after each start and model change that estimate "
+                         "the in-control score distribution and NG rates (Phase I); no trend alarm before")
+    score_lambda: float = Field(0.05, gt=0, le=1, description="EWMA weight of the newest part's score statistic "
+                                "(smaller: slower, more sensitive to small drifts)")
+    score_limit: float = Field(4.5, gt=0, description="Score EWMA control limit in standard deviations of the EWMA")
+    rate_shift: float = Field(2.0, gt=1, description="The NG-rate and per-type CUSUMs are tuned to detect this "
+                              "factor over the in-control rate")
+    rate_arl: int = Field(100_000, ge=100, description="In-control parts between false alarms of each rate CUSUM "
+                          "(exact average run length at the burn-in's rate estimate; sets its limit)")
+    max_types: int = Field(8, ge=0, le=32, description="Defect types with their own rate chart (the most frequent "
+                           "in the burn-in, then new ones as they appear); more types are not charted")
+
+
 class DaemonConfig(Strict):
 
     model: ModelConfig = Field(description="The model to run: a bundle, or a project's active version")
     source: SourceConfig = Field(description="Where frames come from")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Deadlines, queues, fail-safe")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="Defect analysis of NG frames")
+    trends: TrendsConfig = Field(default_factory=TrendsConfig, description="Trend charts and early-warning alarms")
     outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="MQTT, ZeroMQ, metrics, archive")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level")

@@ -287,6 +287,11 @@ class KnowledgeEntry(Strict):
     repeats_in_last_n: RepeatCondition | None = Field(
         default=None, description="Only when this type repeats (needs trend['history'])."
     )
+    out_of_control: list[Literal["score", "ng_rate", "type"]] | None = Field(
+        default=None, min_length=1, description="Only while each listed trend chart of the daemon is out of "
+        "control (docs/trends.md): score (anomaly-score EWMA), ng_rate (NG-rate CUSUM), type (the rate CUSUM "
+        "of this region's defect type)."
+    )
     causes: list[str] = Field(min_length=1, description="Likely causes, most likely first.")
     actions: list[str] = Field(min_length=1, description="Suggested actions for the operator / maintenance.")
 

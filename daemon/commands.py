@@ -7,12 +7,12 @@ refused, not ignored.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from linesight.config.base import Strict
 from linesight.config.outputs import MQTT_COMMANDS
+from linesight.config.project import check_label
 from linesight.errors import validation_problems
 
 
@@ -43,10 +43,17 @@ class Resume(Command):
 
 
 class Feedback(Command):
-    seq: int = Field(ge=1, description="The verdict's seq (seqs start at 1)")
-    label: Literal["OK", "NG"] = Field(description="What the part really was")
+    seq: int = Field(ge=1, description="The verdict's seq (seqs start at 1); refused unless this station gave it "
+                                       "lately")
+    label: str = Field(description="What the part really was: OK, NG, or the defect type it showed")
+    by: str | None = Field(None, max_length=200, description="Who says so (recorded)")
     part_id: str | None = Field(None, max_length=200)
     note: str | None = Field(None, max_length=1000)
+
+    @field_validator("label")
+    @classmethod
+    def _known_label(cls, v: str) -> str:
+        return v if v in ("OK", "NG") else check_label(v)
 
 
 class Part(Command):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from http.server import ThreadingHTTPServer
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,13 +39,16 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from linesight import __version__
 from linesight.daemon.metrics_http import HealthFn, listen_http, make_handler
 from linesight.daemon.verdict import FAIL_SAFE_REASONS
 from linesight.errors import ConfigError
+
+if TYPE_CHECKING:
+    from linesight.daemon.trends import TrendMonitor
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # process-wide in prometheus_client; nothing in linesight reads _created
@@ -74,6 +77,7 @@ FEEDBACK_LABELS = ("OK", "NG")
 ALARM_CODES = tuple(dict.fromkeys((
     "camera_down", "camera_up", "camera_error", "no_model", "model_changed", "model_refused", "model_warning",
     "analysis_error", "archive_error", "verdict_log_error", "mqtt_down", "verdicts_dropped", "publish_stalled",
+    "trend_score", "trend_ng_rate", "trend_type",  # daemon.trends.ALARM_CODE: a trend chart left its limit
     *FAILSAFE_REASONS, "other",
 )))
 #: A sink that raises alarms itself (the MQTT sink's verdicts_dropped, sent on reconnect, never passes
@@ -120,6 +124,8 @@ SINK_FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                                       "early, to keep archive.min_free_bytes free)."), ("reason",)),
 }
 SINKS = ("mqtt", "zmq", "archive", "verdict_log", "publish")  # publish: the queue in front of them all
+#: Trend charts with a series from the start (0 until the burn-in ends); type charts add one per defect type.
+TREND_CHARTS = ("score", "ng_rate")
 
 
 def _dist_version(dist: str) -> str:
@@ -227,6 +233,30 @@ class _FramesCollector(Collector):
         yield CounterMetricFamily("linesight_frames", self.HELP, value=float(self.read()))
 
 
+class _TrendCollector(Collector):
+    """linesight_trend_ratio{chart,type}, read at scrape from the trend monitor: no per-frame metrics call."""
+
+    HELP = ("Trend chart statistic / its control limit (|ratio| >= 1: out of control; score is signed, negative = "
+            "scores fell; 0 during the burn-in), by chart and defect type (type charts).")
+
+    def __init__(self, type_label: Callable[[str], str]) -> None:
+        self.monitor: TrendMonitor | None = None
+        self._type_label = type_label
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily("linesight_trend_ratio", self.HELP, labels=("chart", "type"))
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        values = {(chart, ""): 0.0 for chart in TREND_CHARTS}
+        for c in self.monitor.state.charts if self.monitor is not None else ():
+            key = (c.kind, "" if c.defect_type is None else self._type_label(c.defect_type))
+            values[key] = max(values.get(key, float("-inf")), c.ratio) if c.kind == "type" else c.ratio
+        fam = GaugeMetricFamily("linesight_trend_ratio", self.HELP, labels=("chart", "type"))
+        for labels, value in values.items():
+            fam.add_metric(labels, value)
+        yield fam
+
+
 class Metrics:
     """All daemon metrics on a private registry, plus the HTTP endpoint (`serve`/`stop`)."""
 
@@ -279,6 +309,8 @@ class Metrics:
         self._alarm_lock = threading.Lock()
         self._alarm_counts = dict.fromkeys(ALARM_CODES, 0)
         r.register(_AlarmCollector(self))
+        self._trends = _TrendCollector(lambda t: t if t in self._defect_types else "other")
+        r.register(self._trends)
         # Pre-create every bounded label value: rate()/increase() need the 0 sample to exist.
         for v in VERDICTS:
             self.verdicts.labels(v)
@@ -372,6 +404,11 @@ class Metrics:
     def watch_frames(self, count: Callable[[], int]) -> None:
         """linesight_frames_total is `count()` at scrape (the pipeline's frames_in)."""
         self._frames.read = count
+
+    def watch_trends(self, monitor: TrendMonitor | None) -> None:
+        """linesight_trend_ratio from `monitor.state` at scrape (the publish thread updates the monitor); None:
+        trends off, the series stay 0."""
+        self._trends.monitor = monitor
 
     def watch_mqtt_connected(self, connected: Callable[[], bool]) -> None:
         """Read at scrape time: a gauge set from the stats tick lagged the broker's return by up to 10 s.

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from linesight.daemon.model import ModelHolder, ModelRefused
 from linesight.daemon.sources.base import EndOfStream, Frame, Source
 from linesight.errors import DataError
 from linesight.export.images import check_image
+
+if TYPE_CHECKING:
+    from linesight.daemon.trends import TrendMonitor
 
 log = logging.getLogger(__name__)
 RELOAD_QUEUE = 8  # reload requests waiting at most; more are refused with a reason
@@ -44,6 +47,7 @@ class Pipeline:
         self.on_drop: Callable[[str], None] = lambda reason: None
         self.on_stage: Callable[[str, float], None] = lambda stage, seconds: None
         self.on_types: Callable[[list[str]], None] = lambda names: None  # a bundle's learned defect types
+        self.trends: TrendMonitor | None = None  # the service's trend charts, for knowledge-base conditions
         self.station = station
         p = cfg.pipeline
         self.deadline_ns = int(p.deadline_ms * 1e6)
@@ -104,7 +108,7 @@ class Pipeline:
             self.recent_ng.append(False)
             return None, None
         trend = Trend(ng_rate=sum(self.recent_ng) / len(self.recent_ng) if self.recent_ng else 0.0,
-                      history=list(self.history))
+                      history=list(self.history), charts=None if self.trends is None else self.trends.out_of_control)
         a = A.analyze(pred, pixel_threshold, frame.image, spec=self.spec, kb=self.kb, trend=trend,
                       evidence=pred.nearest, max_regions=self.cfg.analysis.max_regions, classifier=classifier)
         self.history.append([r.type for r in a.regions])

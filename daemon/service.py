@@ -12,7 +12,6 @@ pictures are dropped and counted, verdicts never.
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import signal
@@ -27,6 +26,7 @@ import numpy as np
 from linesight.config.daemon import DaemonConfig
 from linesight.config.inspection import InspectionSpec
 from linesight.daemon.commands import Dispatcher, Feedback, Part, Pause, Reload, Resume
+from linesight.daemon.feedback import FeedbackDesk
 from linesight.daemon.identity import SeqStore, state_dir_of
 from linesight.daemon.metrics import Metrics
 from linesight.daemon.model import ModelHolder, ModelRefused
@@ -35,6 +35,7 @@ from linesight.daemon.pipeline import Pipeline
 from linesight.daemon.sinks.encoding import Outgoing, Pictures, verdict_json
 from linesight.daemon.sinks.publish_queue import PublishQueue
 from linesight.daemon.sources.factory import build_source
+from linesight.daemon.trends import Observation, TrendMonitor
 
 log = logging.getLogger(__name__)
 #: Verdicts waiting to be published from which pictures are dropped and alarm publish_stalled is raised (the
@@ -62,6 +63,8 @@ class Service:
         self.mqtt = self.zmq = self.archive = self.verdict_log = None
         self.pub_q = PublishQueue(int(cfg.pipeline.publish_queue_mb * 2**20), PUBLISH_QUEUE_ITEMS)
         self.arch_q: queue.Queue[Outgoing | None] = queue.Queue(maxsize=16)
+        self.feedback = FeedbackDesk(self.station, cfg.model.project,
+                                     Path(out.archive.dir) if out.archive.enabled else None)
         self.archive_prune_s = 60.0  # age retention between records (a test shortens it)
         # which pictures any output uses: the others are never held in the queue
         images_out = out.zmq.enabled and out.zmq.image_endpoint is not None
@@ -74,6 +77,8 @@ class Service:
         self.pipeline.on_stage = self.metrics.observe_stage
         self.pipeline.on_types = self.metrics.add_defect_types  # learned types, when a bundle brings them
         self.metrics.add_defect_types((self.pipeline.spec or InspectionSpec()).known_types())
+        self.trends = self.pipeline.trends = TrendMonitor(cfg.trends) if cfg.trends.enabled else None
+        self.metrics.watch_trends(self.trends)
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._next_stats = time.monotonic() + cfg.pipeline.stats_interval_s
@@ -113,6 +118,9 @@ class Service:
                 self.pipeline.alarm_limited("verdict_log_error", f"verdict log {self.verdict_log.path}: "
                                             f"{self.verdict_log.last_problem}", seq=verdict.get("seq"))
             self.metrics.record_verdict(verdict)
+            self.feedback.recent.note(verdict)  # O(1): what cmd/feedback answers
+            for a in self.trends.update(Observation.from_verdict(verdict)) if self.trends else ():  # O(1), ~5 us
+                self.alarm(a.code, a.message, seq=verdict.get("seq"), chart=a.kind, defect_type=a.defect_type)
             self.metrics.observe_stage("publish", time.perf_counter() - t0)
             if self.archive and item.pictures is not None:
                 try:
@@ -200,16 +208,9 @@ class Service:
         return {"paused": False}
 
     def _cmd_feedback(self, cmd: Feedback) -> dict:
-        record = cmd.model_dump(exclude_none=True)
-        log.info("operator feedback", extra={"feedback": record})
-        self.metrics.feedback_received(cmd.label)
-        if not self.cfg.outputs.archive.enabled:
-            return {"recorded": False, "why": "no archive configured: feedback is only logged"}
-        path = Path(self.cfg.outputs.archive.dir) / "feedback.jsonl"  # kept for re-training
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        return {"recorded": True}
+        reply = self.feedback.answer(cmd, self.archive.image_of if self.archive else lambda _seq: None)
+        self.metrics.feedback_received("OK" if cmd.label == "OK" else "NG")
+        return reply
 
     def _cmd_part(self, cmd: Part) -> dict:
         self.pipeline.part_ids.append(cmd.part_id)

@@ -26,7 +26,8 @@ def test_names_are_the_configs():
     ("reload", {"bundel": "/m/a.zip"}, "bundel: Extra inputs are not permitted"),
     ("pause", {"now": True}, "now: Extra inputs are not permitted"),
     ("feedback", {"seq": "12", "label": "NG"}, "seq: Input should be a valid integer"),
-    ("feedback", {"seq": 12, "label": "ng"}, "label: Input should be 'OK' or 'NG'"),
+    ("feedback", {"seq": 12, "label": "Ok"}, "label: Value error, label 'Ok': use 'good' or a defect type"),
+    ("feedback", {"seq": 12, "label": 5}, "label: Input should be a valid string"),
     ("feedback", {"label": "OK"}, "seq: Field required"),
     ("part", {"part_id": ""}, "part_id: String should have at least 1 character"),
     ("part", {"part_id": "x" * 201}, "part_id: String should have at most 200 characters"),
@@ -43,6 +44,7 @@ def test_good_payloads_reach_their_handler_typed():
     d, seen = dispatcher()
     assert d("reload", {"id": "r1", "rollback": True}) == {"ok": "Reload"}
     assert d("feedback", {"id": 7, "seq": 12, "label": "NG", "note": "burr"}) == {"ok": "Feedback"}
+    assert d("feedback", {"seq": 13, "label": "crack", "by": "anna"}) == {"ok": "Feedback"}
     assert seen[0] == Reload(id="r1", rollback=True) and seen[1].seq == 12 and seen[1].label == "NG"
 
 

@@ -433,7 +433,7 @@ def test_a_missing_golden_image_does_not_end_the_check_of_the_others(small_bundl
     del b.golden[first.file.removeprefix("golden/")]
     second.score = second.score * 10 + 1.0
     problems = Engine(b).check_golden()
-    assert any(f"golden image {first.file} missing" in p for p in problems)
+    assert problems[0] == f"golden image {first.file} missing"  # the exact text: people read it in the alarm
     assert any(second.file in p and "manifest recorded" in p for p in problems)
 
 
@@ -1323,3 +1323,58 @@ def test_shutdown_waits_for_the_acquisition_thread(small_bundle):
     svc.shutdown()
     acquire = next(t for t in svc._threads if t.name == "acquire")
     assert not acquire.is_alive()
+
+
+def test_shutdown_reports_the_pipeline_down_to_prometheus(small_bundle):
+    # kills `set_up(False)` -> True in shutdown: a stopped station must not read as up between scrapes
+    svc = Service(config(small_bundle), notifier=Notifier(None))
+    svc.metrics.set_up(True)
+    assert b"\nlinesight_up 1.0\n" in svc.metrics.exposition()
+    svc.shutdown()
+    assert b"\nlinesight_up 0.0\n" in svc.metrics.exposition()
+
+
+def test_a_bundle_path_that_is_a_fifo_is_refused_unread_in_exact_words(tmp_path):
+    # kills the text mutant of the "not a regular file nor a folder" refusal (a FIFO would block a reader)
+    pipe = tmp_path / "model.zip"
+    os.mkfifo(pipe)
+    with pytest.raises(BundleError) as exc:
+        load_bundle(pipe)
+    assert str(exc.value) == f"bundle {pipe} is not a regular file nor a folder: refused unread"
+
+
+def test_zip_size_refusals_name_the_cap_in_mib_and_a_stored_zip_at_the_cap_loads(zips, tmp_path):
+    # kills `st.st_size > limit` -> `>=` (a stored zip exactly at the cap), the MiB arithmetic of both size
+    # refusals (>> 21, << 20: only a cap of several MiB tells them apart) and the no-manifest text
+    import zipfile
+
+    stored = tmp_path / "stored.zip"
+    with zipfile.ZipFile(zips["a"]) as src, zipfile.ZipFile(stored, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert load_bundle(stored, max_bytes=stored.stat().st_size).manifest  # unpacked < file size == cap
+    big = tmp_path / "big.zip"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("blob", os.urandom(4 << 20))
+    with pytest.raises(BundleError) as exc:
+        load_bundle(big, max_bytes=3 << 20)
+    assert str(exc.value) == f"bundle {big} is larger than 3 MiB: refused unread"
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros", bytes(5 << 20))
+    with pytest.raises(BundleError) as exc:
+        load_bundle(bomb, max_bytes=3 << 20)
+    assert str(exc.value) == f"bundle {bomb} unpacks to more than 3 MiB: refused"
+    with pytest.raises(BundleError) as exc:
+        load_bundle(bomb)
+    assert str(exc.value) == f"bundle {bomb} has no manifest.json: not a linesight bundle or truncated"
+
+
+def test_a_manifest_without_the_bank_hash_is_refused_naming_the_file(small_bundle, tmp_path):
+    # kills the text mutant of "manifest lists no hash for" (no test reached it: a manifest whose file list lost
+    # an entry, e.g. edited by hand)
+    folder = copy_bundle(small_bundle, tmp_path / "model")
+    edit_manifest(folder, lambda raw: raw["files"].pop("memory_bank.npy"))
+    with pytest.raises(BundleError) as exc:
+        load_bundle(folder)
+    assert str(exc.value) == f"bundle {folder}: manifest lists no hash for memory_bank.npy"

@@ -347,7 +347,7 @@ def test_alert_rules_structure_and_metric_names() -> None:
     assert set(alerts) == {"LinesightDaemonOffline", "LinesightCameraDown", "LinesightNgRateHigh",
                            "LinesightDeadlineMissed", "LinesightVerdictsDropped", "LinesightMqttDown",
                            "LinesightFailSafeRateHigh", "LinesightModelRefused", "LinesightNoModel",
-                           "LinesightArchiveErrors", "LinesightArchiveDiskFull"}
+                           "LinesightArchiveErrors", "LinesightArchiveDiskFull", "LinesightTrendOutOfControl"}
     assert alerts["LinesightMqttDown"]["for"] == "1m" and "> 0.05" in alerts["LinesightFailSafeRateHigh"]["expr"]
     assert alerts["LinesightCameraDown"]["for"] == "1m" and alerts["LinesightNgRateHigh"]["for"] == "10m"
     assert "> 0.2" in alerts["LinesightNgRateHigh"]["expr"]
@@ -376,6 +376,16 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
         if instance:
             lab["instance"] = instance
         return {"exp_labels": lab, "exp_annotations": _annotations(rules[alert], instance)}
+
+    def trend(chart: str, kind: str) -> dict:
+        """LinesightTrendOutOfControl on cam1; its annotations also template the chart and the defect type (an
+        empty `type` label is no label)."""
+        out = exp("LinesightTrendOutOfControl", "cam1", chart=chart, **({"type": kind} if kind else {}))
+        with_type = re.compile(r"\{\{ with \$labels\.type \}\}(.*?)\{\{ \. \}\}(.*?)\{\{ end \}\}")
+        for key, text in out["exp_annotations"].items():
+            text = with_type.sub(lambda m_: f"{m_.group(1)}{kind}{m_.group(2)}" if kind else "", text)
+            out["exp_annotations"][key] = text.replace("{{ $labels.chart }}", chart)
+        return out
 
     s = 'job="linesight",instance="cam1"'
     tests = {
@@ -515,6 +525,41 @@ def test_alert_rules_with_promtool(tmp_path) -> None:
                     {"eval_time": "5m", "alertname": "LinesightArchiveDiskFull",
                      "exp_alerts": [exp("LinesightArchiveDiskFull", "cam1", reason="disk_space")]},
                     {"eval_time": "40m", "alertname": "LinesightArchiveDiskFull", "exp_alerts": []},
+                ],
+            },
+            {   # a trend chart out of control for 1 minute warns, per chart (the score chart on either side) and
+                # clears once back inside; a brief touch of the limit (cam2), a chart under it (cam3) and the
+                # 0 of a burn-in (cam4) do not
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'linesight_trend_ratio{{chart="ng_rate",type="",{s}}}',
+                     "values": "0.2 0.5 0.9 1.1 1.4 1.6 1.2 0.4 0.1 0.1"},
+                    {"series": f'linesight_trend_ratio{{chart="score",type="",{s}}}', "values": "0 0 -0.8 -1.2x6"},
+                    {"series": f'linesight_trend_ratio{{chart="type",type="crack",{s}}}', "values": "0.1x9"},
+                    {"series": 'linesight_trend_ratio{chart="ng_rate",type="",job="linesight",instance="cam2"}',
+                     "values": "0.5 1.0 0.5 0.5 1.0 0.4 0.3 0.2 0.2 0.2"},
+                    {"series": 'linesight_trend_ratio{chart="type",type="crack",job="linesight",instance="cam3"}',
+                     "values": "0.99x9"},
+                    {"series": 'linesight_trend_ratio{chart="score",type="",job="linesight",instance="cam4"}',
+                     "values": "0x9"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "3m", "alertname": "LinesightTrendOutOfControl", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "LinesightTrendOutOfControl",
+                     "exp_alerts": [trend("ng_rate", ""), trend("score", "")]},
+                    {"eval_time": "8m", "alertname": "LinesightTrendOutOfControl",
+                     "exp_alerts": [trend("score", "")]},
+                ],
+            },
+            {   # a type chart names its defect type
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'linesight_trend_ratio{{chart="type",type="crack",{s}}}', "values": "0.5 1.3x5"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "1m", "alertname": "LinesightTrendOutOfControl", "exp_alerts": []},
+                    {"eval_time": "3m", "alertname": "LinesightTrendOutOfControl",
+                     "exp_alerts": [trend("type", "crack")]},
                 ],
             },
             {   # the target vanished entirely: absent() still pages

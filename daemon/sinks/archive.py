@@ -169,6 +169,15 @@ class Archive:
             self.last_problem = None
         return True
 
+    def image_of(self, seq: int) -> Path | None:
+        """The archived frame of `seq` (newest record first); None when the archive did not keep it."""
+        prefix = f"{int(seq):012d}_"
+        with self._lock:
+            for rec in reversed(self._records):
+                if rec.stem.name.startswith(prefix):
+                    return next((f for f in rec.files if ".image." in f.name), None)
+        return None
+
     def prune(self) -> None:
         """Apply age retention now (call periodically: `save` only prunes when frames arrive)."""
         with self._lock:

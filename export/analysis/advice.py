@@ -12,7 +12,16 @@ from linesight.config.inspection import KnowledgeBase, KnowledgeEntry
 from linesight.export.analysis.grading import Decision
 from linesight.export.prediction import DefectRegion
 
-__all__ = ["Advice", "Trend", "advise"]
+__all__ = ["Advice", "OutOfControl", "Trend", "advise"]
+
+
+@dataclass(frozen=True)
+class OutOfControl:
+    """Which trend charts (daemon.trends) are out of control now: crossed their limit, not yet back."""
+
+    score: bool = False  # the score EWMA (either side)
+    ng_rate: bool = False  # the NG-rate CUSUM
+    types: frozenset[str] = frozenset()  # defect types whose rate CUSUM is out
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,7 @@ class Trend:
 
     ng_rate: float | None = None  # NG fraction of the recent parts, 0..1
     history: Sequence[Sequence[str]] | None = None  # defect types of the previous parts, oldest first; [] = clean
+    charts: OutOfControl | None = None  # the trend charts' alarms; None: no trend monitor
 
 
 @dataclass
@@ -58,11 +68,20 @@ def _trend_conditions(entry: KnowledgeEntry, kind: str, trend: Trend | None) -> 
         if seen < cond.min_count:
             return None
         held.append(f"{kind} on {seen} of the last {cond.n} parts")
+    if entry.out_of_control is not None:
+        charts = None if trend is None else trend.charts
+        if charts is None:
+            return None
+        out = {"score": charts.score, "ng_rate": charts.ng_rate, "type": kind in charts.types}
+        if not all(out[c] for c in entry.out_of_control):
+            return None
+        held += [f"trend chart {kind if c == 'type' else c} out of control" for c in entry.out_of_control]
     return held
 
 
 def _specificity(entry: KnowledgeEntry) -> int:
-    return (4 * ((entry.ng_rate_above is not None) + (entry.repeats_in_last_n is not None))
+    return (4 * ((entry.ng_rate_above is not None) + (entry.repeats_in_last_n is not None)
+                 + (entry.out_of_control is not None))
             + 2 * (entry.types is not None) + (entry.zones is not None) + (entry.polarity is not None))
 
 
@@ -76,8 +95,9 @@ def advise(
     all regions of an NG image; none on an OK-scored frame the spec's gate did not grade.
     `trend` (optional) holds `ng_rate` (recent NG fraction, 0..1) and `history` (defect types of the
     previous parts, oldest first, one list per part, [] for a clean part); the current part counts as
-    one of the last n for `repeats_in_last_n`. Entries with a trend condition that cannot be checked
-    (no trend, or its field None) do not match.
+    one of the last n for `repeats_in_last_n`; `charts` says which trend charts are out of control, for
+    `out_of_control`. Entries with a trend condition that cannot be checked (no trend, or its field None) do
+    not match.
     """
     if kb is None or not regions:
         return []
