@@ -4,9 +4,9 @@ own ONNX graph, through the engine's frame preparation and the trainer's patch e
 Good parts the model rejected add the patches its bank did not cover (greedy coreset of the new patches that
 score above the held-out good median, at the version's coreset ratio). Every score moves with the bank, so the
 thresholds are calibrated again to the version's targets on the project's held-out labeled images (feedback
-images are never among them). Defect feedback joins that labeled set. The new version must keep the golden
-images its parent passed OK and must not let more of the labeled defects through than its parent, else it is
-refused with the numbers.
+images are never among them). Defect feedback joins that labeled set. The new version must pass its golden
+check and may neither let more labeled defects through nor reject more held-out good parts than its parent,
+else it is refused with the numbers.
 """
 from __future__ import annotations
 
@@ -80,10 +80,43 @@ def _rates(engine: Engine, view: Path) -> Rates:
     return Rates(sum(s >= t for s in good), len(good), sum(s < t for s in bad), len(bad))
 
 
-def _new_rows(engine: Engine, frames: list[np.ndarray], masks: list, k: int, ratio: float, seed: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _defect_patches(engine: Engine, project: Project, k: int) -> np.ndarray:
+    """Scale k: the patch features inside the masks of the project's labeled defects (none when frames are
+    aligned: the masks are in the unaligned frame)."""
+    from linesight.export.images import read_mask
+    from linesight.trainer.patches import extract
+
+    if engine.manifest.frame.align.mode != "none":
+        return np.empty((0, engine.manifest.features.embedding_dim), np.float32)
+    shown = [e for e in project.data_index().images if e.label != GOOD and e.mask]
+    images = [read_image(project.data_dir / e.file) for e in shown]
+    masks = [read_mask(project.data_dir / e.mask, img.shape[:2]) for e, img in zip(shown, images)]
+    frames, _, _ = engine.prepare(images)
+    try:
+        return extract(engine.features, frames, masks, engine.scales[k].info, engine.spec, engine.stride, 8)[0]
+    except DataError:  # no mask covers a whole cell
+        return np.empty((0, engine.manifest.features.embedding_dim), np.float32)
+
+
+def _hiding(engine: Engine, k: int, candidates: np.ndarray, defects: np.ndarray) -> np.ndarray:
+    """Which candidate rows would lower a labeled defect patch's score: nearer to it than its k-th bank neighbour."""
+    hides = np.zeros(len(candidates), bool)
+    if not len(defects) or not len(candidates):
+        return hides
+    scale = engine.scales[k]
+    radius = knn_search(scale.index, scale.exact, defects, engine.manifest.scoring.k)[0][:, -1:]
+    c2 = (candidates ** 2).sum(1)
+    for s in range(0, len(defects), 256):
+        g = defects[s:s + 256]
+        d2 = (g ** 2).sum(1)[:, None] - 2.0 * g @ candidates.T + c2[None, :]
+        hides |= (d2 < radius[s:s + 256] ** 2).any(axis=0)
+    return hides
+
+
+def _new_rows(engine: Engine, frames: list[np.ndarray], masks: list, k: int, ratio: float, seed: int,
+              defects: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scale k: (rows to add, their (image, y, x) locations among `frames`): the new patches the bank does not
-    cover yet, thinned by the coreset at the version's ratio."""
+    cover yet and that would hide no labeled defect patch, thinned by the coreset at the version's ratio."""
     from linesight.trainer.coreset import greedy_coreset
     from linesight.trainer.patches import extract
 
@@ -93,6 +126,7 @@ def _new_rows(engine: Engine, frames: list[np.ndarray], masks: list, k: int, rat
     score = dist.mean(axis=1)
     floor = scale.info.good_median if scale.info.good_median is not None else float(np.median(score))
     novel = np.nonzero(score > floor)[0]
+    novel = novel[~_hiding(engine, k, patches[novel], defects)]
     n = min(len(novel), max(1, int(round(len(patches) * ratio))))
     if n == 0:
         return np.empty((0, patches.shape[1]), np.float32), np.empty((0, 3), np.int32)
@@ -101,7 +135,7 @@ def _new_rows(engine: Engine, frames: list[np.ndarray], masks: list, k: int, rat
 
 
 def _grown(engine: Engine, frames: list[np.ndarray], masks: list, names: list[str], seed: int,
-           what: str) -> tuple[Bundle, list[int]]:
+           what: str, project: Project) -> tuple[Bundle, list[int]]:
     """The engine's bundle with the new rows appended to every scale's bank (exact search from here on)."""
     b = engine.bundle
     m = b.manifest.model_copy(deep=True)
@@ -109,7 +143,8 @@ def _grown(engine: Engine, frames: list[np.ndarray], masks: list, names: list[st
     first_image = len(engine.train_images)
     added, bank0 = [], b.bank
     for k, sc in enumerate(engine.scales):
-        rows, locs = _new_rows(engine, frames, masks, k, m.memory.coreset_ratio, seed)
+        rows, locs = _new_rows(engine, frames, masks, k, m.memory.coreset_ratio, seed,
+                               _defect_patches(engine, project, k))
         locs = locs.copy()
         locs[:, 0] += first_image
         bank = np.ascontiguousarray(np.concatenate([sc.bank, rows]).astype(np.float32))
@@ -133,7 +168,7 @@ def _grown(engine: Engine, frames: list[np.ndarray], masks: list, names: list[st
     new_revision(m, what)
     grown = Bundle(manifest=m, onnx=b.onnx, bank=bank0, golden=dict(b.golden), extras=extras)
     check = Engine(grown)
-    for g in m.golden:  # the bank changed, so do the golden scores: re-recorded, and gated below
+    for g in m.golden:  # the bank changed, so do the golden scores: re-recorded (and verified after calibration)
         g.score = check.predict(check.golden_image(g.file)).score
     return grown, added
 
@@ -168,16 +203,16 @@ def _take(project: Project, records: list) -> tuple[list[str], list[tuple[Path, 
     return used, goods, skipped
 
 
-def _gate(parent: int, old: Bundle, before: Rates, after: Rates, final: Bundle) -> None:
-    """Golden images the parent passed stay OK; labeled defects let through do not rise."""
-    t_old, t_new = old.manifest.thresholds.image, final.manifest.thresholds.image
-    was_ok = {g.file for g in old.manifest.golden if g.score < t_old}
-    now_ng = [g.file for g in final.manifest.golden if g.file in was_ok and g.score >= t_new]
-    if now_ng:
-        raise LearnRefused(f"learned version refused: golden image(s) {', '.join(now_ng)} would be NG "
-                           f"(OK in v{parent})")
+def _gate(parent: int, before: Rates, after: Rates, golden_problems: list[str]) -> None:
+    """The learned version verifies like any bundle (its golden images reproduce), and is no worse than its
+    parent on either side of the project's held-out labeled images."""
+    if golden_problems:
+        raise LearnRefused(f"learned version refused: golden images do not reproduce: {'; '.join(golden_problems)}")
     if after.escape > before.escape:
         raise LearnRefused(f"learned version refused: it lets more labeled defects through than v{parent} "
+                           f"(v{parent}: {before.text()}; learned: {after.text()})")
+    if after.false_reject > before.false_reject:
+        raise LearnRefused(f"learned version refused: it rejects more held-out good parts than v{parent} "
                            f"(v{parent}: {before.text()}; learned: {after.text()})")
 
 
@@ -212,7 +247,7 @@ def learn(project: Project, parent: int | None = None) -> LearnResult:
                         if i not in keep]
             grown, added = _grown(engine, [frames[i] for i in keep], [masks[i] for i in keep],
                                   [goods[i][0].name for i in keep], pinfo.train_config.fit_config().seed,
-                                  f"learned {len(keep)} good image(s) from feedback")
+                                  f"learned {len(keep)} good image(s) from feedback", project)
         write_bundle(build / BUNDLE_DIR, grown)
         if goods and before.good and before.defective:  # every score moved: calibrate again, to the same targets
             try:
@@ -220,8 +255,9 @@ def learn(project: Project, parent: int | None = None) -> LearnResult:
             except ThresholdRefused as exc:
                 raise LearnRefused(f"learned version refused: {exc}") from None
         final = load_bundle(build / BUNDLE_DIR)
-        after = _rates(Engine(final), view)
-        _gate(parent, engine.bundle, before, after, final)
+        learned = Engine(final)
+        after = _rates(learned, view)
+        _gate(parent, before, after, learned.check_golden())
         shutil.rmtree(view)
         t = final.manifest.thresholds
         info = pinfo.model_copy(update={
