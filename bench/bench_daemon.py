@@ -231,7 +231,8 @@ def run_phase(bundle: str, port: int, tmp: Path, rate: float | None, seconds: fl
             "trigger_to_verdict_p50_ms": float(np.percentile(lat, 50)),
             "trigger_to_verdict_p99_ms": float(np.percentile(lat, 99)),
             "ok_inference_p50_ms": float(np.median(inference)) if inference else None,
-            "rss_start_mb": rss0, "rss_end_mb": rss_trace[-1], "rss_max_mb": max(rss_trace)}
+            "rss_start_mb": rss0, "rss_end_mb": rss_trace[-1], "rss_max_mb": max(rss_trace),
+            "rss_trace_mb": [round(x) for x in rss_trace]}  # every 30 s: growth vs a plateau
 
 
 def main() -> None:

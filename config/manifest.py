@@ -250,7 +250,10 @@ class PreprocessInfo(Strict):
 
     input_size: tuple[int, int] = Field(description="(height, width) of the backbone input")
     resize: Literal["stretch", "letterbox"] = "stretch"
-    interpolation: Literal["area-down/linear-up"] = "area-down/linear-up"
+    interpolation: Literal["area-down/linear-up", "box-area-down/linear-up"] = Field(
+        "area-down/linear-up", description="area-down/linear-up: one area resample; box-area-down/linear-up: when "
+        "shrinking by k >= 2 on both axes, first a k x k box average (edge pixels repeated to a multiple of k), then "
+        "area to the input: the same pixels averaged, ~10x faster on camera frames")
     color: Literal["rgb"] = "rgb"
     scale: Literal["dtype-max"] = "dtype-max"
     mean: tuple[float, float, float]

@@ -13,6 +13,8 @@ import numpy as np
 from linesight.config.manifest import PreprocessInfo
 from linesight.export.images import check_image, to_unit_rgb
 
+AREA = "area-down/linear-up"
+BOX_AREA = "box-area-down/linear-up"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -26,17 +28,29 @@ class PreprocessSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "stretch"  # whole-frame scales: "stretch" to the input, or "letterbox" (keep aspect, pad)
+    interpolation: str = BOX_AREA  # new fits; a bundle's manifest says which one it was fitted with
 
     def to_info(self) -> PreprocessInfo:
-        return PreprocessInfo(input_size=(self.height, self.width), resize=self.resize, mean=self.mean, std=self.std)
+        return PreprocessInfo(input_size=(self.height, self.width), resize=self.resize, mean=self.mean, std=self.std,
+                              interpolation=self.interpolation)
 
     @classmethod
     def from_info(cls, info: PreprocessInfo) -> PreprocessSpec:
         (h, w), (mean, std) = info.input_size, (info.mean, info.std)
-        return cls(height=h, width=w, mean=mean, std=std, resize=info.resize)
+        return cls(height=h, width=w, mean=mean, std=std, resize=info.resize, interpolation=info.interpolation)
 
 
-def resize_native(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+def _box(image: np.ndarray, k: int) -> np.ndarray:
+    """k x k block means (OpenCV's integer-factor area path), edge pixels repeated up to a multiple of k so no
+    pixel of the frame is dropped."""
+    h, w = image.shape[:2]
+    ph, pw = -h % k, -w % k
+    if ph or pw:
+        image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+    return cv2.resize(image, ((w + pw) // k, (h + ph) // k), interpolation=cv2.INTER_AREA)
+
+
+def resize_native(image: np.ndarray, size_hw: tuple[int, int], interpolation: str = AREA) -> np.ndarray:
     """Resize in the image's own dtype and channel count (area when shrinking, linear when growing), so a
     25 MP frame costs about as much as a small one: the float RGB copy is made at the small size only."""
     h, w = image.shape[:2]
@@ -46,8 +60,11 @@ def resize_native(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     small = image if image.dtype != np.float32 else np.clip(image, 0.0, 1.0)
     if small.ndim == 3 and small.shape[2] == 4:
         small = small[:, :, :3]
-    out = cv2.resize(np.ascontiguousarray(small), (size_hw[1], size_hw[0]),
-                     interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    small = np.ascontiguousarray(small)
+    k = min(h // size_hw[0], w // size_hw[1])
+    if shrinking and interpolation == BOX_AREA and k >= 2:  # OpenCV's area is ~10x slower at non-integer factors
+        small = _box(small, k)
+    out = cv2.resize(small, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return out
 
 
@@ -61,7 +78,7 @@ def normalise(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 def preprocess(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Image -> normalised CHW float32 tensor of the model's input size (stretched: the whole-frame view)."""
     check_image(image)
-    return normalise(resize_native(image, (spec.height, spec.width)), spec)
+    return normalise(resize_native(image, (spec.height, spec.width), spec.interpolation), spec)
 
 
 def preprocess_batch(images: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:

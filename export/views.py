@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from linesight.config.manifest import ScaleInfo
-from linesight.export.preprocess import PreprocessSpec, normalise, resize_native
+from linesight.export.preprocess import AREA, PreprocessSpec, normalise, resize_native
 
 # A defect is seen well when it spans MIN_INPUT_PX..MAX_INPUT_PX model-input pixels: below, it blurs into one
 # patch with normal texture (1.5 cells of the stride-8 grid); above half the input, it changes the whole view.
@@ -238,9 +238,9 @@ def _view(frame_hw: tuple[int, int], mode: str, pixels_per_input: float | None, 
                 _starts(ph, th, overlap), _starts(pw, tw, overlap))
 
 
-def render(image: np.ndarray, view: View) -> np.ndarray:
+def render(image: np.ndarray, view: View, interpolation: str = AREA) -> np.ndarray:
     """The frame resized to the canvas and padded to the plane, in its own dtype (edge pixels repeated)."""
-    canvas = resize_native(image, view.canvas_hw)
+    canvas = resize_native(image, view.canvas_hw, interpolation)
     oy, ox = view.offset_yx
     ph, pw = view.plane_hw
     ch, cw = view.canvas_hw
@@ -279,7 +279,7 @@ def scan(frames: Sequence[np.ndarray], views: Sequence[View], spec: PreprocessSp
     `max_batch` at a time, so memory stays bounded however many frames are scanned."""
     for s in range(0, len(frames), max_batch):
         group = views[s:s + max_batch]
-        planes = [render(f, v) for f, v in zip(frames[s:s + max_batch], group)]
+        planes = [render(f, v, spec.interpolation) for f, v in zip(frames[s:s + max_batch], group)]
         for batch, chunk in iter_tiles(planes, group, spec, max_batch):
             tiles = []
             for i, t in chunk:

@@ -174,3 +174,33 @@ def test_crop_coverage_is_the_frame_mask_coverage(hw, scale, spec):
         crop = MaskCrop.of(m)
         assert crop.mask.size < m.size or m.all()
         assert np.allclose(v.crop_coverage(crop), v.coverage(m), rtol=0, atol=1e-6)
+
+
+def test_box_then_area_resampling_averages_the_same_pixels_and_old_bundles_keep_one_area_pass(small_bundle):
+    """New fits record box-area-down (a k x k box mean, then area: ~10x faster on camera frames); a manifest that
+    says area-down/linear-up (every bundle before) is resized exactly as it was fitted."""
+    import cv2
+
+    from linesight.export.bundle import load_bundle
+    from linesight.export.preprocess import AREA, BOX_AREA, resize_native
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (2048, 2448), dtype=np.uint8)
+    blocks = img.reshape(128, 16, 153, 16).mean(axis=(1, 3))  # 16 x 16 box means: exact for this size
+    box = resize_native(img, (128, 153), BOX_AREA)
+    assert np.abs(box.astype(float) - blocks).max() <= 0.5  # rounding to uint8 only
+    np.testing.assert_array_equal(resize_native(img, (128, 128), AREA),
+                                  cv2.resize(img, (128, 128), interpolation=cv2.INTER_AREA))
+    odd = rng.integers(0, 255, (2050, 2449), dtype=np.uint8)  # not a multiple of k: edge rows repeated, none lost
+    odd[-1, :] = 255
+    assert resize_native(odd, (128, 128), BOX_AREA)[-1, :].mean() > resize_native(odd[:-1], (128, 128),
+                                                                                  BOX_AREA)[-1, :].mean()
+    flat = np.full((2050, 2449), 77, np.uint8)
+    assert (resize_native(flat, (128, 128), BOX_AREA) == 77).all()
+    b = load_bundle(small_bundle)
+    assert b.manifest.preprocess.interpolation == BOX_AREA  # what new fits record
+    raw = b.manifest.preprocess.model_dump()
+    raw.pop("interpolation")
+    from linesight.config.manifest import PreprocessInfo
+
+    assert PreprocessInfo.model_validate(raw).interpolation == AREA  # a manifest written before: its own resampling
