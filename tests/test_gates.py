@@ -1378,3 +1378,70 @@ def test_a_manifest_without_the_bank_hash_is_refused_naming_the_file(small_bundl
     with pytest.raises(BundleError) as exc:
         load_bundle(folder)
     assert str(exc.value) == f"bundle {folder}: manifest lists no hash for memory_bank.npy"
+
+
+# ------------------------------------------------------------------------------------------------ 19. seed-3 sample
+# Survivors of a third out-of-sample run (seed 3, docs/mutation-testing.md).
+def test_acquisition_resumes_within_a_tenth_of_a_second(small_bundle):
+    # kills the paused poll 0.05 -> 1.05 s: a resumed line must not lose a second of parts
+    frames = [frame(i) for i in range(3)]
+    p, _ = pipeline(config(small_bundle, queue_size=8))
+    p.source = ListSource(frames)
+    p.paused.set()
+    t = threading.Thread(target=p.acquire_loop, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    assert p.frames_in == 0
+    t0 = time.monotonic()
+    p.paused.clear()
+    while p.frames_in == 0 and time.monotonic() - t0 < 5:
+        time.sleep(0.005)
+    assert time.monotonic() - t0 < 0.5
+    t.join(5)
+
+
+def test_a_failing_pair_is_retried_frame_by_frame_and_the_failure_logged_with_camera_and_seq(small_bundle, caplog):
+    # kills `len(ready) > 1` -> `> 2` (two frames queued together: one bad frame would fail its neighbour) and
+    # the log's structured keys
+    p, rec = pipeline(config(small_bundle, queue_size=8))
+    real = p.holder.engine.predict_batch
+    bad = np.full((80, 96), 7, np.uint8)
+
+    def picky(images, **kw):
+        if any(im is bad or (im.shape == bad.shape and (im == 7).all()) for im in images):
+            raise RuntimeError("bad pixels")
+        return real(images, **kw)
+
+    p.holder.engine.predict_batch = picky
+    with caplog.at_level(logging.ERROR, logger="linesight.daemon.pipeline"):
+        p.process([p.admit(frame(0)), p.admit(frame(1, bad))])
+    by_seq = {v["camera"]["source_seq"]: v for v in rec.verdicts}
+    assert by_seq[0]["fail_safe"] is False and by_seq[1]["reason"] == "inference_error"
+    (r,) = [r for r in caplog.records if r.getMessage() == "inference failed"]
+    assert (r.camera, r.seq) == ("s", rec.verdicts[-1]["seq"])
+
+
+def test_model_change_and_rollback_say_which_model_in_exact_words(zips, caplog):
+    # kills the model_changed alarm text and the rollback log text
+    p, rec = pipeline(config(zips["a"], model={"watch": False}))
+    p._reload(None, str(zips["b"]), False)
+    with caplog.at_level(logging.WARNING, logger="linesight.daemon.model"):
+        p._reload(None, None, True)
+    changed = [a[1] for a in rec.alarms if a[0] == "model_changed"]
+    assert changed == ["model gates-test v2 active", "model gates-test v1 active"]
+    assert "rolled back to model gates-test v1" in [r.getMessage() for r in caplog.records]
+
+
+def test_feedback_names_are_bounded_and_a_foreign_state_file_is_named(tmp_path):
+    # kills Feedback.by losing its 200-character bound and the SeqStore "not a ... file" text
+    d = Dispatcher({m: (lambda cmd: {"ok": True}) for m in MODELS.values()})
+    assert d("feedback", {"seq": 1, "label": "OK", "by": "b" * 200}) == {"ok": True}
+    with pytest.raises(ValueError, match="by: String should have at most 200 characters"):
+        d("feedback", {"seq": 1, "label": "OK", "by": "b" * 201})
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state-st.json").write_text('{"schema": "something/else"}')
+    with pytest.raises(StateError) as exc:
+        SeqStore(state, "st")
+    assert str(exc.value) == (f"{state / 'state-st.json'}: not a linesight.state/1 file; fix or remove it (seq then "
+                              "restarts at 1)")
