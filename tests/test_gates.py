@@ -1445,3 +1445,30 @@ def test_feedback_names_are_bounded_and_a_foreign_state_file_is_named(tmp_path):
         SeqStore(state, "st")
     assert str(exc.value) == (f"{state / 'state-st.json'}: not a linesight.state/1 file; fix or remove it (seq then "
                               "restarts at 1)")
+
+
+def test_the_seq_reservation_is_renewed_only_when_the_block_is_used_up(tmp_path):
+    # kills `_next > _reserved` -> `>=`: a block is BLOCK seqs, renewed when the next seq would leave it
+    s = SeqStore(tmp_path / "state", "st")
+    try:
+        first = s.next()
+        for _ in range(BLOCK - 1):
+            s.next()
+        assert json.loads(s.path.read_text())["next_seq"] == first + BLOCK  # every reserved seq handed out
+        s.next()
+        assert json.loads(s.path.read_text())["next_seq"] == first + 2 * BLOCK + 1
+    finally:
+        s.close()
+
+
+def test_bundle_size_and_format_refusals_read_exactly(small_bundle, tmp_path):
+    # kills the text mutants of the folder "larger than" and the "not a bundle folder nor a readable .zip" refusals
+    folder = copy_bundle(small_bundle, tmp_path / "model")
+    with pytest.raises(BundleError) as exc:
+        load_bundle(folder, max_bytes=1000)
+    assert str(exc.value) == f"bundle {folder} is larger than 0 MiB: refused unread"
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK not really a zip")
+    with pytest.raises(BundleError) as exc:
+        load_bundle(junk)
+    assert str(exc.value) == f"bundle {junk} is not a bundle folder nor a readable .zip (BadZipFile: File is not a zip file)"
