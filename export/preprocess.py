@@ -61,7 +61,7 @@ def resize_native(image: np.ndarray, size_hw: tuple[int, int], interpolation: st
     if small.ndim == 3 and small.shape[2] == 4:
         small = small[:, :, :3]
     small = np.ascontiguousarray(small)
-    k = min(h // size_hw[0], w // size_hw[1])
+    k = min(h // size_hw[0], w // size_hw[1]) // 2  # the area pass still shrinks >= 2x: close to one area pass
     if shrinking and interpolation == BOX_AREA and k >= 2:  # OpenCV's area is ~10x slower at non-integer factors
         small = _box(small, k)
     out = cv2.resize(small, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)

@@ -1471,4 +1471,5 @@ def test_bundle_size_and_format_refusals_read_exactly(small_bundle, tmp_path):
     junk.write_bytes(b"PK not really a zip")
     with pytest.raises(BundleError) as exc:
         load_bundle(junk)
-    assert str(exc.value) == f"bundle {junk} is not a bundle folder nor a readable .zip (BadZipFile: File is not a zip file)"
+    assert str(exc.value) == (f"bundle {junk} is not a bundle folder nor a readable .zip (BadZipFile: File is not "
+                              "a zip file)")

@@ -188,7 +188,7 @@ def test_box_then_area_resampling_averages_the_same_pixels_and_old_bundles_keep_
     img = rng.integers(0, 255, (2048, 2448), dtype=np.uint8)
     blocks = img.reshape(128, 16, 153, 16).mean(axis=(1, 3))  # 16 x 16 box means: exact for this size
     box = resize_native(img, (128, 153), BOX_AREA)
-    assert np.abs(box.astype(float) - blocks).max() <= 0.5  # rounding to uint8 only
+    assert np.abs(box.astype(float) - blocks).max() <= 1.0  # two roundings to uint8 only
     np.testing.assert_array_equal(resize_native(img, (128, 128), AREA),
                                   cv2.resize(img, (128, 128), interpolation=cv2.INTER_AREA))
     odd = rng.integers(0, 255, (2050, 2449), dtype=np.uint8)  # not a multiple of k: edge rows repeated, none lost
