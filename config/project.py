@@ -48,6 +48,11 @@ def check_label(label: str) -> str:
     return label
 
 
+def check_feedback_label(label: str) -> str:
+    """What a part really was: OK, NG, or a defect type (a label)."""
+    return label if label in ("OK", "NG") else check_label(label)
+
+
 class FeedbackRecord(Strict):
     """What an operator or engineer said a part really was, with the verdict it answers (one line of
     feedback/feedback.jsonl). `project learn` turns these into a new version."""
@@ -71,7 +76,7 @@ class FeedbackRecord(Strict):
     @field_validator("label")
     @classmethod
     def _label_ok(cls, v: str) -> str:
-        return v if v in ("OK", "NG") else check_label(v)
+        return check_feedback_label(v)
 
 
 class ImageEntry(Strict):

@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 
 from linesight.config.base import Strict
 from linesight.config.outputs import MQTT_COMMANDS
-from linesight.config.project import check_label
+from linesight.config.project import check_feedback_label
 from linesight.errors import validation_problems
 
 
@@ -53,7 +53,7 @@ class Feedback(Command):
     @field_validator("label")
     @classmethod
     def _known_label(cls, v: str) -> str:
-        return v if v in ("OK", "NG") else check_label(v)
+        return check_feedback_label(v)
 
 
 class Part(Command):
