@@ -442,3 +442,15 @@ def test_the_learn_gate_refuses_lost_recall_more_false_rejects_and_golden_mismat
                               "reject 1/5, escape 1/4; learned: false reject 2/5, escape 0/4)")
     with pytest.raises(LearnRefused, match="golden images do not reproduce: golden image g.png missing"):
         _gate(1, Rates(1, 5, 1, 4), Rates(1, 5, 1, 4), ["golden image g.png missing"])
+
+
+def test_a_build_folder_that_is_not_ours_is_never_removed(tmp_path):
+    p = Project.init(tmp_path / "p")
+    n, build = p.new_version()
+    assert (n, (build / ".linesight-build").is_file()) == (1, True)
+    assert p.new_version() == (1, build)  # an interrupted build of ours: started again
+    (build / ".linesight-build").unlink()
+    (build / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="exists and is not a linesight build; move it away"):
+        p.new_version()
+    assert (build / "notes.txt").read_text() == "mine"

@@ -30,6 +30,7 @@ FEEDBACK = "feedback"
 VERSION_FILE = "version.json"
 BUNDLE_DIR = "bundle"
 REPORT_DIR = "report"
+BUILD_MARKER = ".linesight-build"  # in models/.building-vN only while linesight builds it
 #: The folders of a new project (an import recreates the empty ones a zip cannot hold).
 LAYOUT = (TRAIN_DATA, f"{TRAIN_DATA}/images", f"{TRAIN_DATA}/masks", MODELS, DETECT_RESULTS, FEEDBACK)
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]{0,5})$")
@@ -177,12 +178,17 @@ class Project:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         n = max(self.version_numbers(), default=0) + 1
         build = self.models_dir / f".building-v{n}"
-        shutil.rmtree(build, ignore_errors=True)  # an interrupted build of the same number (ours: dot-named)
+        if build.exists():  # an interrupted build of the same number: removed only when it carries our marker
+            if not (build / BUILD_MARKER).is_file():
+                raise DataError(f"project {self.root}: {build} exists and is not a linesight build; move it away")
+            shutil.rmtree(build)
         build.mkdir()
+        (build / BUILD_MARKER).touch()
         return n, build
 
     def commit_version(self, n: int, build: Path, info: VersionInfo) -> Path:
         write_json(build / VERSION_FILE, info)
+        (build / BUILD_MARKER).unlink()
         final = self.models_dir / f"v{n}"
         try:
             build.rename(final)  # refused if v<n> appeared meanwhile (two fits at once): nothing overwritten
