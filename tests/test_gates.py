@@ -1473,3 +1473,31 @@ def test_bundle_size_and_format_refusals_read_exactly(small_bundle, tmp_path):
         load_bundle(junk)
     assert str(exc.value) == (f"bundle {junk} is not a bundle folder nor a readable .zip (BadZipFile: File is not "
                               "a zip file)")
+
+
+# ------------------------------------------------------------------------------------------------ 20. seed-4 sample
+def test_a_limited_alarm_repeats_after_exactly_thirty_seconds_and_not_before(small_bundle, monkeypatch):
+    # kills the default period 30 -> 31 s and `>=` -> `>` at the period (time is driven, not waited for)
+    import linesight.daemon.pipeline as pl
+
+    p, rec = pipeline(config(small_bundle))
+    clock = [1000.0]
+    monkeypatch.setattr(pl.time, "monotonic", lambda: clock[0])
+    for t in (1000.0, 1029.9, 1030.0, 1059.0, 1060.0):
+        clock[0] = t
+        p.alarm_limited("camera_error", f"at {t}")
+    assert [a[1] for a in rec.alarms] == ["at 1000.0", "at 1030.0", "at 1060.0"]
+
+
+def test_empty_and_failing_frames_say_why_in_exact_words(small_bundle):
+    # kills the "empty frame" text and the inference_error detail text
+    p, rec = pipeline(config(small_bundle))
+    p.process([p.admit(Frame(image=None, seq=0, host_ts_ns=time.time_ns(), source="s", error=None))])
+    assert (rec.verdicts[-1]["reason"], rec.verdicts[-1]["detail"]) == ("bad_frame", "empty frame")
+
+    def broken(images, **kw):
+        raise RuntimeError("onnxruntime: bad input")
+
+    p.holder.engine.predict_batch = broken
+    p.process([p.admit(frame(1))])
+    assert rec.verdicts[-1]["detail"] == "RuntimeError: onnxruntime: bad input"
