@@ -208,12 +208,20 @@ def _feedback(a: argparse.Namespace) -> int:
 
 
 def _learn(a: argparse.Namespace) -> int:
+    from linesight.project.feedback import pending
     from linesight.project.learning import learn
 
-    r = learn(_open(a), a.parent)
+    p = _open(a)
+    if a.if_pending and not pending(p):
+        print(json.dumps({"version": None, "learned": 0, "reason": "no pending feedback"}))
+        return 0
+    r = learn(p, a.parent)
+    if a.activate:
+        p.activate(r.info.version)
     print(json.dumps({"version": f"v{r.info.version}", "parent": f"v{r.info.parent}", "learned": len(
-        r.info.learned_feedback), "bank_rows_added": r.rows_added, "before": r.parent.text(),
-        "after": r.learned.text(), "seconds": r.info.seconds, "skipped": r.skipped}, indent=2))
+        r.info.learned_feedback), "bank_rows_added": r.rows_added, "types_added": r.types_added,
+        "before": r.parent.text(), "after": r.learned.text(), "seconds": r.info.seconds,
+        "active": f"v{p.metadata().active}" if p.metadata().active else None, "skipped": r.skipped}, indent=2))
     return 0
 
 
@@ -259,9 +267,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--by", help="who says so (recorded)")
     s.add_argument("--note", help="free text (recorded)")
     s = action("learn", "a new version from the pending feedback, without a refit: rejected good parts extend "
-               "the memory bank; refused if it lets more labeled defects through", _learn)
+               "the memory bank, typed defects extend the learned types; refused if it lets more labeled defects "
+               "through", _learn)
     s.add_argument("--parent", type=_version, metavar="vN", help="the version to learn from (default: the active "
                    "one, else the newest)")
+    s.add_argument("--activate", action="store_true", help="activate the learned version (stations running the "
+                   "project switch to it); a refused one changes nothing")
+    s.add_argument("--if-pending", action="store_true", help="exit 0 without a version when no feedback is pending "
+                   "(for a schedule: systemd/linesight-learn@.timer)")
     s = action("export", "write the project into one zip (every file with its sha256 in a manifest)", _export)
     s.add_argument("zip", metavar="FILE.zip")
     s.add_argument("--no-results", action="store_true", help="leave detect_results/ out")

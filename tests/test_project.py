@@ -428,6 +428,56 @@ def test_learn_makes_a_child_version_from_feedback_and_consumes_it(blobs, tmp_pa
     assert [x.seq for x in pending(proj)] == [9]  # only the record without an image is still pending
 
 
+def test_typed_feedback_teaches_the_learned_types_and_a_schedule_learns_only_when_something_is_pending(
+        blobs, tmp_path, capsys):
+    """A part the operator types "scar" becomes a learned-type example (the region the line itself finds);
+    `--if-pending` makes an idle schedule a no-op, `--activate` switches the project to the learned version."""
+    import cv2
+
+    from linesight.export.analysis import analyze
+    from linesight.export.engine import Engine
+    from linesight.export.images import read_image
+    from linesight.export.type_classifier import TypeClassifier
+    from linesight.project.feedback import append, new_record
+    from linesight.project.training import build_view
+    from linesight.trainer.types import train_types
+
+    proj = inactive_copy(blobs, tmp_path / "tiles")
+    rc, out, err = cli(capsys, "project", "learn", "-p", str(proj.root), "--if-pending")
+    assert (rc, json.loads(out)) == (0, {"version": None, "learned": 0, "reason": "no pending feedback"}), err
+    assert proj.version_numbers() == [1]
+    scar = tmp_path / "scar.png"  # a dark bar across a good tile: not the bright blobs the types know
+    img = cv2.imread(str(sorted(need_data().joinpath("test", "good").iterdir())[0]), cv2.IMREAD_GRAYSCALE)
+    h, w = img.shape
+    img[h // 2 - h // 20: h // 2 + h // 20, w // 5: 4 * w // 5] = 0
+    cv2.imwrite(str(scar), img)
+    append(proj.feedback_dir, new_record(label="scar", source="cli", image=str(scar), verdict="NG"))
+    rc, out, err = cli(capsys, "project", "learn", "-p", str(proj.root))  # v1 has no learned types yet
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r["types_added"] == {} and r["active"] is None
+    assert any("kept as labeled data only: the version has no learned types" in s for s in r["skipped"])
+
+    build_view(proj, proj.data_index(), 0.3, tmp_path / "view")
+    train_types(proj.bundle_path(2), tmp_path / "view", folds=2)  # the engineer starts learned types on v2
+    before = TypeClassifier.from_bundle(Engine(proj.bundle_path(2)).bundle)
+    assert before.labels == ["blob"]  # "scar" is in the view, but without a mask it teaches no region
+    append(proj.feedback_dir, new_record(label="scar", source="ui", image=str(scar), verdict="NG"))
+    rc, out, err = cli(capsys, "project", "learn", "-p", str(proj.root), "--parent", "v2", "--activate")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert (r["version"], r["types_added"], r["active"]) == ("v3", {"scar": 1}, "v3")
+    engine = Engine(proj.bundle_path(3))
+    clf = TypeClassifier.from_bundle(engine.bundle)
+    assert clf.labels == ["blob", "scar"] and len(clf.embeddings) == len(before.embeddings) + 1
+    assert clf.info["learned_examples"] == {"scar": 1} and (clf.floor, clf.temperature) == (before.floor,
+                                                                                            before.temperature)
+    image = read_image(scar)
+    pred = engine.predict_batch([image], regions=False, keep_features=True)[0]
+    a = analyze(pred, engine.pixel_threshold, image, classifier=clf)
+    assert a.regions[0].learned_type == "scar" and a.regions[0].type == "scar"  # the line now names it
+
+
 def test_the_learn_gate_refuses_lost_recall_more_false_rejects_and_golden_mismatches_with_the_numbers():
     from linesight.project.learning import LearnRefused, Rates, _gate
 

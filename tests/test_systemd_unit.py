@@ -236,3 +236,51 @@ def test_unit_caps_memory() -> None:
     """A leak must end in a clean OOM kill and a restart, not a swapping line PC."""
     lines = [ln.strip() for ln in UNIT.read_text().splitlines()]
     assert "MemoryHigh=3G" in lines and "MemoryMax=4G" in lines
+
+
+# --- scheduled learning (issue 15): linesight-learn@.service + .timer ----------------------------------------
+LEARN = SYSTEMD_DIR / "linesight-learn@.service"
+LEARN_TIMER = SYSTEMD_DIR / "linesight-learn@.timer"
+
+
+def _learn_pair(tmp_path: Path, service_text: str | None = None) -> tuple[Path, Path]:
+    """The learn service and timer as instance `tiles`, ExecStart swapped to an existing binary (see
+    _verifiable_copy); the linesight command line itself is checked by the CLI test below."""
+    text = LEARN.read_text(encoding="utf-8") if service_text is None else service_text
+    assert f"ExecStart={REAL_EXEC} project learn " in text
+    service = tmp_path / "linesight-learn@tiles.service"
+    service.write_text(text.replace(f"ExecStart={REAL_EXEC} ", "ExecStart=/bin/true ", 1), encoding="utf-8")
+    timer = tmp_path / "linesight-learn@tiles.timer"
+    timer.write_text(LEARN_TIMER.read_text(encoding="utf-8"), encoding="utf-8")
+    return service, timer
+
+
+@needs_analyze
+def test_learn_service_and_timer_pass_verify_and_a_misspelt_key_is_caught(tmp_path: Path) -> None:
+    service, timer = _learn_pair(tmp_path)
+    for unit in (service, timer):
+        _, findings = _verify(unit)
+        assert findings == [], "\n".join(findings)
+    broken, _ = _learn_pair(tmp_path, LEARN.read_text(encoding="utf-8").replace("IOSchedulingClass=", "IOSchedClass="))
+    _, findings = _verify(broken)
+    assert any("Unknown key" in line and "IOSchedClass" in line for line in findings), findings
+
+
+@needs_analyze
+@needs_systemd_250
+def test_learn_service_is_locked_down(tmp_path: Path) -> None:
+    """It only reads a project and writes into it: no network, no devices; exposure well under the daemon's."""
+    service, _ = _learn_pair(tmp_path)
+    proc = subprocess.run([ANALYZE, "security", "--offline=true", "--threshold=20", "--no-pager", str(service)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_learn_service_runs_a_command_the_cli_accepts() -> None:
+    """The unit's command line parses with the real CLI parser (a renamed flag would fail every hour)."""
+    from linesight.cli import build_parser
+
+    line = next(v for v in LEARN.read_text(encoding="utf-8").splitlines() if v.startswith("ExecStart="))
+    argv = line.removeprefix(f"ExecStart={REAL_EXEC} ").replace("%i", "tiles").split()
+    a = build_parser().parse_args(argv)
+    assert (a.project, a.if_pending, a.activate) == ("/srv/linesight/tiles", True, True)

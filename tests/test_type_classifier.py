@@ -319,3 +319,21 @@ def test_a_region_spread_by_the_receptive_field_is_typed_by_its_core(monkeypatch
             right += r.type == kind
         answers[core] = right
     assert answers[0.85] == 9 and answers[0.0] <= 3, answers
+
+
+def test_extending_a_classifier_adds_examples_and_new_types_and_refits_logreg():
+    from linesight.trainer.type_training import extend_classifier, fit_classifier
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 8)) + 3, rng.normal(size=(6, 8)) - 3
+    for method in ("knn", "logreg"):
+        clf = fit_classifier(np.concatenate([a, b]), ["a"] * 6 + ["b"] * 6, list(range(12)), method=method)
+        c = rng.normal(size=(2, 8)) * 0.1 + np.array([3, -3] * 4)
+        grown = extend_classifier(clf, c, ["c", "c"], "test")
+        assert grown.labels == ["a", "b", "c"] and len(grown.embeddings) == 14 and list(grown.targets[-2:]) == [2, 2]
+        assert (grown.floor, grown.temperature, grown.info["learned_examples"]) == (clf.floor, clf.temperature,
+                                                                                  {"c": 2})
+        assert [x.type for x in grown.predict_embeddings(c)] == ["c", "c"]
+        assert grown.logreg is None if method == "knn" else grown.logreg.shape == (9, 5)
+    with pytest.raises(LinesightError, match="'unknown' is the classifier's answer"):
+        extend_classifier(clf, c[:1], ["unknown"], "test")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from linesight.export.type_classifier import (
     unit,
 )
 
-__all__ = ["fit_classifier", "fit_logreg", "fit_temperature", "loo_image_scores"]
+__all__ = ["extend_classifier", "fit_classifier", "fit_logreg", "fit_temperature", "loo_image_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,24 @@ def fit_classifier(embeddings: np.ndarray, labels: Sequence[str], groups: Sequen
                                               "floor": round(floor, 4), "temperature": clf.temperature})
     return clf
 
+
+
+def extend_classifier(clf: TypeClassifier, embeddings: np.ndarray, labels: Sequence[str],
+                      source: str) -> TypeClassifier:
+    """`clf` with more examples (operator-typed regions, `project learn`); a new type becomes a new class.
+    The floor and kNN temperature stay as fitted (a few examples cannot re-measure them); logreg is refitted."""
+    if UNKNOWN in labels:
+        raise LinesightError(f"'{UNKNOWN}' is the classifier's answer for 'nothing close', not a type to learn")
+    emb = unit(np.asarray(embeddings, np.float32).reshape(len(labels), -1))
+    names = clf.labels + sorted(set(labels) - set(clf.labels))
+    all_emb = np.concatenate([clf.embeddings, emb]).astype(np.float32)
+    y = np.concatenate([clf.targets, [names.index(t) for t in labels]]).astype(np.int32)
+    counts = dict(clf.info.get("learned_examples", {}))
+    for t in labels:
+        counts[t] = counts.get(t, 0) + 1
+    info = {**clf.info, "learned_examples": counts, "learned_from": source}
+    block = fit_logreg(all_emb, y, len(names)) if clf.method == "logreg" else None
+    return replace(clf, labels=names, embeddings=all_emb, targets=y, logreg=block, info=info)
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, n_classes: int, *, l2: float = 1e-2, steps: int = 400,
                lr: float = 0.5) -> np.ndarray:

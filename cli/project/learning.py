@@ -4,7 +4,8 @@ own ONNX graph, through the engine's frame preparation and the trainer's patch e
 Good parts the model rejected add the patches its bank did not cover (greedy coreset of the new patches that
 score above the held-out good median, at the version's coreset ratio). Every score moves with the bank, so the
 thresholds are calibrated again to the version's targets on the project's held-out labeled images (feedback
-images are never among them). Defect feedback joins that labeled set. The new version must pass its golden
+images are never among them). Defect feedback joins that labeled set; typed defects also become learned-type
+examples when the version has learned types (the region the line itself finds). The new version must pass its golden
 check and may neither let more labeled defects through nor reject more held-out good parts than its parent,
 else it is refused with the numbers.
 """
@@ -64,6 +65,7 @@ class LearnResult:
     parent: Rates
     learned: Rates
     rows_added: list[int]  # per scale
+    types_added: dict[str, int]  # learned-type examples added, per type
     skipped: list[str] = field(default_factory=list)
 
 
@@ -173,34 +175,82 @@ def _grown(engine: Engine, frames: list[np.ndarray], masks: list, names: list[st
     return grown, added
 
 
-def _take(project: Project, records: list) -> tuple[list[str], list[tuple[Path, np.ndarray]], list[str]]:
-    """Feedback images into the project's data (labeled; learned goods never test images again): the record ids
-    used, the good images to learn, what was left out and why."""
-    skipped, goods, used = [], [], []
+@dataclass
+class _Taken:
+    """Pending feedback sorted for learning: record ids used, good images (bank), typed images (types)."""
+
+    used: list[str] = field(default_factory=list)
+    goods: list[tuple[Path, np.ndarray]] = field(default_factory=list)
+    typed: list[tuple[Path, np.ndarray, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _take(project: Project, records: list) -> _Taken:
+    """Feedback images into the project's data (labeled; learned goods never test images again)."""
+    t = _Taken()
     for r in records:
         try:
             path = image_of(project, r)
         except DataError as exc:
-            skipped.append(str(exc))
+            t.skipped.append(str(exc))
             continue
         label = GOOD if r.label == "OK" else "ng" if r.label == "NG" else r.label
         rep = add_images(project, [path], label, origin=FEEDBACK_ORIGIN)
         if rep.unreadable:
-            skipped += rep.unreadable
+            t.skipped += rep.unreadable
             continue
-        used.append(r.id)
+        t.used.append(r.id)
         if label == GOOD:
-            goods.append((path, read_image(path)))
-    if not used:
+            t.goods.append((path, read_image(path)))
+        elif label != "ng":
+            t.typed.append((path, read_image(path), label))
+    if not t.used:
         raise DataError(f"project {project.root}: {len(records)} pending feedback record(s), none with a readable "
-                        f"image: {'; '.join(skipped[:3])}")
+                        f"image: {'; '.join(t.skipped[:3])}")
     index = project.data_index()
-    seen = {hashlib.sha256(p.read_bytes()).hexdigest() for p, _ in goods}
+    seen = {hashlib.sha256(p.read_bytes()).hexdigest() for p, _ in t.goods}
     for e in index.images:
         if e.sha256 in seen:
             e.origin = FEEDBACK_ORIGIN
     project.save_data_index(index)
-    return used, goods, skipped
+    return t
+
+
+def _with_types(bundle: Bundle, typed: list[tuple[Path, np.ndarray, str]], skipped: list[str]) -> dict[str, int]:
+    """Operator-typed parts join the bundle's learned-type examples (in place): each image's strongest region
+    at the version's pixel threshold, seen as the line sees it (its core, export.analysis). Returns per-type counts;
+    nothing when the bundle has no type classifier (`linesight types` makes one)."""
+    from linesight.export.analysis.learned import region_core
+    from linesight.export.analysis.regions import locate_regions
+    from linesight.export.type_classifier import TypeClassifier
+    from linesight.trainer.type_training import extend_classifier
+
+    clf = TypeClassifier.from_bundle(bundle)
+    if clf is None or not typed:
+        if typed:
+            skipped.append(f"{len(typed)} typed feedback image(s) kept as labeled data only: the version has no "
+                           "learned types (run `linesight types` on it to start them)")
+        return {}
+    engine = Engine(bundle)
+    emb, labels = [], []
+    for (path, img, label), pred in zip(typed, engine.predict_batch([i for _, i, _ in typed], regions=False,
+                                                                    keep_features=True)):
+        regions, pixels = locate_regions(pred.anomaly_map, engine.pixel_threshold, img, max_regions=1)
+        if not regions or pred.features is None:
+            skipped.append(f"{path.name}: typed {label!r} but no region reaches the pixel threshold; kept as "
+                           "labeled data only")
+            continue
+        core = region_core(pixels[0], pred.anomaly_map, regions[0].max_score)
+        emb.append(clf.embed(pred.features, [core], [regions[0].peak_xy], pred.view))
+        labels.append(label)
+    if not labels:
+        return {}
+    clf = extend_classifier(clf, np.concatenate(emb), labels, "project learn (operator feedback)")
+    for name in [n for n in bundle.extras if n.startswith("types/")]:
+        del bundle.extras[name]
+    bundle.extras.update(clf.to_extras())
+    new_revision(bundle.manifest, f"learned types from {len(labels)} typed feedback image(s)")
+    return {t: labels.count(t) for t in sorted(set(labels))}
 
 
 def _gate(parent: int, before: Rates, after: Rates, golden_problems: list[str]) -> None:
@@ -231,7 +281,8 @@ def learn(project: Project, parent: int | None = None) -> LearnResult:
     records = pending(project)
     if not records:
         raise DataError(f"project {project.root}: no pending feedback (every record is learned already)")
-    used, goods, skipped = _take(project, records)
+    taken = _take(project, records)
+    goods, skipped = taken.goods, taken.skipped
     index = project.data_index()
     engine = Engine(project.bundle_path(parent))
     n, build = project.new_version()
@@ -255,6 +306,10 @@ def learn(project: Project, parent: int | None = None) -> LearnResult:
             except ThresholdRefused as exc:
                 raise LearnRefused(f"learned version refused: {exc}") from None
         final = load_bundle(build / BUNDLE_DIR)
+        types_added = _with_types(final, taken.typed, skipped)  # at the final thresholds: the regions the line sees
+        if types_added:
+            write_bundle(build / BUNDLE_DIR, final)
+            final = load_bundle(build / BUNDLE_DIR)
         learned = Engine(final)
         after = _rates(learned, view)
         _gate(parent, before, after, learned.check_golden())
@@ -267,9 +322,9 @@ def learn(project: Project, parent: int | None = None) -> LearnResult:
                                       escape_rate=after.escape / after.defective if after.defective else None,
                                       n_good=after.good, n_defective=after.defective),
             "image_threshold": t.image, "pixel_threshold": t.pixel, "policy": t.policy,
-            "seconds": round(time.monotonic() - t0, 1), "learned_feedback": used})
+            "seconds": round(time.monotonic() - t0, 1), "learned_feedback": taken.used})
         project.commit_version(n, build, info)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)  # ours: no half version stays
         raise
-    return LearnResult(info, before, after, added, skipped)
+    return LearnResult(info, before, after, added, types_added, skipped)
