@@ -7,7 +7,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
-# tests/test_report_browser.py drives Debian's chromium through Playwright (never `playwright install`: no browser download)
+# tests/test_report_browser.py and tests/test_ui_browser.py drive Debian's chromium through Playwright (never `playwright install`: no browser download)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -23,7 +23,7 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -c .ci/constraints.txt -e ".[cpu,train,camera,daemon,test]"
+.venv/bin/python -m pip install -q -c .ci/constraints.txt -e ".[cpu,train,camera,daemon,test,ui]"
 # TLSimu.cti (EMVA GenTL reference simulator with software trigger) ships only in the genicam 1.3.0 wheel;
 # it is proprietary, so it is fetched from PyPI here and never committed. tests/test_genicam.py uses it.
 if [ ! -f .venv/gentl/TLSimu.cti ]; then

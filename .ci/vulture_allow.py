@@ -29,3 +29,5 @@ _.in_control, _.burn_in_left
 # FeedbackRecord.model_hash: written with every feedback record (which model gave the corrected verdict), read by
 # people and the UI, not by linesight itself.
 _.model_hash
+# Fields of the UI's JSON answers (cli/ui): read by the pages' script and API clients, not by Python.
+_.bad_messages, _.last_message_age_s, _.frame_seq, _.overlay_png

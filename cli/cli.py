@@ -22,6 +22,7 @@ typical workflow (DATASET: MVTec layout, e.g. from `linesight data prepare-magne
   linesight evaluate tile.zip DATASET -o eval/               # eval/report.html
   linesight predict tile.zip part1.png part2.png --overlay overlays/
   linesight run --config station1.yaml                       # the 24/7 daemon
+  linesight ui --config ui.yaml                              # live stations in a browser, POST /api/v1/inspect
 
 every verb has --help. Errors in your input (files, configs, bundles) are reported in one line, exit 2.
 """
@@ -356,12 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the whole manifest with identity and digest as JSON")
     i.set_defaults(func=_info)
 
-    from linesight import cli_daemon, cli_data, cli_project, cli_types
+    from linesight import cli_daemon, cli_data, cli_project, cli_types, cli_ui
 
     cli_daemon.add_verbs(sub)
     cli_types.register(sub)
     cli_project.register(sub)
     cli_data.register(sub)
+    cli_ui.register(sub)
     return p
 
 

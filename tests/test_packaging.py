@@ -19,9 +19,13 @@ def test_wheel_installs_and_imports(tmp_path):
     # from there, so the editable install of the checkout stays invisible).
     deps = sysconfig.get_paths()["purelib"]
     code = ("import linesight, linesight.export.engine, linesight.trainer.fit, linesight.daemon,"
-            " linesight.config.manifest, linesight.daemon.sources, linesight.daemon.sinks, linesight.cli;"
+            " linesight.config.manifest, linesight.daemon.sources, linesight.daemon.sinks, linesight.cli,"
+            " linesight.ui.app;"
             " print(linesight.__file__);"
-            " from importlib.resources import files; print(files('linesight.config') / 'examples')")
+            " from importlib.resources import files; print(files('linesight.config') / 'examples');"
+            " assert all((files('linesight.ui') / 'static' / f).is_file() for f in"
+            " ('stations.html', 'later.html', 'stations.js', 'ui.js', 'ui.css', 'favicon.svg'));"
+            " assert (files('linesight.config') / 'examples' / 'ui.yaml').is_file()")
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env={"PYTHONPATH": deps, "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:]
