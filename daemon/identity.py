@@ -95,8 +95,8 @@ class SeqStore:
             return {}
         except (OSError, ValueError) as exc:
             raise StateError(f"{self.path}: unreadable ({exc}); fix or remove it (seq then restarts at 1)") from None
-        if not isinstance(state, dict) or state.get("schema") != SCHEMA or not all(
-                isinstance(state.get(k), int) and state[k] >= 0 for k in ("run", "next_seq")):
+        if not isinstance(state, dict) or state.get("schema") != SCHEMA or not all(  # run 0: never ran; seqs from 1
+                isinstance(state.get(k), int) and state[k] >= least for k, least in (("run", 0), ("next_seq", 1))):
             raise StateError(f"{self.path}: not a {SCHEMA} file; fix or remove it (seq then restarts at 1)")
         return state
 
