@@ -7,8 +7,10 @@ order, in blocks of --block parts, through the active version's engine (what `pr
 After each block every false reject is fed back as OK and `project learn` makes the next version, which is
 activated and scores the next block. Printed per block: false rejects per 100 parts and per good part and the
 escape rate, by the active version and (the same parts) by the first version, and the update time.
+--compare-refit also fits a version from scratch (backbone features, bank, calibration) on the same images after
+the first update (a copy of the project) and scores the second block with it: what a full refit would have given.
 
-    python3 bench/bench_learn.py [--seed 0] [--block 100] [--updates 6]
+    python3 bench/bench_learn.py [--seed 0] [--block 100] [--updates 6] [--compare-refit]
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import logging
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -34,6 +37,8 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=50, help="good images the first version is fitted on")
     ap.add_argument("--max-escape", type=float, default=0.2, help="calibration target of the first version (the "
                     "line catches defects first; false rejects are what feedback must bring down)")
+    ap.add_argument("--compare-refit", action="store_true", help="after the first update, also refit from scratch "
+                    "on the same images and score the second block with that version")
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -71,7 +76,7 @@ def main() -> int:
                                         "labeled_defects": v1.metrics.n_defective, "fit_s": round(fit_s, 1),
                                         "threshold": round(v1.image_threshold, 4)},
                       "stream": {"parts": len(stream), "defective": sum(d for _, d in stream)}}), flush=True)
-    rows = []
+    rows, refit = [], None
     for block in range(a.updates + 1):
         part = stream[block * a.block:(block + 1) * a.block]
         if not part:
@@ -79,8 +84,10 @@ def main() -> int:
         active = p.metadata().active
         row = {"block": block + 1, "version": f"v{active}", "parts": len(part)}
         rejected: list[Path] = []
-        for name, version in (("", active), ("v1_", 1)):  # the same parts, also by the first version
-            engine = v1_engine if version == 1 else Engine(p.bundle_path(version))
+        scorers = [("", Engine(p.bundle_path(active))), ("v1_", v1_engine)]  # the same parts, also by v1
+        if refit is not None and block == 1:
+            scorers.append(("refit_", refit))
+        for name, engine in scorers:
             fr, esc = [], 0
             for path, bad in part:
                 ng = engine.predict(read_image(path)).score >= engine.threshold
@@ -102,6 +109,13 @@ def main() -> int:
                 p.activate(r.info.version)
                 row |= {"update_s": round(time.monotonic() - t1, 1), "bank_rows_added": r.rows_added,
                         "gate": f"{r.parent.text()} -> {r.learned.text()}"}
+                if a.compare_refit and block == 0:  # the same images (first goods + fed back), fitted from scratch
+                    shutil.copytree(p.root, tmp / "refit")
+                    q = Project(tmp / "refit")
+                    t2 = time.monotonic()
+                    info = fit_version(q, q.version(1).train_config)
+                    refit = Engine(q.bundle_path(info.version))
+                    row |= {"refit_s": round(time.monotonic() - t2, 1), "refit_trained_on": info.n_train}
             except LearnRefused as exc:
                 row |= {"update_s": round(time.monotonic() - t1, 1), "refused": str(exc)}
         rows.append(row)
@@ -120,6 +134,8 @@ def main() -> int:
                       "first_update": {k: learned[0][k] for k in ("block", "version", "false_rejects_per_100_parts",
                                                                   "v1_false_rejects_per_100_parts", "escape_rate",
                                                                   "v1_escape_rate")} if learned else None,
+                      "refit_on_block_2": {k: learned[0][k] for k in ("refit_false_rejects_per_100_parts",
+                                                                      "refit_escape_rate")} if refit else None,
                       "update_s_max": max(updates) if updates else None, "project": str(p.root)}))
     return 0
 
