@@ -30,4 +30,4 @@ _.in_control, _.burn_in_left
 # people and the UI, not by linesight itself.
 _.model_hash
 # Fields of the UI's JSON answers (cli/ui): read by the pages' script and API clients, not by Python.
-_.bad_messages, _.last_message_age_s, _.frame_seq, _.overlay_png
+_.bad_messages, _.last_message_age_s, _.frame_seq, _.overlay_png, _.defect_types, _.looked_at, _.stopped_early

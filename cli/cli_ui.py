@@ -9,19 +9,21 @@ import socket
 from linesight.errors import LinesightError
 
 DESCRIPTION = """\
-Serve the pages (Stations / live: every station's latest frame, heatmap, verdicts and counters, live) and the
-HTTP API under /api/v1 (OpenAPI: /api/v1/openapi.json), including POST /api/v1/inspect: an image in, a verdict
-in the daemon's schema out.
+Serve the pages (Stations / live: every station's latest frame, heatmap, verdicts and counters, live; Review:
+its archive with filters and feedback buttons) and the HTTP API under /api/v1 (OpenAPI: /api/v1/openapi.json),
+including POST /api/v1/inspect: an image in, a verdict in the daemon's schema out.
 
-The UI subscribes to each station's ZeroMQ feeds (the daemon's outputs.zmq endpoints) and never writes to a
-station. It listens on 127.0.0.1:8090 unless the config says otherwise; for other machines put a TLS reverse
+The UI subscribes to each station's ZeroMQ feeds (the daemon's outputs.zmq endpoints) and reads its archive
+folder; it acts on a station only through the station's MQTT commands (pause, resume, reload, feedback), with a
+token. It listens on 127.0.0.1:8090 unless the config says otherwise; for other machines put a TLS reverse
 proxy in front (docs/ui.md has an nginx example). Errors in the config are one line naming file:line.
 """
 
 EPILOG = """\
 example ui.yaml (every key: config/examples/ui.yaml):
   stations:
-    - {name: line3, verdict_endpoint: "tcp://127.0.0.1:5556", image_endpoint: "tcp://127.0.0.1:5557"}
+    - {name: line3, verdict_endpoint: "tcp://127.0.0.1:5556", image_endpoint: "tcp://127.0.0.1:5557",
+       mqtt: {site: site1, line: line3, station: cam1}, archive_dir: /var/lib/linesight/archive}
   inspect: {project: /srv/tiles}          # or {bundle: model.zip}; POST /api/v1/inspect needs a token:
   auth: {tokens_env: LINESIGHT_UI_TOKEN}   # curl -H "Authorization: Bearer $TOKEN" --data-binary @part.png \\
                                            #   -H "Content-Type: image/png" http://127.0.0.1:8090/api/v1/inspect

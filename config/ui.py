@@ -1,18 +1,22 @@
 """The UI's configuration (`linesight ui --config ui.yaml`): where it listens, which stations' ZeroMQ feeds it
-shows, which model answers POST /api/v1/inspect, and who may do what.
+shows, how it sends them commands (MQTT) and where their archives are, which model answers POST /api/v1/inspect,
+and who may do what.
 
 Why its own file and model: the UI is a process of its own beside the stations (a crash there never touches a
-station), so it reads only the feeds' endpoints, never a station config. Relative paths are relative to the file.
+station), so it reads only the feeds' endpoints, broker and archive folder, never a station config. A station's
+`mqtt` section holds the broker and topic settings of the station's outputs.mqtt and is checked by that very
+model (`MqttConfig`), so topics and credentials follow one rule. Relative paths are relative to the file.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from linesight.config.base import Strict
 from linesight.config.loader import YamlDocument, format_path, load_model_and_document
+from linesight.config.outputs import MqttConfig, MqttTlsConfig
 from linesight.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -28,13 +32,49 @@ class ListenConfig(Strict):
     port: int = Field(8090, ge=1, le=65535, description="TCP port")
 
 
+class StationMqttConfig(Strict):
+    """How the UI reaches a station's commands: the broker and topic levels of the station's outputs.mqtt (copy
+    them), and the UI's own broker login (a user allowed to write <base>/cmd/+ and read its replies)."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host name or IP (the station's mqtt.host)")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (1883 plain, 8883 TLS)")
+    tls: MqttTlsConfig | None = Field(None, description="TLS to the broker, as outputs.mqtt.tls; null: plain TCP")
+    username: str | None = Field(None, description="The UI's broker user (None = anonymous), e.g. the ACL's "
+                                 "engineering user")
+    password_env: str | None = Field(None, description="Name of the environment variable holding its password")
+    password_file: Path | None = Field(None, description="File whose first line is its password")
+    topic_prefix: str = Field("linesight", description="The station's mqtt.topic_prefix")
+    site: str = Field("site1", description="The station's mqtt.site")
+    line: str = Field("line1", description="The station's mqtt.line")
+    station: str = Field("station1", description="The station's mqtt.station")
+    reply_timeout_s: float = Field(5.0, gt=0, le=60, description="How long a command waits for the station's "
+                                   "reply; later is answered 504 (a command not delivered by then expires)")
+
+    def daemon_view(self, client_id: str | None = None) -> MqttConfig:
+        """The same settings as the daemon's model: its base topic, password and TLS rules apply unchanged."""
+        return MqttConfig(enabled=True, client_id=client_id, **self.model_dump(exclude={"reply_timeout_s"}))
+
+    @model_validator(mode="after")
+    def _as_the_daemon_checks_it(self) -> StationMqttConfig:
+        try:
+            self.daemon_view()
+        except ValidationError as exc:  # its messages name the setting already: one line, without pydantic's tags
+            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        return self
+
+
 class StationFeedConfig(Strict):
-    """One station's ZeroMQ feeds, as its daemon binds them (station config outputs.zmq)."""
+    """One station: its ZeroMQ feeds, as its daemon binds them (station config outputs.zmq); optionally its
+    commands over MQTT and its archive folder (the Review page)."""
 
     name: str = Field(description="Name shown on the pages and used in the URLs (/api/v1/stations/NAME)")
     verdict_endpoint: str = Field(description="The daemon's outputs.zmq.verdict_endpoint, e.g. tcp://127.0.0.1:5556")
     image_endpoint: str | None = Field(None, description="The daemon's outputs.zmq.image_endpoint (latest frame "
                                        "and heatmap); null: verdicts only")
+    mqtt: StationMqttConfig | None = Field(None, description="The station's broker and topics: commands (pause, "
+                                           "resume, reload, feedback) from the pages; null: none")
+    archive_dir: Path | None = Field(None, description="The station's outputs.archive.dir (a project station: "
+                                     "<project>/detect_results): the Review page; null: no review")
 
     @field_validator("name")
     @classmethod
@@ -123,6 +163,9 @@ class UiConfig(Strict):
             if self.inspect is not None and not self.auth.open_inspect:
                 raise ValueError("inspect needs a token: set auth.tokens_file or auth.tokens_env, or "
                                  "auth.open_inspect: true")
+            if commanded := [s.name for s in self.stations if s.mqtt is not None]:
+                raise ValueError(f"commands to {', '.join(commanded)} (their mqtt section) need a token: set "
+                                 "auth.tokens_file or auth.tokens_env")
         return self
 
 
@@ -144,6 +187,19 @@ def load_ui_config(path: str | Path) -> UiConfig:
                 value = value if value.is_absolute() else base / value
                 setattr(cfg.inspect, key, value)
                 wanted.append((("inspect", key), value, "a folder" if key == "project" else "a file or folder"))
+    for i, station in enumerate(cfg.stations):
+        if station.archive_dir is not None and not station.archive_dir.is_absolute():
+            station.archive_dir = base / station.archive_dir
+        mqtt = station.mqtt
+        if mqtt is not None and mqtt.password_file is not None:
+            mqtt.password_file = mqtt.password_file if mqtt.password_file.is_absolute() else base / mqtt.password_file
+            wanted.append((("stations", i, "mqtt", "password_file"), mqtt.password_file, "a file"))
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = getattr(mqtt.tls, key) if mqtt is not None and mqtt.tls is not None else None
+            if value is not None:
+                value = value if value.is_absolute() else base / value
+                setattr(mqtt.tls, key, value)
+                wanted.append((("stations", i, "mqtt", "tls", key), value, "a file"))
     if cfg.auth.tokens_file is not None and not cfg.auth.tokens_file.is_absolute():
         cfg.auth.tokens_file = base / cfg.auth.tokens_file
     if cfg.auth.tokens_file is not None:

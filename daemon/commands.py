@@ -1,12 +1,14 @@
 """The daemon's commands: one strict model per command and one dispatch table, whatever the transport.
 
-Transports (MQTT today, HTTP later) only turn bytes into a JSON object; what a command may carry, and what
-it does, lives here. Strict types: `{"rollback": "false"}` is refused, not read as true; unknown keys are
+Transports only turn bytes into a JSON object; what a command may carry, and what it does, lives here. MQTT is
+the one way in (`<base>/cmd/<name>`); the UI (`linesight ui`) checks a payload with the same model (`validated`)
+before it publishes it there. Strict types: `{"rollback": "false"}` is refused, not read as true; unknown keys are
 refused, not ignored.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -48,7 +50,11 @@ class Feedback(Command):
     label: str = Field(description="What the part really was: OK, NG, or the defect type it showed")
     by: str | None = Field(None, max_length=200, description="Who says so (recorded)")
     part_id: str | None = Field(None, max_length=200)
+    run: int | None = Field(None, ge=0, description="The verdict's run: refused unless the seq is of this run (after "
+                                                  "a restart seqs of another run may repeat)")
     note: str | None = Field(None, max_length=1000)
+    source: Literal["mqtt", "ui"] = Field("mqtt", description="Where it was given (recorded): ui when the web "
+                                                              "UI sent it")
 
     @field_validator("label")
     @classmethod
@@ -65,6 +71,22 @@ MODELS: dict[str, type[Command]] = {"reload": Reload, "pause": Pause, "resume": 
                                     "part": Part}
 
 
+def model_of(name: str) -> type[Command]:
+    """The model of command `name`; ValueError naming the valid ones for any other name."""
+    model = MODELS.get(name)
+    if model is None:
+        raise ValueError(f"unknown command {name[:64]!r}; valid: {', '.join(MODELS)}")
+    return model
+
+
+def validated(name: str, payload: dict) -> Command:
+    """`payload` as command `name`; ValueError with the one-line reason when it is not one."""
+    try:
+        return model_of(name).model_validate(payload)
+    except ValidationError as exc:
+        raise ValueError(f"{name}: {validation_problems(exc, name)}") from None
+
+
 class Dispatcher:
     """`dispatcher(name, payload)`: validate into the command's model, run its handler, return the result.
     Raises ValueError with a one-line reason for anything a sender got wrong."""
@@ -74,13 +96,7 @@ class Dispatcher:
         self.handlers, self.allowed = handlers, allowed
 
     def __call__(self, name: str, payload: dict) -> dict:
-        model = MODELS.get(name)
-        if model is None:
-            raise ValueError(f"unknown command {name[:64]!r}; valid: {', '.join(MODELS)}")
+        model = model_of(name)
         if name not in self.allowed:
             raise ValueError(f"command {name!r} is not enabled on this station (enabled: {', '.join(self.allowed)})")
-        try:
-            cmd = model.model_validate(payload)
-        except ValidationError as exc:
-            raise ValueError(f"{name}: {validation_problems(exc, name)}") from None
-        return self.handlers[model](cmd)
+        return self.handlers[model](validated(name, payload))

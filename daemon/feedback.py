@@ -2,7 +2,8 @@
 
 The daemon remembers the last RECENT verdicts (O(1) per frame, bounded), so `cmd/feedback {"seq": N, ...}` is
 recorded with the verdict's identity, model, score and archived image — or refused when N is not a verdict
-this station gave lately. Records go to the project's feedback log (`model.project`), else to the archive's.
+this station gave lately (or of another run, when `run` is given). Records go to the project's feedback log
+(`model.project`), else to the archive's; `source` says whether it came over MQTT or from the web UI.
 """
 from __future__ import annotations
 
@@ -76,12 +77,15 @@ class FeedbackDesk:
                              f"{self.recent.span()})")
         if cmd.part_id is not None and cmd.part_id != ref.part_id:
             raise ValueError(f"seq {cmd.seq} was part {ref.part_id!r}, not {cmd.part_id!r}")
+        if cmd.run is not None and cmd.run != ref.run:
+            raise ValueError(f"seq {cmd.seq} is of run {ref.run} here, not of run {cmd.run} (the station restarted "
+                             "since): give that feedback with `linesight project feedback` and the image")
         image = image_of(cmd.seq)
         version = None
         if self.project is not None:  # which project version gave the verdict
             version = next((v.version for v in Project(self.project).versions() if v.bundle_hash == ref.model_hash),
                            None)
-        rec = new_record(label=cmd.label, source="mqtt", by=cmd.by, note=cmd.note, station=self.station,
+        rec = new_record(label=cmd.label, source=cmd.source, by=cmd.by, note=cmd.note, station=self.station,
                          run=ref.run, seq=cmd.seq, part_id=ref.part_id, model_hash=ref.model_hash, version=version,
                          verdict=ref.verdict, score=ref.score, image=None if image is None else str(image))
         log.info("operator feedback", extra={"feedback": rec.model_dump(exclude_none=True)})

@@ -29,6 +29,8 @@ def test_names_are_the_configs():
     ("feedback", {"seq": 12, "label": "Ok"}, "label: Value error, label 'Ok': use 'good' or a defect type"),
     ("feedback", {"seq": 12, "label": 5}, "label: Input should be a valid string"),
     ("feedback", {"label": "OK"}, "seq: Field required"),
+    ("feedback", {"seq": 12, "label": "OK", "source": "cli"}, "source: Input should be 'mqtt' or 'ui'"),
+    ("feedback", {"seq": 12, "label": "OK", "run": "7"}, "run: Input should be a valid integer"),
     ("part", {"part_id": ""}, "part_id: String should have at least 1 character"),
     ("part", {"part_id": "x" * 201}, "part_id: String should have at most 200 characters"),
     ("selfdestruct", {}, "unknown command 'selfdestruct'"),
@@ -45,7 +47,9 @@ def test_good_payloads_reach_their_handler_typed():
     assert d("reload", {"id": "r1", "rollback": True}) == {"ok": "Reload"}
     assert d("feedback", {"id": 7, "seq": 12, "label": "NG", "note": "burr"}) == {"ok": "Feedback"}
     assert d("feedback", {"seq": 13, "label": "crack", "by": "anna"}) == {"ok": "Feedback"}
+    assert d("feedback", {"seq": 14, "label": "OK", "run": 7, "source": "ui"}) == {"ok": "Feedback"}
     assert seen[0] == Reload(id="r1", rollback=True) and seen[1].seq == 12 and seen[1].label == "NG"
+    assert (seen[2].source, seen[2].run, seen[3].source, seen[3].run) == ("mqtt", None, "ui", 7)
 
 
 def test_a_station_can_enable_only_some_commands():

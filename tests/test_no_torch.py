@@ -6,7 +6,8 @@ MODULES = ["linesight.export.engine", "linesight.export.bundle", "linesight.expo
            "linesight.config.manifest", "linesight.config.fit", "linesight.export.analysis",
            "linesight.config.inspection", "linesight.config.project", "linesight.project.workspace",
            "linesight.project.data", "linesight.project.transfer", "linesight.config.ui", "linesight.cli_ui",
-           "linesight.ui.app", "linesight.ui.auth", "linesight.ui.events", "linesight.ui.feeds", "linesight.ui.inspect"]
+           "linesight.ui.app", "linesight.ui.auth", "linesight.ui.events", "linesight.ui.feeds", "linesight.ui.inspect",
+           "linesight.ui.commands", "linesight.ui.review"]
 
 
 def test_runtime_packages_do_not_import_torch():

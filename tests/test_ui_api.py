@@ -266,13 +266,15 @@ def test_pages_and_openapi(token_env) -> None:
         r = c.get("/", follow_redirects=False)
         assert r.status_code in (302, 307) and r.headers["location"] == "/stations"
         assert "Stations / live" in c.get("/stations").text
-        assert "later slice" in c.get("/review").text
-        assert c.get("/review?file=/etc/passwd").text == c.get("/review").text
+        assert "later slice" in c.get("/models").text and "False reject (OK)" in c.get("/review").text
+        assert c.get("/models?file=/etc/passwd").text == c.get("/models").text
         assert c.get("/static/stations.js").status_code == 200
         assert c.get("/docs").status_code == 404  # Swagger UI loads from a CDN: not served
         paths = c.get("/api/v1/openapi.json").json()["paths"]
         assert {"/api/v1/inspect", "/api/v1/stations", "/api/v1/stations/{name}/verdicts",
-                "/api/v1/stations/{name}/frame", "/api/v1/stations/{name}/events"} <= set(paths)
+                "/api/v1/stations/{name}/frame", "/api/v1/stations/{name}/events",
+                "/api/v1/stations/{name}/commands/{command}", "/api/v1/stations/{name}/archive",
+                "/api/v1/stations/{name}/archive/{record}/image"} <= set(paths)
         assert "multipart/form-data" in paths["/api/v1/inspect"]["post"]["requestBody"]["content"]
 
 
@@ -303,14 +305,14 @@ def test_config_mistakes_name_file_and_line(tmp_path, small_bundle, capsys) -> N
 
 
 def test_token_hashes_only(monkeypatch) -> None:
-    from linesight.ui.auth import load_token_hashes
+    from linesight.ui.auth import Known, load_tokens
 
     monkeypatch.setenv("UI_TOKEN", TOKEN)
     cfg = UiConfig.model_validate({"auth": {"tokens_env": "UI_TOKEN"}}).auth
-    assert load_token_hashes(cfg) == [hashlib.sha256(TOKEN.encode()).digest()]
+    assert load_tokens(cfg) == [Known(hashlib.sha256(TOKEN.encode()).digest(), None)]
     monkeypatch.delenv("UI_TOKEN")
     with pytest.raises(ConfigError, match="UI_TOKEN is not set"):
-        load_token_hashes(cfg)
+        load_tokens(cfg)
 
 
 def test_feed_threads_stop_with_the_app(station) -> None:

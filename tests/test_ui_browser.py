@@ -1,25 +1,43 @@
-"""Stations / live in a real browser (Debian chromium via Playwright): the UI served by uvicorn, a station
-publishing real engine verdicts and frames through the daemon's ZmqSink over real ZeroMQ. The page shows them
-live (verdict, score vs threshold, frame, rows), and Pause stops its updates until Resume catches up.
+"""The pages in a real browser (Debian chromium via Playwright), the UI served by uvicorn.
 
-LINESIGHT_SCREENSHOTS=1 also saves docs/screenshots/ui-stations.png (not otherwise).
+Stations / live: a station publishing real engine verdicts and frames through the daemon's ZmqSink over real
+ZeroMQ; the page shows them live (verdict, score vs threshold, frame, rows), and Pause stops its updates until
+Resume catches up. Review: a real daemon running a project's active version archives into the project and takes
+commands over a real mosquitto; "False reject (OK)" on an NG record asks for the token once and the feedback lands
+in the project's feedback file.
+
+LINESIGHT_SCREENSHOTS=1 also saves docs/screenshots/ui-stations.png and ui-review.png (not otherwise).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ui_harness import Station, serve, ui_config, wait_for, warm_up
+from ui_harness import (
+    TOKEN,
+    WHO,
+    Station,
+    commanded_ui,
+    fitted_project,
+    running,
+    serve,
+    station_config,
+    ui_config,
+    wait_for,
+    warm_up,
+)
 
 from helpers import need_data
 from linesight.export.engine import Engine
 from linesight.export.images import read_image
 from linesight.ui.app import create_app
 
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "ui-stations.png"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+SCREENSHOT = SCREENSHOTS / "ui-stations.png"
 
 
 @pytest.fixture
@@ -106,6 +124,52 @@ def test_stations_page_shows_live_verdicts_and_frames_and_pause_stops_updates(li
             "Stations / live", "Review", "Project & data", "Training", "Models", "Trends"]
         page.click("text=Models")
         assert "later slice" in page.text_content(".later") and page.text_content("h1") == "Models"
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_review_page_feedback_lands_in_the_project(chromium_browser, mosquitto, tmp_path, free_tcp_port) -> None:
+    project = fitted_project(tmp_path / "tiles")
+    feedback = project.feedback_dir / "feedback.jsonl"
+    page = chromium_browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.on("console", lambda m: errors.append(f"console.error: {m.text}") if m.type == "error" else None)
+    try:
+        with running(station_config(project, mosquitto.port)) as svc, \
+                serve(create_app(commanded_ui(tmp_path, mosquitto.port, project.results_dir)), free_tcp_port()) as url:
+            import httpx
+
+            wait_for(lambda: len(httpx.get(f"{url}/api/v1/stations/line3/archive?verdict=NG").json()["records"]) >= 8,
+                     what="NG records in the archive")
+            page.goto(f"{url}/review", wait_until="load")
+            page.wait_for_selector(".tile.ng")
+            tile = page.query_selector(".tile.ng")
+            seq = int(tile.get_attribute("data-seq"))
+            tile.click()
+            page.wait_for_function("() => document.querySelector('#d-image').naturalWidth > 0 && "
+                                   "document.querySelector('#d-heatmap').naturalWidth > 0")
+            assert page.text_content("#d-verdict") == "NG" and page.text_content("#d-seq").startswith(f"{seq} ")
+            assert not feedback.exists()
+            page.click("text=False reject (OK)")
+            page.fill("#write-token", TOKEN)  # asked once; this tab keeps it
+            page.click("#write-auth-form button[type=submit]")
+            page.wait_for_selector("#fb-reply.ok", timeout=10_000)
+            assert page.text_content("#fb-reply").startswith(f"recorded: seq {seq} is OK (record ")
+            (rec,) = [json.loads(line) for line in feedback.read_text().splitlines()]
+            assert (rec["label"], rec["source"], rec["by"], rec["seq"], rec["run"]) == ("OK", "ui", WHO, seq,
+                                                                                        svc.seqs.run)
+            assert rec["verdict"] == "NG" and Path(rec["image"]).is_relative_to(project.results_dir)
+            assert Path(rec["image"]).is_file() and rec["version"] == 1
+            # a second verdict on the same tab: no question this time
+            page.click("text=Confirm NG")
+            page.wait_for_function("() => document.querySelector('#fb-reply').textContent.includes('is NG')")
+            assert page.is_hidden("#write-auth") and len(feedback.read_text().splitlines()) == 2
+            if os.environ.get("LINESIGHT_SCREENSHOTS") == "1":
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / "ui-review.png"), full_page=False)
         assert not errors, errors
     finally:
         page.close()

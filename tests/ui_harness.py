@@ -1,15 +1,18 @@
-"""What the UI tests share: a station publishing real verdicts through the daemon's own ZmqSink, and the UI app
-served by a real uvicorn in a thread (for the event stream and the browser)."""
+"""What the UI tests share: a station publishing real verdicts through the daemon's own ZmqSink, the UI app
+served by a real uvicorn in a thread (for the event stream and the browser), and a real daemon (Service.run on a
+thread, as `linesight run` runs it) running a fitted project's active version with MQTT on a test broker."""
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from linesight.config.daemon import DaemonConfig
 from linesight.config.outputs import ZmqConfig
 from linesight.config.ui import UiConfig
 from linesight.daemon import verdict as V
@@ -22,6 +25,9 @@ from linesight.export.prediction import Prediction
 MODEL = {"id": "tile-test", "version": 3, "hash": "0123456789abcdef"}
 THRESHOLD = 1.0
 TOKEN = "test-token-0123456789abcdef"
+WHO = "anna"  # the name TOKEN has in the tokens file of commanded_ui
+MQTT_LEVELS = {"site": "s1", "line": "l1", "station": "cam1"}
+BASE = "linesight/s1/l1/cam1"
 
 
 def picture(seq: int, ng: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -66,19 +72,22 @@ class Station:
 
     def _decided(self, seq: int, run: int, image: np.ndarray, pred: Prediction, pixel_threshold: float,
                  with_picture: bool) -> dict[str, Any]:
-        frame = Frame(image=image, seq=seq, host_ts_ns=time.time_ns(), source="cam1")
-        found = None
-        if pred.verdict == "NG":
-            a = A.analyze(pred, pixel_threshold, image)
-            found = V.VerdictAnalysis.model_validate({**A.to_verdict_dict(a), "verdict": a.decision.verdict})
-        v = V.build(frame, prediction=pred, analysis=found, inference_ms=5.0, **self._common(seq, run, pred.model
-                                                                                               or MODEL))
-        d = v.to_dict()
+        d = decided(image, pred, pixel_threshold, **self._common(seq, run, pred.model or MODEL))
         self.sink.publish(d, Pictures(image, lambda: pred.anomaly_map, pixel_threshold) if with_picture else None)
         return d
 
     def close(self) -> None:
         self.sink.close()
+
+
+def decided(image: np.ndarray, pred: Prediction, pixel_threshold: float, **identity: Any) -> dict[str, Any]:
+    """The verdict the daemon's pipeline makes of a prediction: V.build, with the defect analysis on NG."""
+    frame = Frame(image=image, seq=identity["seq"], host_ts_ns=time.time_ns(), source="cam1")
+    found = None
+    if pred.verdict == "NG":
+        a = A.analyze(pred, pixel_threshold, image)
+        found = V.VerdictAnalysis.model_validate({**A.to_verdict_dict(a), "verdict": a.decision.verdict})
+    return V.build(frame, prediction=pred, analysis=found, inference_ms=5.0, **identity).to_dict()
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -127,3 +136,74 @@ def serve(app: Any, port: int) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# ------------------------------------------------------------------------------------------ a real station
+def fitted_project(root: Path) -> Any:
+    """A project with version 1 fitted on ten real good tiles (random-init features, tiny input) and active."""
+    from helpers import need_data
+    from linesight.config.project import TrainConfig
+    from linesight.project.data import add_images
+    from linesight.project.training import fit_version
+    from linesight.project.workspace import Project
+
+    p = Project.init(root)
+    add_images(p, sorted((need_data() / "train" / "good").iterdir())[:10])
+    fit_version(p, TrainConfig(fit={"weights": "none", "input_size": 96, "embedding_dim": 64}, test_fraction=0.3))
+    p.activate(1)
+    return p
+
+
+def station_config(project: Any, broker_port: int) -> DaemonConfig:
+    """A project station as `linesight run` would load it: synthetic camera at 5 Hz, every frame archived into the
+    project's detect_results/, MQTT commands on the test broker, no ZeroMQ or metrics ports."""
+    return DaemonConfig.model_validate({
+        "model": {"project": str(project.root)},
+        "source": {"type": "synthetic", "name": "synth", "width": 96, "height": 80, "rate_hz": 5},
+        "pipeline": {"deadline_ms": 60000},
+        "outputs": {"mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker_port, **MQTT_LEVELS,
+                             "reconnect_min_s": 1, "reconnect_max_s": 1, "keepalive_s": 5},
+                    "archive": {"enabled": True, "dir": str(project.results_dir), "save_ok_fraction": 1.0},
+                    "zmq": {"enabled": False}, "metrics": {"enabled": False}}})
+
+
+@contextmanager
+def running(cfg: DaemonConfig) -> Iterator[Any]:
+    """`Service.run()` on its own thread until the block ends; yields the Service once its commands are
+    subscribed (it answers them from then on)."""
+    from linesight.daemon.notify import Notifier
+    from linesight.daemon.service import Service
+
+    svc = Service(cfg, notifier=Notifier(None))
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            svc.run()
+        except Exception as exc:  # noqa: BLE001 - re-raised on the test thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="linesight-run", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: errors or (svc.mqtt is not None and svc.mqtt.commands_ready), timeout=60,
+                 what="the station's command subscription")
+        assert not errors, errors
+        yield svc
+    finally:
+        svc.stop()
+        thread.join(60)
+    assert not thread.is_alive(), "the station did not stop"
+    assert not errors, errors
+
+
+def commanded_ui(tmp: Path, broker_port: int, archive: Path | None, **mqtt: Any) -> UiConfig:
+    """A UI config with one station 'line3' commanded over MQTT (the daemon's topic levels) and reviewed from
+    `archive`; TOKEN is named WHO in the tokens file."""
+    tokens = tmp / "ui-tokens"
+    tokens.write_text(f"# who may act\n{WHO}:{TOKEN}\n")
+    return UiConfig.model_validate({
+        "stations": [{"name": "line3", "verdict_endpoint": "tcp://127.0.0.1:1",
+                      "mqtt": {"port": broker_port, **MQTT_LEVELS, **mqtt},
+                      "archive_dir": None if archive is None else str(archive)}],
+        "auth": {"tokens_file": str(tokens)}})

@@ -1,19 +1,21 @@
 """The UI's HTTP application: pages from static/, the JSON API under /api/v1 (OpenAPI at /api/v1/openapi.json).
 
-Why no Swagger page: FastAPI's loads its script from a CDN, and these pages work offline. Why every route reads
-the body itself for inspect: the size limit (413) and the content-type check (415) must hold before a byte is
-buffered past the limit, and a user's bad input is a 4xx with the decoder's message, never a 500.
+Why no Swagger page: FastAPI's loads its script from a CDN, and these pages work offline. Why the routes read the
+body themselves (inspect, commands): the size limit (413) and the content-type check (415) must hold before a byte
+is buffered past the limit, and a user's bad input is a 4xx with the decoder's message, never a 500.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -21,18 +23,24 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from linesight import __version__
 from linesight.config.ui import UiConfig
+from linesight.daemon.commands import model_of, validated
 from linesight.daemon.sinks.encoding import verdict_json
 from linesight.errors import DataError
-from linesight.ui.auth import Access, load_token_hashes
+from linesight.ui.auth import Access, load_tokens
+from linesight.ui.commands import CommandLinks, NoReply, Unreachable
 from linesight.ui.feeds import KEEP, Feeds, StationState, StationSummary
 from linesight.ui.inspect import InspectAnswer, Inspector, ModelState, Unavailable, Upload
+from linesight.ui.review import review_routes
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-#: Sidebar pages: path -> title. Only Stations is live in this slice; the others say what is coming.
+#: Sidebar pages: path -> title. Stations and Review are live; the others say what is coming.
 PAGES = {"stations": "Stations / live", "review": "Review", "project": "Project & data", "training": "Training",
          "models": "Models", "trends": "Trends"}
+LIVE = ("stations", "review")
+COMMAND_BODY_MAX = 64 * 1024  # the daemon's own limit on a command payload
+COMMANDS_AT_ONCE = 8  # worker threads waiting for station replies at most; more requests queue for one
 RAW_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "application/octet-stream")
 MULTIPART = "multipart/form-data"
 _INSPECT_BODY = {"required": True, "content": {
@@ -41,10 +49,11 @@ _INSPECT_BODY = {"required": True, "content": {
                            "properties": {"file": {"type": "string", "format": "binary"}}}}}}
 
 
-async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _limited(request: Request, limit: int, why: str = "max_upload_mb of the UI config"
+                   ) -> AsyncIterator[bytes]:
     """The request body, refused with 413 as soon as it passes `limit` bytes (declared or actually sent)."""
     declared = request.headers.get("content-length", "")
-    too_big = HTTPException(413, f"request body over {limit / 2**20:g} MB (max_upload_mb of the UI config)")
+    too_big = HTTPException(413, f"request body over {limit / 2**20:g} MB ({why})")
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     total = 0
@@ -88,18 +97,21 @@ def _page(file: Path):  # noqa: ANN202 - a route handler
 
 def create_app(cfg: UiConfig) -> FastAPI:
     """The application for one UI config: feeds start and stop with it, the inspect model loads at start."""
-    access = Access(cfg.auth, load_token_hashes(cfg.auth))
+    access = Access(cfg.auth, load_tokens(cfg.auth))
     feeds = Feeds(cfg.stations, cfg.stale_after_s)
     inspector = Inspector(cfg.inspect) if cfg.inspect is not None else None
+    links = CommandLinks({s.name: s.mqtt for s in cfg.stations if s.mqtt is not None})
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         feeds.start()
+        links.start()
         if inspector is not None:
             await run_in_threadpool(inspector.load)
         try:
             yield
         finally:
+            links.stop()
             feeds.stop()
 
     app = FastAPI(title="linesight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -113,22 +125,101 @@ def create_app(cfg: UiConfig) -> FastAPI:
         return RedirectResponse("/stations")
 
     for path in PAGES:
-        app.add_api_route(f"/{path}", _page(STATIC / ("stations.html" if path == "stations" else "later.html")),
+        app.add_api_route(f"/{path}", _page(STATIC / (f"{path}.html" if path in LIVE else "later.html")),
                           include_in_schema=False, methods=["GET"])
     _station_routes(app, feeds, [Depends(access.read)])
+    _command_routes(app, feeds, links, access)
+    review_routes(app, {s.name: s for s in cfg.stations}, [Depends(access.read)])
     _inspect_routes(app, inspector, access, int(cfg.max_upload_mb * 2**20))
     return app
+
+
+def _known(feeds: Feeds, name: str) -> StationState:
+    state = feeds.states.get(name)
+    if state is None:
+        known = ", ".join(feeds.states) or "none configured"
+        raise HTTPException(404, f"no station {name!r} (stations: {known})")
+    return state
+
+
+def _command_routes(app: FastAPI, feeds: Feeds, links: CommandLinks, access: Access) -> None:
+    """POST /api/v1/stations/{name}/commands/{command}: a command to the station over its MQTT command topics."""
+    limiter: list[anyio.CapacityLimiter] = []  # made on first use: it belongs to the server's event loop
+
+    @app.post("/api/v1/stations/{name}/commands/{command}", response_class=JSONResponse,
+              responses={200: {"description": "The station's reply: {id, command, ok: true, result}"},
+                         400: {"description": "The payload is not that command (the model's reason)"},
+                         401: {"description": "Token needed (header only)"},
+                         404: {"description": "Unknown station or command"},
+                         409: {"description": "No mqtt section for this station, or the station refused: its "
+                                              "reply {id, command, ok: false, error} plus detail"},
+                         502: {"description": "The broker cannot be reached, or did not pass it on (its ACL)"},
+                         504: {"description": "No station listens on its topics, or no reply in time"}},
+              openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
+                  "schema": {"type": "object"}}}}},
+              summary="Send a command (reload, pause, resume, feedback, part) to a station; its reply",
+              description="The body is the command's JSON payload (docs/daemon.md#commands), checked against the "
+                          "daemon's own model before it is sent. For feedback the UI sets source 'ui' and, when "
+                          "the token has a name, by = that name.")
+    async def command(name: str, command: str, request: Request) -> JSONResponse:
+        writer = access.write(request)  # first: without a token nothing is told, not even which stations exist
+        _known(feeds, name)
+        link = links.links.get(name)
+        if link is None:
+            raise HTTPException(409, f"station {name!r} takes no commands from this UI: give it an mqtt section "
+                                     "(its broker and topic levels) in the UI config (docs/ui.md)")
+        try:
+            model_of(command)
+        except ValueError as exc:
+            raise HTTPException(404, str(exc)) from None
+        payload = await _json_object(request)
+        if command == "feedback":
+            payload = {**payload, "source": "ui", **({"by": writer.name} if writer.name is not None else {})}
+        try:
+            cmd = validated(command, payload)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        if not limiter:
+            limiter.append(anyio.CapacityLimiter(COMMANDS_AT_ONCE))
+        log.info("ui command %s to station %s by %s", command, name, writer.name or "an unnamed token")
+        try:
+            reply = await anyio.to_thread.run_sync(link.send, command, cmd.model_dump(mode="json",
+                                                                                        exclude_unset=True),
+                                                   limiter=limiter[0])
+        except Unreachable as exc:
+            raise HTTPException(502, str(exc)) from None
+        except NoReply as exc:
+            raise HTTPException(504, str(exc)) from None
+        if reply.get("ok") is True:
+            return JSONResponse(reply)
+        return JSONResponse({**reply, "detail": f"station {name} refused {command}: {reply.get('error')}"},
+                            status_code=409)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object ({} when empty), within the daemon's size limit; 4xx otherwise."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    raw = b"".join([chunk async for chunk in _limited(request, COMMAND_BODY_MAX, "a station takes commands up to "
+                                                                                  "64 KiB")])
+    if not raw.strip():
+        return {}
+    if kind != "application/json":
+        raise HTTPException(415, f"content type {kind or '(none)'!r} not accepted: send the payload as "
+                                 "application/json")
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise HTTPException(400, f"the body is not JSON ({exc}); send a JSON object, e.g. {{}}") from None
+    if not isinstance(payload, dict):
+        raise HTTPException(400, f"the body must be a JSON object, not {type(payload).__name__}")
+    return payload
 
 
 def _station_routes(app: FastAPI, feeds: Feeds, read: list[Any]) -> None:
     """GET /api/v1/stations...: what the feeds hold, read-only."""
 
     def station(name: str) -> StationState:
-        state = feeds.states.get(name)
-        if state is None:
-            known = ", ".join(feeds.states) or "none configured"
-            raise HTTPException(404, f"no station {name!r} (stations: {known})")
-        return state
+        return _known(feeds, name)
 
     @app.get("/api/v1/stations", dependencies=read, summary="Every station: connection, counters, last verdict")
     def stations() -> list[StationSummary]:

@@ -80,6 +80,8 @@ class StationSummary(Strict):
     model: dict[str, Any] | None = Field(description="id, version, hash of the model in the latest verdict")
     frame_seq: int | None = Field(description="seq of the latest frame received; null: none yet")
     heatmap: bool = Field(description="The latest frame came with a heatmap")
+    commands: bool = Field(description="The UI can send it commands (it has an mqtt section)")
+    archive: bool = Field(description="Its archive can be reviewed (it has an archive_dir)")
 
 
 def _last(v: dict[str, Any]) -> LastVerdict:
@@ -170,7 +172,8 @@ class StationState:
                 counters=Counters(verdicts=c["verdicts"], ok=c["OK"], ng=c["NG"], fail_safe=dict(self._fail_safe),
                                   missed=c["missed"], bad_messages=c["bad_messages"]),
                 last=None if last is None else _last(last), model=None if last is None else last.get("model"),
-                frame_seq=None if self._frame is None else self._frame.seq, heatmap=self._heatmap is not None)
+                frame_seq=None if self._frame is None else self._frame.seq, heatmap=self._heatmap is not None,
+                commands=self.cfg.mqtt is not None, archive=self.cfg.archive_dir is not None)
 
     def verdicts(self, limit: int, before_seq: int | None = None) -> list[dict[str, Any]]:
         """Newest first, at most `limit`, only seqs below `before_seq` when given (the next page)."""

@@ -3,7 +3,8 @@
 Layout: ``<dir>/<YYYY-MM-DD UTC>/<seq:012d>_<part_id>_<OK|NG>.{image.png|image.jpg,heatmap.png,json}``;
 the JSON sidecar is exactly the verdict and is written last (atomically, via rename), so a record
 without a sidecar is an interrupted write. The heatmap is colour-mapped like the HMI feed
-(clip(map/threshold*0.5,0,1), JET) for human review.
+(clip(map/threshold*0.5,0,1), JET) for human review. Readers (the UI's review page) find records with
+`stored_newest_first` and `stored`, which know this layout; nothing else parses its names.
 
 What is kept: every NG (including fail-safe ones) and a deterministic `save_ok_fraction` of OK
 frames, chosen by a hash of `seq` (splitmix64) rather than `seq % N` so periodic patterns on the line
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _DATE_DIR = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: A record's name: seq, sanitised part id, OK|NG, and a suffix when the name was taken (seq restarted).
+_NAME = re.compile(r"^(?P<seq>\d{12})_(?P<part>[A-Za-z0-9_-]{1,64})_(?P<verdict>OK|NG)(?:-[0-9a-f]{8})?$")
 _M64 = 0xFFFFFFFFFFFFFFFF
 
 
@@ -53,6 +57,64 @@ def sanitise_part_id(part_id: Any) -> str:
     """Part ids come from scanners/PLCs: keep [A-Za-z0-9_-], map the rest to '-', cap length."""
     cleaned = _UNSAFE.sub("-", str(part_id)).strip("-")[:64]
     return cleaned or "noid"
+
+
+def record_name(verdict: dict[str, Any]) -> str:
+    """`<seq:012d>_<part_id>_<OK|NG>`: the name of a verdict's record (sidecar `.json`, frame `.image.*`, map
+    `.heatmap.png`); NG includes fail-safe verdicts decided NG."""
+    return (f"{int(verdict.get('seq', 0)):012d}_{sanitise_part_id(verdict.get('part_id'))}_"
+            f"{'OK' if verdict.get('verdict') == 'OK' else 'NG'}")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A complete record on disk (its sidecar exists: it is written last), as its folder and name say."""
+
+    day: str  # YYYY-MM-DD (UTC) folder
+    name: str
+    seq: int
+    verdict: str  # OK | NG
+    folder: Path
+
+    @property
+    def sidecar(self) -> Path:
+        return self.folder / f"{self.name}.json"
+
+    @property
+    def complete(self) -> bool:
+        """Its sidecar is there (false: pruned, or still being written)."""
+        return self.sidecar.is_file()
+
+    def picture(self, heatmap: bool) -> Path | None:
+        """The heatmap PNG, or the frame (PNG or JPEG); None when the record has none."""
+        names = (".heatmap.png",) if heatmap else (".image.png", ".image.jpg")
+        return next((p for p in (self.folder / f"{self.name}{n}" for n in names) if p.is_file()), None)
+
+
+def stored(root: Path, day: str, name: str) -> Stored | None:
+    """The record `day`/`name` under `root` if both are names of the layout (so neither can lead elsewhere: no
+    separator, no '..'); else None. It may not be there (`complete`)."""
+    m = _NAME.match(name)
+    if not _DATE_DIR.match(day) or m is None:
+        return None
+    return Stored(day, name, int(m["seq"]), m["verdict"], Path(root) / day)
+
+
+def stored_newest_first(root: Path, before: tuple[str, str] | None = None) -> Iterator[Stored]:
+    """Complete records under `root`, newest first by day, then seq (then name); `before` (day, name): only
+    records after that one in this order. Reads folder listings only, a day at a time, never a file."""
+    days = sorted((d.name for d in os.scandir(root) if _DATE_DIR.match(d.name) and d.is_dir()), reverse=True)
+    for day in days:
+        if before is not None and day > before[0]:
+            continue
+        folder = Path(root) / day
+        try:
+            found = [m for f in os.listdir(folder) if f.endswith(".json") and (m := _NAME.match(f[:-5]))]
+        except FileNotFoundError:  # pruned between the two listings
+            continue
+        for m in sorted(found, key=lambda m: m.string, reverse=True):
+            if before is None or (day, m.string) < before:
+                yield Stored(day, m.string, int(m["seq"]), m["verdict"], folder)
 
 
 def keep_ok(seq: int, fraction: float) -> bool:
@@ -211,8 +273,7 @@ class Archive:
     def _write(self, verdict: dict[str, Any], blobs: list[tuple[str, bytes]]) -> None:
         now = time.time()
         day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
-        name = f"{int(verdict.get('seq', 0)):012d}_{sanitise_part_id(verdict.get('part_id'))}_" \
-               f"{'OK' if verdict.get('verdict') == 'OK' else 'NG'}"
+        name = record_name(verdict)
         day_dir = self._dir / day
         day_dir.mkdir(parents=True, exist_ok=True)
         if (day_dir / f"{name}.json").exists():  # seq restarts without a state_dir: never overwrite a record

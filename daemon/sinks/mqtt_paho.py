@@ -38,9 +38,12 @@ class NoSocketNoise(logging.Filter):
         return True
 
 
-def build_client(cfg: MqttConfig, will_topic: str, logger_name: str) -> tuple[mqtt.Client, Callable[[], None]]:
+def build_client(cfg: MqttConfig, will_topic: str | None,
+                 logger_name: str) -> tuple[mqtt.Client, Callable[[], None]]:
     """An MQTT v5 client configured from `cfg`, not connected, logging to `logger_name` (its 'Client is not
     connected' noise lowered to DEBUG); and the call that removes that log filter once the client is stopped.
+    `will_topic`: where the broker says "offline" (retained) when the link dies; None: no Last Will (a client
+    that is no station, e.g. the UI sending commands).
 
     Raises ConfigError (from mqtt_secrets) when the password or a TLS file cannot be used."""
     client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id,
@@ -56,7 +59,8 @@ def build_client(cfg: MqttConfig, will_topic: str, logger_name: str) -> tuple[mq
         if cfg.tls.insecure:
             log.warning("mqtt.tls.insecure=true: broker hostname is NOT verified")
             client.tls_insecure_set(True)
-    client.will_set(will_topic, "offline", qos=1, retain=True)
+    if will_topic is not None:
+        client.will_set(will_topic, "offline", qos=1, retain=True)
     client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
     client.max_queued_messages_set(cfg.max_queued_messages)
     return client, functools.partial(paho_log.removeFilter, noise)

@@ -22,9 +22,29 @@ function makeCard(name) {
   const card = {name, node, verdicts: [], bySeq: new Map(), summary: null, summaryAt: 0, frameSeq: null,
                 q: (sel) => node.querySelector(sel)};
   card.q(".overlay").addEventListener("change", () => showOverlay(card));
+  node.querySelectorAll(".cmd").forEach((b) => b.addEventListener("click", () => stationCommand(card, b)));
   card.q(".frame").addEventListener("load", () => { card.q(".no-frame").hidden = true; drawBoxes(card); });
   cards.set(name, card);
   return card;
+}
+
+const ASK = {pause: "Pause station %s? It stops acquiring and deciding frames until it is resumed.",
+             reload: "Reload the model of station %s?"};
+
+async function stationCommand(card, button) {  // the station's reply (or why there is none) under its name
+  const cmd = button.dataset.cmd;
+  if (ASK[cmd] && !confirm(ASK[cmd].replace("%s", card.name))) return;
+  const out = card.q(".cmd-reply");
+  out.hidden = false;
+  out.textContent = `${cmd}: sent, waiting for the station…`;
+  out.className = "cmd-reply";
+  try {
+    const res = await sendCommand(card.name, cmd);
+    out.textContent = replyText(cmd, res);
+    out.className = `cmd-reply ${res.ok ? "ok" : "refused"}`;
+  } catch (err) {
+    out.textContent = `${cmd}: not sent (${err.message})`;
+  }
 }
 
 function showOverlay(card) {
@@ -109,6 +129,7 @@ function showSummary(card, s) {
   const reasons = Object.entries(c.fail_safe).map(([r, n]) => `${r}: ${n}`).join(", ");
   card.q(".fs-reasons").textContent = reasons ? `fail-safe by reason: ${reasons}` : "";
   card.q(".error").textContent = s.error || "";
+  card.q(".controls").hidden = !s.commands;
   showConnection(card);
   showOverlay(card);
 }

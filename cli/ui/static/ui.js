@@ -5,8 +5,9 @@ const PAGES = [
   ["stations", "Stations / live"], ["review", "Review"], ["project", "Project & data"],
   ["training", "Training"], ["models", "Models"], ["trends", "Trends"],
 ];
-const LIVE = new Set(["stations"]);  // the others come in later slices of issue #16
+const LIVE = new Set(["stations", "review"]);  // the others come in later slices of issue #16
 const TOKEN_COOKIE = "linesight_token";
+const WRITE_TOKEN = "linesight_write_token";  // sessionStorage: this tab only, sent as a header, never a cookie
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -60,3 +61,51 @@ async function getJSON(url) {
 }
 
 document.addEventListener("DOMContentLoaded", sidebar);
+
+// Actions (commands to a station) need a token in the Authorization header: asked once, kept for this tab only.
+let tokenAsked = null;  // one question at a time, however many buttons wait for it
+function writeToken() {
+  const saved = sessionStorage.getItem(WRITE_TOKEN);
+  if (saved) return Promise.resolve(saved);
+  if (tokenAsked) return tokenAsked;
+  tokenAsked = new Promise((resolve, reject) => {
+    const box = document.getElementById("write-auth");
+    const input = el("input", {type: "password", id: "write-token", placeholder: "token",
+                               autocomplete: "current-password"});
+    const cancel = el("button", {type: "button", id: "write-cancel"}, "Cancel");
+    const form = el("form", {id: "write-auth-form"}, input, el("button", {type: "submit"}, "Use token"), cancel);
+    box.replaceChildren(el("p", {}, "Actions need a token (kept in this tab only, sent as Authorization: Bearer)."),
+                        form);
+    box.hidden = false;
+    input.focus();
+    const done = (token) => {
+      box.hidden = true;
+      tokenAsked = null;
+      if (token) { sessionStorage.setItem(WRITE_TOKEN, token); resolve(token); } else reject(new Error("no token"));
+    };
+    form.addEventListener("submit", (e) => { e.preventDefault(); if (input.value.trim()) done(input.value.trim()); });
+    cancel.addEventListener("click", () => done(null));
+  });
+  return tokenAsked;
+}
+
+// POST /api/v1/stations/NAME/commands/CMD: {ok, status, body} (the station's reply, or the UI's {detail}).
+async function sendCommand(station, cmd, payload = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const token = await writeToken();
+    const r = await fetch(`/api/v1/stations/${encodeURIComponent(station)}/commands/${cmd}`, {
+      method: "POST", cache: "no-store", body: JSON.stringify(payload),
+      headers: {"Content-Type": "application/json", "Authorization": `Bearer ${token}`}});
+    const body = await r.json().catch(() => ({detail: `HTTP ${r.status}`}));
+    if (r.status === 401) {  // a wrong or revoked token: forget it, ask once more
+      sessionStorage.removeItem(WRITE_TOKEN);
+      if (attempt === 0) continue;
+    }
+    return {ok: r.ok, status: r.status, body};
+  }
+}
+
+function replyText(cmd, res) {
+  if (res.ok) return `${cmd}: done ${JSON.stringify(res.body.result)}`;
+  return `${cmd}: refused (HTTP ${res.status}): ${res.body.detail || JSON.stringify(res.body)}`;
+}
