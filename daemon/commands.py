@@ -7,6 +7,7 @@ refused, not ignored.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Literal
 
@@ -69,6 +70,16 @@ class Part(Command):
 # the names are the config's MQTT_COMMANDS (config cannot import the daemon); a test keeps them one set
 MODELS: dict[str, type[Command]] = {"reload": Reload, "pause": Pause, "resume": Resume, "feedback": Feedback,
                                     "part": Part}
+
+
+def schema_json() -> str:
+    """docs/commands.schema.json, what PLC and HMI integrators code against: every command's JSON Schema by name.
+    `python -c "from linesight.daemon.commands import schema_json as s; print(s(), end='')" >
+    docs/commands.schema.json`."""
+    doc = {"title": "linesight station commands",
+           "description": "Publish to <base>/cmd/<name>; the reply comes on <base>/cmd/<name>/reply (docs/daemon.md)",
+           "commands": {n: m.model_json_schema() for n, m in MODELS.items()}}
+    return json.dumps(doc, indent=2) + "\n"
 
 
 def model_of(name: str) -> type[Command]:

@@ -57,3 +57,19 @@ def test_a_station_can_enable_only_some_commands():
     with pytest.raises(ValueError, match="'reload' is not enabled on this station"):
         d("reload", {})
     assert d("pause", {}) == {"ok": "Pause"} and len(seen) == 1
+
+
+def test_the_published_command_schemas_are_the_models():
+    """docs/commands.schema.json is what integrators code against: it must be the models, descriptions included."""
+    import json
+    from pathlib import Path
+
+    from linesight.daemon.commands import schema_json
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "commands.schema.json").read_text()
+    assert committed == schema_json(), ("docs/commands.schema.json is stale: regenerate it with "
+                                        "daemon.commands.schema_json() (see its docstring)")
+    doc = json.loads(committed)
+    assert set(doc["commands"]) == set(MQTT_COMMANDS)
+    assert doc["commands"]["feedback"]["properties"]["seq"]["description"].startswith("The verdict's seq")
+    assert doc["commands"]["reload"]["additionalProperties"] is False  # unknown keys are refused, as the models do
