@@ -142,9 +142,25 @@ class AuthConfig(Strict):
         return self.tokens_file is not None or self.tokens_env is not None
 
 
+class ProjectLinkConfig(Strict):
+    """A project the pages show (Project & data, Training, Models) and may change: activate, rollback, fit, learn."""
+
+    name: str = Field(description="Name shown on the pages and used in the URLs (/api/v1/projects/NAME)")
+    dir: Path = Field(description="The project folder (`linesight project init`)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"project name {v!r}: use 1-64 letters, digits, '_', '-', '.' (it is part of URLs)")
+        return v
+
+
 class UiConfig(Strict):
     listen: ListenConfig = Field(default_factory=ListenConfig, description="HTTP address")
     stations: list[StationFeedConfig] = Field(default_factory=list, description="Stations shown on the pages")
+    projects: list[ProjectLinkConfig] = Field(default_factory=list, description="Projects shown on the pages "
+                                              "(versions, training jobs, activation)")
     inspect: InspectConfig | None = Field(None, description="Model of POST /api/v1/inspect; null: it answers 503")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Tokens and open access")
     max_upload_mb: float = Field(64, gt=0, description="Largest request body (MB); bigger ones are answered 413")
@@ -156,6 +172,9 @@ class UiConfig(Strict):
         names = [s.name for s in self.stations]
         if dup := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"station names must be unique: {', '.join(dup)} given twice")
+        names = [p.name for p in self.projects]
+        if dup := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"project names must be unique: {', '.join(dup)} given twice")
         if not self.auth.has_tokens:
             if not self.auth.read_open:
                 raise ValueError("auth.read_open is false but no token is configured: set auth.tokens_file or "
@@ -163,6 +182,9 @@ class UiConfig(Strict):
             if self.inspect is not None and not self.auth.open_inspect:
                 raise ValueError("inspect needs a token: set auth.tokens_file or auth.tokens_env, or "
                                  "auth.open_inspect: true")
+            if self.projects:
+                raise ValueError("projects (activate, rollback, training jobs) need a token: set auth.tokens_file "
+                                 "or auth.tokens_env")
             if commanded := [s.name for s in self.stations if s.mqtt is not None]:
                 raise ValueError(f"commands to {', '.join(commanded)} (their mqtt section) need a token: set "
                                  "auth.tokens_file or auth.tokens_env")
@@ -200,6 +222,9 @@ def load_ui_config(path: str | Path) -> UiConfig:
                 value = value if value.is_absolute() else base / value
                 setattr(mqtt.tls, key, value)
                 wanted.append((("stations", i, "mqtt", "tls", key), value, "a file"))
+    for i, project in enumerate(cfg.projects):
+        project.dir = project.dir if project.dir.is_absolute() else base / project.dir
+        wanted.append((("projects", i, "dir"), project.dir, "a project folder"))
     if cfg.auth.tokens_file is not None and not cfg.auth.tokens_file.is_absolute():
         cfg.auth.tokens_file = base / cfg.auth.tokens_file
     if cfg.auth.tokens_file is not None:

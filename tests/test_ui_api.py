@@ -266,7 +266,8 @@ def test_pages_and_openapi(token_env) -> None:
         r = c.get("/", follow_redirects=False)
         assert r.status_code in (302, 307) and r.headers["location"] == "/stations"
         assert "Stations / live" in c.get("/stations").text
-        assert "later slice" in c.get("/models").text and "False reject (OK)" in c.get("/review").text
+        assert "later slice" in c.get("/trends").text and "False reject (OK)" in c.get("/review").text
+        assert "Compare two versions" in c.get("/models").text and "Start fit" in c.get("/training").text
         assert c.get("/models?file=/etc/passwd").text == c.get("/models").text
         assert c.get("/static/stations.js").status_code == 200
         assert c.get("/docs").status_code == 404  # Swagger UI loads from a CDN: not served

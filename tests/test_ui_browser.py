@@ -122,8 +122,8 @@ def test_stations_page_shows_live_verdicts_and_frames_and_pause_stops_updates(li
         # the sidebar names every page; the later ones say so honestly
         assert page.eval_on_selector_all("#sidebar a", "as => as.map(a => a.firstChild.textContent)") == [
             "Stations / live", "Review", "Project & data", "Training", "Models", "Trends"]
-        page.click("text=Models")
-        assert "later slice" in page.text_content(".later") and page.text_content("h1") == "Models"
+        page.click("text=Trends")
+        assert "later slice" in page.text_content(".later") and page.text_content("h1") == "Trends"
         assert not errors, errors
     finally:
         page.close()
@@ -170,6 +170,56 @@ def test_review_page_feedback_lands_in_the_project(chromium_browser, mosquitto, 
             if os.environ.get("LINESIGHT_SCREENSHOTS") == "1":
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(SCREENSHOTS / "ui-review.png"), full_page=False)
+        assert not errors, errors
+    finally:
+        page.close()
+
+
+def test_a_fit_started_on_the_training_page_becomes_the_stations_model_from_the_models_page(
+        chromium_browser, mosquitto, tmp_path, free_tcp_port) -> None:
+    """Training page: a fit job runs to its new version with live stages; Models page: Activate switches the
+    running station (its verdicts carry the new version's hash) and the project's history says who did it."""
+    from linesight.config.ui import ProjectLinkConfig
+
+    project = fitted_project(tmp_path / "tiles")
+    cfg = commanded_ui(tmp_path, mosquitto.port, None)
+    cfg = cfg.model_copy(update={"projects": [ProjectLinkConfig(name="tiles", dir=project.root)]})
+    page = chromium_browser.new_page(viewport={"width": 1280, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.on("dialog", lambda d: d.accept())
+    try:
+        with running(station_config(project, mosquitto.port)) as svc, serve(create_app(cfg), free_tcp_port()) as url:
+            v1_hash = project.version(1).bundle_hash
+            assert svc.holder.engine.identity["hash"] == v1_hash
+            page.goto(f"{url}/training?project=tiles", wait_until="load")
+            page.wait_for_function("() => document.querySelector('#config').value.includes('test_fraction')")
+            page.fill("#config", json.dumps({"preset": "fast", "test_fraction": 0.3, "fit": {
+                "weights": "none", "input_size": 96, "embedding_dim": 64}}))
+            page.click("#fit")
+            page.fill("#write-token", TOKEN)
+            page.click("#write-auth-form button[type=submit]")
+            page.wait_for_selector("#job-state:text('done')", timeout=180_000)
+            assert page.query_selector_all("#stages tr") and "v2" in page.text_content("#jobs")
+            if os.environ.get("LINESIGHT_SCREENSHOTS") == "1":
+                page.screenshot(path=str(SCREENSHOTS / "ui-training.png"), full_page=True)
+            assert project.version_numbers() == [1, 2] and project.metadata().active == 1
+            page.goto(f"{url}/models?project=tiles", wait_until="load")
+            page.wait_for_selector("tr[data-version='2'] button[data-activate='2']")
+            page.click("tr[data-version='2'] button[data-activate='2']")  # the token: kept by this tab
+            page.wait_for_selector("tr.active[data-version='2']", timeout=10_000)
+            assert project.metadata().active == 2 and project.metadata().history[-1].action == "activate"
+            v2_hash = project.version(2).bundle_hash
+            wait_for(lambda: svc.holder.engine.identity["hash"] == v2_hash, timeout=30,
+                     what="the station to follow the activation")
+            if os.environ.get("LINESIGHT_SCREENSHOTS") == "1":
+                page.screenshot(path=str(SCREENSHOTS / "ui-models.png"), full_page=True)
+            page.goto(f"{url}/project?project=tiles", wait_until="load")  # Project & data: the history says it
+            page.wait_for_selector("#counts tr[data-label='good']")
+            assert "v2" in page.text_content("#facts") and "activate" in page.text_content("#history")
+            if os.environ.get("LINESIGHT_SCREENSHOTS") == "1":
+                page.screenshot(path=str(SCREENSHOTS / "ui-project.png"), full_page=True)
         assert not errors, errors
     finally:
         page.close()

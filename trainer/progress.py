@@ -1,4 +1,5 @@
-"""Progress with rate and ETA for long work, logged (stderr) at most every few seconds."""
+"""Progress with rate and ETA for long work, logged (stderr) at most every few seconds; `--log-format json` lines
+carry it as a `progress` object (what the UI's training page follows)."""
 from __future__ import annotations
 
 import logging
@@ -27,4 +28,6 @@ class Progress:
             rate = done / elapsed if elapsed > 0 else 0.0
             eta = (self.total - done) / rate if rate > 0 else 0.0
             log.info("%s: %d/%d (%d%%) %.1f/s elapsed %s ETA %s", self.what, done, self.total,
-                     100 * done // self.total, rate, _fmt(elapsed), _fmt(eta))
+                     100 * done // self.total, rate, _fmt(elapsed), _fmt(eta),
+                     extra={"progress": {"stage": self.what, "done": done, "total": self.total,
+                                         "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1)}})

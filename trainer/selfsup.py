@@ -203,7 +203,8 @@ def train_selfsup(backbone: nn.Module, channels: tuple[int, int], train_images: 
             val_curve.append((step, v))
             run = []
             log.info("selfsup step %d: loss %.4f, held-out synthetic AUROC %.4f (best %.4f @ %d)", step,
-                     loss_curve[-1], v, max(v, best[0]), step if v > best[0] else best[1])
+                     loss_curve[-1], v, max(v, best[0]), step if v > best[0] else best[1],
+                     extra={"loss": {"step": step, "loss": round(loss_curve[-1], 5), "val_auroc": round(v, 5)}})
             if v > best[0]:
                 best = (v, step, copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
                 bad_evals = 0

@@ -216,3 +216,27 @@ class Project:
         self.version_dir(back)
         self.record("rollback", f"v{meta.activations[-1]} -> v{back}", active=back, rollback=True)
         return back
+
+
+def _flat(prefix: str, value) -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for k, v in value.items():
+            out |= _flat(f"{prefix}.{k}" if prefix else str(k), v)
+        return out
+    return {prefix: value}
+
+
+def version_diff(project: Project, a: int, b: int) -> list[tuple[str, object, object]]:
+    """(field, in vA, in vB) for every field that differs: config (full fit config), thresholds, plan, metrics."""
+    va, vb = project.version(a), project.version(b)
+
+    def view(v) -> dict[str, object]:
+        d = v.model_dump(mode="json", exclude={"version", "created", "schema_", "train_config"})
+        d["fit"] = v.train_config.fit_config().model_dump(mode="json")
+        d["calibration"] = v.train_config.calibration.model_dump(mode="json")
+        d["preset"], d["test_fraction"] = v.train_config.preset, v.train_config.test_fraction
+        return _flat("", d)
+
+    fa, fb = view(va), view(vb)
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)]

@@ -18,8 +18,6 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from linesight import __version__
 from linesight.config.ui import UiConfig
@@ -29,8 +27,11 @@ from linesight.errors import DataError
 from linesight.ui.auth import Access, load_tokens
 from linesight.ui.commands import CommandLinks, NoReply, Unreachable
 from linesight.ui.feeds import KEEP, Feeds, StationState, StationSummary
-from linesight.ui.inspect import InspectAnswer, Inspector, ModelState, Unavailable, Upload
+from linesight.ui.inspect import InspectAnswer, Inspector, ModelState, Unavailable
+from linesight.ui.jobs import JobRunner
+from linesight.ui.projects import project_routes
 from linesight.ui.review import review_routes
+from linesight.ui.uploads import MULTIPART, RAW_TYPES, limited, read_upload
 
 log = logging.getLogger(__name__)
 
@@ -38,51 +39,13 @@ STATIC = Path(__file__).parent / "static"
 #: Sidebar pages: path -> title. Stations and Review are live; the others say what is coming.
 PAGES = {"stations": "Stations / live", "review": "Review", "project": "Project & data", "training": "Training",
          "models": "Models", "trends": "Trends"}
-LIVE = ("stations", "review")
+LIVE = ("stations", "review", "project", "training", "models")
 COMMAND_BODY_MAX = 64 * 1024  # the daemon's own limit on a command payload
 COMMANDS_AT_ONCE = 8  # worker threads waiting for station replies at most; more requests queue for one
-RAW_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "application/octet-stream")
-MULTIPART = "multipart/form-data"
 _INSPECT_BODY = {"required": True, "content": {
     **{t: {"schema": {"type": "string", "format": "binary"}} for t in RAW_TYPES},
     MULTIPART: {"schema": {"type": "object", "required": ["file"],
                            "properties": {"file": {"type": "string", "format": "binary"}}}}}}
-
-
-async def _limited(request: Request, limit: int, why: str = "max_upload_mb of the UI config"
-                   ) -> AsyncIterator[bytes]:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (declared or actually sent)."""
-    declared = request.headers.get("content-length", "")
-    too_big = HTTPException(413, f"request body over {limit / 2**20:g} MB ({why})")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_big
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise too_big
-        yield chunk
-
-
-async def read_upload(request: Request, limit: int) -> Upload:
-    """Raw image bytes (an image/* or octet-stream body) or the `file` field of a multipart form."""
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if kind in RAW_TYPES:
-        return Upload(b"".join([chunk async for chunk in _limited(request, limit)]))
-    if kind != MULTIPART:
-        raise HTTPException(415, f"content type {kind or '(none)'!r} not accepted: send the image bytes as "
-                                 f"{', '.join(RAW_TYPES)}, or a {MULTIPART} form with a field 'file'")
-    try:
-        form = await MultiPartParser(request.headers, _limited(request, limit), max_files=1, max_fields=8).parse()
-    except MultiPartException as exc:
-        raise HTTPException(400, f"multipart form not readable: {exc.message}") from None
-    try:
-        file = form.get("file")
-        if not isinstance(file, UploadFile):
-            raise HTTPException(400, "the multipart form needs the image in a file field named 'file'")
-        return Upload(await file.read(), file.filename or None)
-    finally:
-        await form.close()
 
 
 def _page(file: Path):  # noqa: ANN202 - a route handler
@@ -101,6 +64,7 @@ def create_app(cfg: UiConfig) -> FastAPI:
     feeds = Feeds(cfg.stations, cfg.stale_after_s)
     inspector = Inspector(cfg.inspect) if cfg.inspect is not None else None
     links = CommandLinks({s.name: s.mqtt for s in cfg.stations if s.mqtt is not None})
+    jobs = JobRunner()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -111,6 +75,7 @@ def create_app(cfg: UiConfig) -> FastAPI:
         try:
             yield
         finally:
+            jobs.stop()
             links.stop()
             feeds.stop()
 
@@ -131,6 +96,7 @@ def create_app(cfg: UiConfig) -> FastAPI:
     _command_routes(app, feeds, links, access)
     review_routes(app, {s.name: s for s in cfg.stations}, [Depends(access.read)])
     _inspect_routes(app, inspector, access, int(cfg.max_upload_mb * 2**20))
+    project_routes(app, cfg.projects, access, jobs, int(cfg.max_upload_mb * 2**20))
     return app
 
 
@@ -199,7 +165,7 @@ def _command_routes(app: FastAPI, feeds: Feeds, links: CommandLinks, access: Acc
 async def _json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object ({} when empty), within the daemon's size limit; 4xx otherwise."""
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    raw = b"".join([chunk async for chunk in _limited(request, COMMAND_BODY_MAX, "a station takes commands up to "
+    raw = b"".join([chunk async for chunk in limited(request, COMMAND_BODY_MAX, "a station takes commands up to "
                                                                                   "64 KiB")])
     if not raw.strip():
         return {}

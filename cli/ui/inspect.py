@@ -12,7 +12,6 @@ import base64
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from linesight.daemon.sources.folder import header_size
 from linesight.errors import DataError, LinesightError
 from linesight.export.engine import Engine
 from linesight.export.images import check_image, decode_image
+from linesight.ui.uploads import Upload
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,6 @@ SOURCE = "upload"  # camera.name of the verdicts this endpoint gives
 
 class Unavailable(LinesightError):
     """No model can answer now (none configured, refused, or the engine is busy): 503 with this message."""
-
-
-@dataclass(frozen=True)
-class Upload:
-    """The request's image bytes and, for a multipart upload, the file name it came with."""
-
-    data: bytes
-    name: str | None = None
 
 
 class InspectAnswer(Strict):

@@ -5,7 +5,7 @@ const PAGES = [
   ["stations", "Stations / live"], ["review", "Review"], ["project", "Project & data"],
   ["training", "Training"], ["models", "Models"], ["trends", "Trends"],
 ];
-const LIVE = new Set(["stations", "review"]);  // the others come in later slices of issue #16
+const LIVE = new Set(["stations", "review", "project", "training", "models"]);  // trends: a later slice
 const TOKEN_COOKIE = "linesight_token";
 const WRITE_TOKEN = "linesight_write_token";  // sessionStorage: this tab only, sent as a header, never a cookie
 
@@ -89,13 +89,15 @@ function writeToken() {
   return tokenAsked;
 }
 
-// POST /api/v1/stations/NAME/commands/CMD: {ok, status, body} (the station's reply, or the UI's {detail}).
-async function sendCommand(station, cmd, payload = {}) {
+// A write (POST) with the header token: {ok, status, body}. A FormData `payload` goes as multipart, else as JSON.
+async function writeRequest(url, payload = {}) {
+  const form = payload instanceof FormData;
   for (let attempt = 0; ; attempt++) {
     const token = await writeToken();
-    const r = await fetch(`/api/v1/stations/${encodeURIComponent(station)}/commands/${cmd}`, {
-      method: "POST", cache: "no-store", body: JSON.stringify(payload),
-      headers: {"Content-Type": "application/json", "Authorization": `Bearer ${token}`}});
+    const headers = {"Authorization": `Bearer ${token}`};
+    if (!form) headers["Content-Type"] = "application/json";
+    const r = await fetch(url, {method: "POST", cache: "no-store", headers,
+                                body: form ? payload : JSON.stringify(payload)});
     const body = await r.json().catch(() => ({detail: `HTTP ${r.status}`}));
     if (r.status === 401) {  // a wrong or revoked token: forget it, ask once more
       sessionStorage.removeItem(WRITE_TOKEN);
@@ -103,6 +105,28 @@ async function sendCommand(station, cmd, payload = {}) {
     }
     return {ok: r.ok, status: r.status, body};
   }
+}
+
+// POST /api/v1/stations/NAME/commands/CMD: {ok, status, body} (the station's reply, or the UI's {detail}).
+function sendCommand(station, cmd, payload = {}) {
+  return writeRequest(`/api/v1/stations/${encodeURIComponent(station)}/commands/${cmd}`, payload);
+}
+
+// The configured projects into a <select>, the choice kept in the URL (?project=NAME); returns the chosen name.
+async function chooseProject(select, onChange) {
+  const projects = await getJSON("/api/v1/projects");
+  const wanted = new URLSearchParams(location.search).get("project");
+  select.replaceChildren(...projects.map((p) => el("option", {value: p.name}, `${p.name} (${p.title})`)));
+  if (projects.some((p) => p.name === wanted)) select.value = wanted;
+  select.addEventListener("change", () => {
+    history.replaceState(null, "", `?project=${encodeURIComponent(select.value)}`);
+    onChange(select.value);
+  });
+  return projects.length ? select.value : null;
+}
+
+function fmt(x, digits = 3) {
+  return x === null || x === undefined ? "–" : (typeof x === "number" ? Number(x.toFixed(digits)).toString() : String(x));
 }
 
 function replyText(cmd, res) {

@@ -1,0 +1,278 @@
+"""/api/v1/projects and /api/v1/jobs: the Project & data, Training and Models pages' data and actions.
+
+Why through linesight.project: the pages read and change a project exactly as `linesight project ...` does (the
+same checks, the same history entries), and a station running the project follows an activation by itself (its
+watcher), so the UI never talks to a station to change its model. Training runs in a child process (ui.jobs).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from linesight.config.base import Strict
+from linesight.config.project import GOOD, ProjectMetadata, TrainConfig, VersionInfo
+from linesight.config.ui import ProjectLinkConfig
+from linesight.errors import LinesightError, validation_problems
+from linesight.project.workspace import REPORT_DIR, Project, version_diff
+from linesight.ui.auth import Access
+from linesight.ui.events import Event
+from linesight.ui.jobs import Busy, Job, JobKind, JobRunner
+from linesight.ui.uploads import Upload, read_uploads
+
+log = logging.getLogger(__name__)
+
+REPORT_FILES = {".html": "text/html", ".png": "image/png", ".json": "application/json", ".svg": "image/svg+xml"}
+
+
+class ProjectSummary(Strict):
+    """One project in the list: what it holds and which version stations run."""
+
+    name: str
+    dir: str
+    title: str = Field(description="The project's own name (metadata.json)")
+    description: str
+    active: int | None
+    versions: int
+    images: dict[str, int] = Field(description="Images by label (good, or a defect type)")
+    feedback_pending: int = Field(description="Feedback records no version learned yet")
+
+
+class ProjectDetail(ProjectSummary):
+    metadata: ProjectMetadata
+    train_config: TrainConfig
+
+
+class VersionRow(Strict):
+    info: VersionInfo
+    active: bool
+    report: bool = Field(description="An evaluation report exists (GET .../versions/N/report/report.html)")
+
+
+class DiffRow(Strict):
+    field: str
+    a: Any
+    b: Any
+
+
+class JobRequest(Strict):
+    model_config = ConfigDict(strict=True)  # as the station commands: "2" is not 2, unknown keys are refused
+
+    kind: JobKind = Field(description="fit: train the next version; learn: the next version from pending feedback")
+    config: dict[str, Any] | None = Field(None, description="fit only: a train config (as train_config.json) to use "
+                                          "instead of the project's; recorded in the version")
+
+
+class AddResult(Strict):
+    added: int
+    duplicates: int = Field(description="Files whose bytes the project already holds (skipped)")
+    unreadable: list[str] = Field(description="Why each unreadable file was left out")
+    project: ProjectSummary
+
+
+class Activation(Strict):
+    model_config = ConfigDict(strict=True)
+
+    version: int = Field(ge=1)
+
+
+def _summary(name: str, p: Project) -> dict[str, Any]:
+    from linesight.project.feedback import pending
+
+    meta = p.metadata()
+    counts: dict[str, int] = {}
+    for e in p.data_index().images:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    return {"name": name, "dir": str(p.root), "title": meta.name, "description": meta.description,
+            "active": meta.active, "versions": len(p.version_numbers()), "images": counts,
+            "feedback_pending": len(pending(p))}
+
+
+class _Projects:
+    """The configured projects by name; 404 for another name, 409 for a folder that is no (longer a) project."""
+
+    def __init__(self, projects: list[ProjectLinkConfig]) -> None:
+        self.dirs = {p.name: p.dir for p in projects}
+
+    def opened(self, name: str) -> Project:
+        if name not in self.dirs:
+            raise HTTPException(404, f"no project {name!r} (projects: {', '.join(self.dirs) or 'none configured'})")
+        try:
+            return Project.open(self.dirs[name])
+        except LinesightError as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @staticmethod
+    def version_of(p: Project, n: int) -> VersionInfo:
+        try:
+            return p.version(n)
+        except LinesightError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+
+def project_routes(app: FastAPI, projects: list[ProjectLinkConfig], access: Access, jobs: JobRunner,
+                   max_upload: int) -> None:
+    """Every /api/v1/projects and /api/v1/jobs route; reads need `access.read`, changes a header token."""
+    known = _Projects(projects)
+    _read_routes(app, known, access)
+    _write_routes(app, known, access, max_upload)
+    _job_routes(app, known, access, jobs)
+
+
+def _read_routes(app: FastAPI, known: _Projects, access: Access) -> None:
+    @app.get("/api/v1/projects", summary="Every project: images, versions, the active one, pending feedback")
+    def all_projects(request: Request) -> list[ProjectSummary]:
+        access.read(request)
+        return [ProjectSummary.model_validate(_summary(n, known.opened(n))) for n in known.dirs]
+
+    @app.get("/api/v1/projects/{name}", summary="One project: metadata with history, train config, counts")
+    def one_project(name: str, request: Request) -> ProjectDetail:
+        access.read(request)
+        p = known.opened(name)
+        return ProjectDetail.model_validate({**_summary(name, p), "metadata": p.metadata(),
+                                             "train_config": p.train_config()})
+
+    @app.get("/api/v1/projects/{name}/versions", summary="Versions, newest first, with metrics and the active one")
+    def versions(name: str, request: Request) -> list[VersionRow]:
+        access.read(request)
+        p = known.opened(name)
+        active = p.metadata().active
+        return [VersionRow(info=v, active=v.version == active,
+                           report=(p.version_dir(v.version) / REPORT_DIR / "report.html").is_file())
+                for v in reversed(p.versions())]
+
+    @app.get("/api/v1/projects/{name}/diff", summary="What differs between two versions")
+    def diff(name: str, request: Request, a: int = Query(ge=1), b: int = Query(ge=1)) -> list[DiffRow]:
+        access.read(request)
+        p = known.opened(name)
+        known.version_of(p, a), known.version_of(p, b)
+        return [DiffRow(field=k, a=x, b=y) for k, x, y in version_diff(p, a, b)]
+
+    @app.get("/api/v1/projects/{name}/versions/{n}/report/{file:path}", response_class=FileResponse,
+             summary="A version's evaluation report (report.html and its pictures)")
+    def report(name: str, n: int, file: str, request: Request) -> FileResponse:
+        access.read(request)
+        p = known.opened(name)
+        known.version_of(p, n)
+        folder = (p.version_dir(n) / REPORT_DIR).resolve()
+        path = (folder / file).resolve()
+        if not path.is_relative_to(folder) or path.suffix not in REPORT_FILES or not path.is_file():
+            raise HTTPException(404, f"v{n} has no report file {file[:100]!r}")
+        return FileResponse(path, media_type=REPORT_FILES[path.suffix])
+
+    @app.get("/api/v1/projects/{name}/train-config", summary="The project's train config and its JSON Schema")
+    def train_config(name: str, request: Request) -> dict[str, Any]:
+        access.read(request)
+        return {"config": known.opened(name).train_config().model_dump(mode="json", by_alias=True),
+                "schema": TrainConfig.model_json_schema()}
+
+
+def _write_routes(app: FastAPI, known: _Projects, access: Access, max_upload: int) -> None:
+    @app.post("/api/v1/projects/{name}/activate", summary="Activate a version (stations running it follow)")
+    def activate(name: str, body: Activation, request: Request) -> ProjectSummary:
+        writer = access.write(request)
+        p = known.opened(name)
+        known.version_of(p, body.version)
+        try:
+            p.activate(body.version)
+        except LinesightError as exc:
+            raise HTTPException(409, str(exc)) from None
+        log.info("ui: project activated", extra={"project": name, "version": body.version, "by": writer.name})
+        return ProjectSummary.model_validate(_summary(name, p))
+
+    @app.post("/api/v1/projects/{name}/rollback", summary="Activate the version active before the current one")
+    def rollback(name: str, request: Request) -> ProjectSummary:
+        writer = access.write(request)
+        p = known.opened(name)
+        try:
+            back = p.rollback()
+        except LinesightError as exc:
+            raise HTTPException(409, str(exc)) from None
+        log.info("ui: project rolled back", extra={"project": name, "version": back, "by": writer.name})
+        return ProjectSummary.model_validate(_summary(name, p))
+
+    @app.post("/api/v1/projects/{name}/images", summary="Add uploaded images with a label (content-addressed)",
+              description="A multipart form with the images in fields named `files`; `label`: good or a defect "
+                          "type. The same bytes already in the project are skipped.")
+    async def add(name: str, request: Request, label: str = Query(GOOD, max_length=64)) -> AddResult:
+        access.write(request)
+        p = known.opened(name)
+        files = await read_uploads(request, max_upload)
+        return await run_in_threadpool(_add_files, name, p, files, label)
+
+
+def _job_routes(app: FastAPI, known: _Projects, access: Access, jobs: JobRunner) -> None:
+    @app.post("/api/v1/projects/{name}/jobs", status_code=202, summary="Start a fit or learn job")
+    def start(name: str, body: JobRequest, request: Request) -> Job:
+        writer = access.write(request)
+        p = known.opened(name)
+        config = None
+        if body.config is not None:
+            if body.kind != "fit":
+                raise HTTPException(400, "config is for fit jobs only")
+            try:
+                config = TrainConfig.model_validate(body.config)
+            except ValidationError as exc:
+                raise HTTPException(400, f"config: {validation_problems(exc, 'config')}") from None
+        try:
+            return jobs.start(name, p.root, body.kind, writer.name, config)
+        except Busy as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @app.get("/api/v1/jobs", summary="Jobs, newest first (the last 20)")
+    def all_jobs(request: Request) -> list[Job]:
+        access.read(request)
+        return jobs.jobs()
+
+    @app.get("/api/v1/jobs/events", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}},
+             summary="Live job events: a `job` event with the whole job on every change")
+    def job_events(request: Request) -> StreamingResponse:
+        access.read(request)
+        return StreamingResponse(jobs.events.stream(lambda: [Event("job", j.model_dump(mode="json"))
+                                                             for j in reversed(jobs.jobs())]),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/v1/jobs/{job_id}", summary="One job: state, progress with ETA, loss, log, result")
+    def one_job(job_id: str, request: Request) -> Job:
+        access.read(request)
+        job = jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id[:40]!r} (the last 20 are kept)")
+        return job
+
+    @app.post("/api/v1/jobs/{job_id}/cancel", summary="Cancel a running job (its half-built version is dropped)")
+    def cancel(job_id: str, request: Request) -> Job:
+        access.write(request)
+        job = jobs.cancel(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id[:40]!r}")
+        return job
+
+
+def _add_files(name: str, p: Project, files: list[Upload], label: str) -> AddResult:
+    """Uploaded files into the project through `add_images` (the one way images enter a project); a file's name is
+    kept for people (the index's `name`), never used as a path."""
+    from linesight.project.data import add_images
+
+    with tempfile.TemporaryDirectory(prefix="linesight-upload-") as tmp:
+        paths = []
+        for i, f in enumerate(files):
+            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(f.name or "image").name)[:100]
+            path = Path(tmp) / f"{i:04d}_{safe}"
+            path.write_bytes(f.data)
+            paths.append(path)
+        try:
+            rep = add_images(p, paths, label)
+        except LinesightError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return AddResult(added=rep.added, duplicates=rep.duplicates,
+                         unreadable=[u.replace(f"{tmp}/", "") for u in rep.unreadable],
+                         project=ProjectSummary.model_validate(_summary(name, p)))
+
