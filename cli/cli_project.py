@@ -70,6 +70,30 @@ def _fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(a: argparse.Namespace) -> int:
+    from linesight.config.manifest import CalibrationTarget
+    from linesight.project.training import tune_version
+
+    p = _open(a)
+    given = {k: v for k, v in (("max_false_reject", a.max_false_reject), ("max_escape", a.max_escape),
+                               ("max_false_pixel_area", a.max_false_pixel_area)) if v is not _KEEP}
+    target = CalibrationTarget.model_validate(p.version(a.version).train_config.calibration.model_dump() | given)
+    info = tune_version(p, a.version, target)
+    print(json.dumps(info.model_dump(mode="json", by_alias=True, exclude={"train_config"}) | {
+        "calibration": info.train_config.calibration.model_dump(mode="json")}, indent=2))
+    return 0
+
+
+_KEEP = object()  # a target not given on the command line: the version's own
+
+
+def _target(text: str) -> float | None:
+    """A rate in [0, 1), or `none` (max-escape only: the false-reject target decides)."""
+    from linesight.cli import _fraction
+
+    return None if text.lower() == "none" else _fraction(text)
+
+
 def _rate(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -253,6 +277,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "project switch to it); a refused one changes nothing")
     s.add_argument("--if-pending", action="store_true", help="exit 0 without a version when no feedback is pending "
                    "(for a schedule: systemd/linesight-learn@.timer)")
+    s = action("tune", "a new version with vN's model and thresholds calibrated to other targets (no training): "
+               "refused when no threshold meets them", _tune)
+    s.add_argument("version", type=_version, metavar="vN")
+    s.add_argument("--max-false-reject", type=_target, default=_KEEP, metavar="RATE",
+                   help="good parts the threshold may reject (default: vN's target)")
+    s.add_argument("--max-escape", type=_target, default=_KEEP, metavar="RATE|none",
+                   help="defective parts it may pass; when set it decides the threshold (none: the false-reject "
+                        "target decides; default: vN's)")
+    s.add_argument("--max-false-pixel-area", type=_target, default=_KEEP, metavar="FRACTION",
+                   help="good-image pixel share at or above the pixel threshold (default: vN's)")
     s = action("export", "write the project into one zip (every file with its sha256 in a manifest)", _export)
     s.add_argument("zip", metavar="FILE.zip")
     s.add_argument("--no-results", action="store_true", help="leave detect_results/ out")

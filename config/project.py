@@ -25,7 +25,7 @@ PRESETS = ("fast", "balanced", "accurate")
 
 class HistoryEntry(Strict):
     time: str = Field(description="UTC ISO-8601")
-    action: Literal["init", "add", "fit", "activate", "rollback", "import", "learn"]
+    action: Literal["init", "add", "fit", "activate", "rollback", "import", "learn", "tune"]
     detail: str
 
 
@@ -138,8 +138,8 @@ class VersionInfo(Strict):
     schema_: Literal["linesight.project-version/1"] = Field(VERSION_SCHEMA, alias="schema")
     version: int = Field(ge=1)
     created: str
-    how: Literal["fit", "learn", "import"] = "fit"
-    parent: int | None = Field(None, description="The version this one was derived from (learn)")
+    how: Literal["fit", "learn", "tune", "import"] = "fit"
+    parent: int | None = Field(None, description="The version this one was derived from (learn, tune)")
     bundle_hash: str = Field(description="The bundle's content hash, as verdicts carry it")
     backbone: str
     train_config: TrainConfig

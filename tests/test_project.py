@@ -198,6 +198,30 @@ def test_versions_table_diff_activate_and_rollback(fitted, capsys):
     assert "'latest' is not a version: write v1, v2, ..." in capsys.readouterr().err
 
 
+def test_tune_makes_a_version_with_the_same_model_and_new_thresholds_or_refuses_with_the_numbers(fitted, tmp_path,
+                                                                                                     capsys):
+    import numpy as np
+
+    from linesight.export.bundle import load_bundle
+
+    proj = inactive_copy(fitted, tmp_path / "tiles")
+    rc, out, err = cli(capsys, "project", "tune", "-p", str(proj.root), "v1", "--max-false-reject", "0.5")
+    assert rc == 0, err
+    r = json.loads(out)
+    assert (r["version"], r["how"], r["parent"], r["calibration"]["max_false_reject"]) == (3, "tune", 1, 0.5)
+    v1, v3 = load_bundle(proj.bundle_path(1)), load_bundle(proj.bundle_path(3))
+    assert np.array_equal(v1.bank, v3.bank) and v1.onnx == v3.onnx  # no training: the same model
+    assert v3.digest != v1.digest and v3.manifest.thresholds.image <= v1.manifest.thresholds.image
+    assert (proj.version_dir(3) / "report" / "report.html").is_file() and proj.version(3).metrics.n_defective == 4
+    assert proj.metadata().history[-1].action == "tune" and proj.metadata().active is None
+    rc, _, err = cli(capsys, "project", "tune", "-p", str(proj.root), "v1", "--max-false-reject", "0",
+                     "--max-escape", "0")  # every good part passes and no defect escapes: tiny random features cannot
+    assert rc == 2 and "no threshold meets both targets" in err and proj.version_numbers() == [1, 2, 3]
+    with pytest.raises(SystemExit):
+        main(["project", "tune", "-p", str(proj.root), "v1", "--max-escape", "1"])
+    assert "'1' is not a fraction in [0, 1)" in capsys.readouterr().err
+
+
 def test_a_damaged_version_is_refused_at_activation(fitted, tmp_path):
     copy = Project(tmp_path / "copy")
     shutil.copytree(fitted.root, copy.root)

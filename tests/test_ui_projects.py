@@ -182,3 +182,49 @@ def test_projects_need_a_token_source_and_an_existing_folder(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"ui.yaml:5: projects\[0\]\.dir: .*missing does not exist"):
         load_ui_config(cfg)
 
+
+
+def test_threshold_preview_applies_the_calibration_rule_to_the_evaluation_scores(project, monkeypatch) -> None:
+    import json
+
+    import numpy as np
+
+    from linesight.config.manifest import CalibrationTarget
+    from linesight.trainer.calibration import choose_image_threshold
+
+    scores = json.loads((project.version_dir(2) / "report" / "metrics.json").read_text())["scores"]
+    s, y = np.array([r["score"] for r in scores]), np.array([r["label"] for r in scores])
+    with client(project, monkeypatch) as c:
+        p = c.get("/api/v1/projects/tiles/versions/2/tune?max_false_reject=0.5").json()
+        want = choose_image_threshold(s, y, CalibrationTarget(max_false_reject=0.5))
+        assert (p["threshold"], p["policy"], p["false_reject"]["count"]) == (want.threshold, want.policy,
+                                                                              want.false_reject.count)
+        now = project.version(2).image_threshold
+        flipped = {f["file"] for f in p["flips"]}
+        assert flipped == {r["file"] for r in scores if (r["score"] >= now) != (r["score"] >= want.threshold)}
+        assert all(f["now"] != f["then"] for f in p["flips"])
+        t = float(np.median(s))
+        q = c.get(f"/api/v1/projects/tiles/versions/2/tune?threshold={t}").json()
+        assert (q["policy"], q["false_reject"]["count"], q["escape"]["count"]) == (
+            "threshold", int((s[y == 0] >= t).sum()), int((s[y == 1] < t).sum()))
+        assert c.get(f"/api/v1/projects/tiles/versions/2/tune?threshold={t}&max_escape=0.1").status_code == 400
+        r = c.get("/api/v1/projects/tiles/versions/1/tune")
+        assert r.status_code == 404 and "run `linesight project evaluate v1`" in r.json()["detail"]
+        if flipped:
+            assert c.get(f"/api/v1/projects/tiles/images/{sorted(flipped)[0]}").status_code == 200
+        assert c.get("/api/v1/projects/tiles/images/..%2Fmetadata.json").status_code == 404
+        assert c.get("/api/v1/projects/tiles/images/metadata.json").status_code == 404
+
+
+def test_a_tune_job_makes_a_tuned_version(project, tmp_path, monkeypatch) -> None:
+    p = copy(project, tmp_path / "tiles")
+    with client(p, monkeypatch) as c:
+        body = {"kind": "tune", "version": 2, "target": {"max_false_reject": 0.5}}
+        assert c.post("/api/v1/projects/tiles/jobs", json={"kind": "tune", "version": 2},
+                      headers=AUTH).status_code == 400
+        assert c.post("/api/v1/projects/tiles/jobs", json={**body, "version": 9}, headers=AUTH).status_code == 404
+        job = c.post("/api/v1/projects/tiles/jobs", json=body, headers=AUTH).json()
+        done = wait_job(c, job["id"], 120)
+        assert done["state"] == "done", done
+        v = p.version(3)
+        assert (v.how, v.parent, v.train_config.calibration.max_false_reject) == ("tune", 2, 0.5)

@@ -299,6 +299,9 @@ def evaluate(bundle_path: str | Path, dataset: str | Path, outdir: str | Path, *
     metrics["dataset"] = {"path": str(dataset), "fingerprint": fingerprint([s.path for s in samples], Path(dataset))}
     metrics["thresholds"] = {**metrics.get("thresholds", {}), "bundle": m.thresholds.model_dump()}
     metrics["skipped"] = skipped
+    # every image's score: threshold previews (the UI's Models page) re-apply the calibration rule to these
+    metrics["scores"] = [{"file": Path(r.path).name, "label": int(r.label), "defect_type": r.defect_type,
+                          "score": float(r.score)} for r in records]
     metrics["model"] = {"id": m.model.id, "version": m.model.version, "backbone": m.backbone.name,
                         "weights": m.backbone.weights.model_dump(), "warnings": m.warnings}
     notes = list(m.warnings)

@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from linesight.config.manifest import CalibrationTarget
 from linesight.config.project import GOOD, DataIndex, ImageEntry, TrainConfig, VersionInfo, VersionMetrics
 from linesight.errors import DataError
 from linesight.project.workspace import BUNDLE_DIR, REPORT_DIR, Project, now
@@ -68,7 +69,6 @@ def _model_id(project: Project) -> str:
 def fit_version(project: Project, config: TrainConfig | None = None) -> VersionInfo:
     """Train, calibrate (when the project has defect images) and evaluate the next version; returns its info.
     Nothing of an earlier version is touched; a failed fit leaves no version behind."""
-    from linesight.trainer.evaluate import calibrate, evaluate
     from linesight.trainer.fit import fit
 
     t0 = time.monotonic()
@@ -86,36 +86,66 @@ def fit_version(project: Project, config: TrainConfig | None = None) -> VersionI
                             f"(+{n_good} held out for testing); add some with `linesight project add DIR`")
         log.info("project %s: fitting v%d on %d good images (%d good + %d defective held out)", project.root, n,
                  n_train, n_good, n_bad)
-        bundle = fit(view, build / BUNDLE_DIR, cfg.fit_config())
-        metrics = VersionMetrics(n_good=n_good, n_defective=n_bad)
-        if n_bad and n_good:
-            th = calibrate(build / BUNDLE_DIR, view, tc.calibration)
-            m = evaluate(build / BUNDLE_DIR, view, build / REPORT_DIR)
-            point = m["operating_points"][0]
-            metrics = VersionMetrics(image_auroc=m.get("image_auroc"), pixel_auroc=m.get("pixel_auroc"),
-                                     false_reject_rate=point["false_reject_rate"], escape_rate=point["escape_rate"],
-                                     n_good=n_good, n_defective=n_bad)
-            image_t, pixel_t, policy = th.image, th.pixel, th.policy
-        else:
+        fit(view, build / BUNDLE_DIR, cfg.fit_config())
+        if not (n_bad and n_good):
             log.warning("project %s: no %s; v%d keeps the fit's threshold from held-out good images and has no "
                         "measured rates", project.root, "defect images" if n_good else "held-out good images", n)
-            t = bundle.manifest.thresholds
-            image_t, pixel_t, policy = t.image, t.pixel, t.policy
-        from linesight.export.bundle import load_bundle
-
-        final = load_bundle(build / BUNDLE_DIR)
-        info = VersionInfo(version=n, created=now(), bundle_hash=final.digest[:16],
-                           backbone=final.manifest.backbone.name, train_config=cfg,
-                           data_fingerprint=data_fingerprint(index), n_train=n_train, image_threshold=image_t,
-                           pixel_threshold=pixel_t, policy=policy,
-                           plan=final.manifest.plan.reasoning if final.manifest.plan else [],
-                           metrics=metrics, seconds=round(time.monotonic() - t0, 1))
-        shutil.rmtree(view)
-        project.commit_version(n, build, info)
+        info = _finish(project, n, build, view, cfg, n_train, (n_good, n_bad), t0, "fit", None)
         return info
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)  # ours (dot-named build folder): no half version stays
         raise
+
+
+def tune_version(project: Project, parent: int, target: CalibrationTarget) -> VersionInfo:
+    """The next version: vN's model with thresholds calibrated to other targets on the project's held-out labeled
+    images, then evaluated. No training; the bank and features are vN's. Refused (ThresholdRefused) when no
+    threshold meets the targets."""
+    t0 = time.monotonic()
+    pinfo = project.version(parent)
+    index = project.data_index()
+    cfg = pinfo.train_config.model_copy(update={"calibration": target})
+    n, build = project.new_version()
+    view = build / ".data"
+    try:
+        _, n_good, n_bad = build_view(project, index, cfg.test_fraction, view)
+        if not (n_good and n_bad):
+            raise DataError(f"project {project.root}: tuning needs held-out good images and defect images; have "
+                            f"{n_good} good and {n_bad} defective (add defects with `project add --label TYPE`)")
+        shutil.copytree(project.bundle_path(parent), build / BUNDLE_DIR)
+        return _finish(project, n, build, view, cfg, pinfo.n_train, (n_good, n_bad), t0, "tune", parent)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+
+
+def _finish(project: Project, n: int, build: Path, view: Path, cfg: TrainConfig, n_train: int,
+            held_out: tuple[int, int], t0: float, how: str, parent: int | None) -> VersionInfo:
+    """Calibrate the built bundle to `cfg`'s targets and evaluate it (when there are labeled images both ways), then
+    commit it as version n: what a fit and a tune share."""
+    from linesight.export.bundle import load_bundle
+    from linesight.trainer.evaluate import calibrate, evaluate
+
+    n_good, n_bad = held_out
+    metrics = VersionMetrics(n_good=n_good, n_defective=n_bad)
+    if n_bad and n_good:
+        calibrate(build / BUNDLE_DIR, view, cfg.calibration)
+        m = evaluate(build / BUNDLE_DIR, view, build / REPORT_DIR)
+        point = m["operating_points"][0]
+        metrics = VersionMetrics(image_auroc=m.get("image_auroc"), pixel_auroc=m.get("pixel_auroc"),
+                                 false_reject_rate=point["false_reject_rate"], escape_rate=point["escape_rate"],
+                                 n_good=n_good, n_defective=n_bad)
+    final = load_bundle(build / BUNDLE_DIR)
+    t = final.manifest.thresholds
+    info = VersionInfo(version=n, created=now(), how=how, parent=parent, bundle_hash=final.digest[:16],
+                       backbone=final.manifest.backbone.name, train_config=cfg,
+                       data_fingerprint=data_fingerprint(project.data_index()), n_train=n_train,
+                       image_threshold=t.image, pixel_threshold=t.pixel, policy=t.policy,
+                       plan=final.manifest.plan.reasoning if final.manifest.plan else [],
+                       metrics=metrics, seconds=round(time.monotonic() - t0, 1))
+    shutil.rmtree(view)
+    project.commit_version(n, build, info)
+    return info
 
 
 def evaluate_version(project: Project, n: int) -> dict:

@@ -34,7 +34,7 @@ KEEP_JOBS = 20  # finished jobs the pages can still open
 LOG_TAIL = 40  # log messages kept per job
 STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 
-JobKind = Literal["fit", "learn"]
+JobKind = Literal["fit", "learn", "tune"]
 
 
 class Busy(Exception):
@@ -107,16 +107,16 @@ class JobRunner:
             return None if r is None else r.job.model_copy(deep=True)
 
     # ------------------------------------------------------------------ starting and stopping
-    def start(self, project: str, root: Path, kind: JobKind, by: str | None,
+    def start(self, project: str, root: Path, kind: JobKind, by: str | None, args: tuple[str, ...] = (),
               config: TrainConfig | None = None) -> Job:
-        """Start `linesight project KIND -p ROOT` (fit: with `config` when given). Busy while one runs."""
+        """Start `linesight project KIND -p ROOT ARGS...` (fit: with `config` when given). Busy while one runs."""
         with self._lock:
             running = [r.job for r in self._jobs.values() if r.job.state == "running"]
             if running:
                 raise Busy(f"job {running[0].id} ({running[0].kind} of {running[0].project}) is running; wait for "
                            "it or cancel it")
             config_file = None
-            argv = [sys.executable, "-m", "linesight", "--log-format", "json", "project", kind, "-p", str(root)]
+            argv = [sys.executable, "-m", "linesight", "--log-format", "json", "project", kind, "-p", str(root), *args]
             if config is not None:
                 fd, name = tempfile.mkstemp(prefix="linesight-train-", suffix=".json")
                 with os.fdopen(fd, "w") as fh:

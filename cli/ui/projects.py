@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from linesight.config.base import Strict
+from linesight.config.manifest import CalibrationTarget, Rate
 from linesight.config.project import GOOD, ProjectMetadata, TrainConfig, VersionInfo
 from linesight.config.ui import ProjectLinkConfig
 from linesight.errors import LinesightError, validation_problems
@@ -64,9 +65,38 @@ class DiffRow(Strict):
 class JobRequest(Strict):
     model_config = ConfigDict(strict=True)  # as the station commands: "2" is not 2, unknown keys are refused
 
-    kind: JobKind = Field(description="fit: train the next version; learn: the next version from pending feedback")
+    kind: JobKind = Field(description="fit: train the next version; learn: the next version from pending feedback; "
+                          "tune: the next version with `version`'s model calibrated to `target`")
     config: dict[str, Any] | None = Field(None, description="fit only: a train config (as train_config.json) to use "
                                           "instead of the project's; recorded in the version")
+    version: int | None = Field(None, ge=1, description="tune only: the version whose model is tuned")
+    target: CalibrationTarget | None = Field(None, description="tune only: the calibration targets")
+
+
+class TuneFlip(Strict):
+    """A held-out labeled image whose verdict the previewed threshold changes."""
+
+    file: str
+    label: int = Field(description="0 good, 1 defective")
+    defect_type: str | None
+    score: float
+    now: Literal["OK", "NG"] = Field(description="At the version's threshold")
+    then: Literal["OK", "NG"] = Field(description="At the previewed threshold")
+
+
+class TunePreview(Strict):
+    """What a threshold (given, or chosen by targets with the one calibration rule) does on the version's labeled
+    images, from the scores of its evaluation: no image is scored again."""
+
+    version: int
+    current_threshold: float
+    threshold: float
+    policy: str = Field(description="What chose it: threshold (given), max_false_reject or max_escape")
+    false_reject: Rate
+    escape: Rate
+    refusal: str | None = Field(description="Why `project tune` would refuse these targets (none: it would write)")
+    flips: list[TuneFlip] = Field(description="Images whose verdict changes (at most 500, highest score first)")
+    evaluation: str = Field(description="The evaluation the scores come from")
 
 
 class AddResult(Strict):
@@ -166,6 +196,35 @@ def _read_routes(app: FastAPI, known: _Projects, access: Access) -> None:
             raise HTTPException(404, f"v{n} has no report file {file[:100]!r}")
         return FileResponse(path, media_type=REPORT_FILES[path.suffix])
 
+    @app.get("/api/v1/projects/{name}/versions/{n}/tune", summary="Preview a threshold: rates and the images that "
+             "flip, from the version's evaluation scores")
+    def tune_preview(name: str, n: int, request: Request,
+                     threshold: float | None = Query(None, description="Preview this image threshold"),
+                     max_false_reject: float | None = Query(None, ge=0, lt=1),
+                     max_escape: float | None = Query(None, ge=0, lt=1)) -> TunePreview:
+        access.read(request)
+        p = known.opened(name)
+        info = known.version_of(p, n)
+        target = None
+        if threshold is None:
+            base = info.train_config.calibration.model_dump()
+            given = {k: v for k, v in (("max_false_reject", max_false_reject), ("max_escape", max_escape))
+                     if v is not None}
+            target = CalibrationTarget.model_validate(base | given)
+        elif max_false_reject is not None or max_escape is not None:
+            raise HTTPException(400, "give a threshold or targets (max_false_reject, max_escape), not both")
+        return preview(p, info, threshold, target)
+
+    @app.get("/api/v1/projects/{name}/images/{file}", response_class=FileResponse,
+             summary="One of the project's images, by its stored name (<sha256>.<ext>, as previews list them)")
+    def image(name: str, file: str, request: Request) -> FileResponse:
+        access.read(request)
+        p = known.opened(name)
+        entry = next((e for e in p.data_index().images if Path(e.file).name == file), None)
+        if entry is None:  # only names the index holds: nothing else under the project can be reached
+            raise HTTPException(404, f"project {name!r} has no image {file[:100]!r}")
+        return FileResponse(p.data_dir / entry.file, headers={"Cache-Control": "private, max-age=86400"})
+
     @app.get("/api/v1/projects/{name}/train-config", summary="The project's train config and its JSON Schema")
     def train_config(name: str, request: Request) -> dict[str, Any]:
         access.read(request)
@@ -212,7 +271,7 @@ def _job_routes(app: FastAPI, known: _Projects, access: Access, jobs: JobRunner)
     def start(name: str, body: JobRequest, request: Request) -> Job:
         writer = access.write(request)
         p = known.opened(name)
-        config = None
+        config, args = None, ()
         if body.config is not None:
             if body.kind != "fit":
                 raise HTTPException(400, "config is for fit jobs only")
@@ -220,8 +279,16 @@ def _job_routes(app: FastAPI, known: _Projects, access: Access, jobs: JobRunner)
                 config = TrainConfig.model_validate(body.config)
             except ValidationError as exc:
                 raise HTTPException(400, f"config: {validation_problems(exc, 'config')}") from None
+        if (body.kind == "tune") != (body.version is not None and body.target is not None):
+            raise HTTPException(400, "version and target are for tune jobs, and a tune job needs both")
+        if body.kind == "tune":
+            known.version_of(p, body.version)
+            t = body.target
+            args = (f"v{body.version}", "--max-false-reject", repr(t.max_false_reject), "--max-escape",
+                    "none" if t.max_escape is None else repr(t.max_escape), "--max-false-pixel-area",
+                    repr(t.max_false_pixel_area))
         try:
-            return jobs.start(name, p.root, body.kind, writer.name, config)
+            return jobs.start(name, p.root, body.kind, writer.name, args, config)
         except Busy as exc:
             raise HTTPException(409, str(exc)) from None
 
@@ -254,6 +321,45 @@ def _job_routes(app: FastAPI, known: _Projects, access: Access, jobs: JobRunner)
         if job is None:
             raise HTTPException(404, f"no job {job_id[:40]!r}")
         return job
+
+
+def _scores(p: Project, n: int) -> tuple[list[dict[str, Any]], str]:
+    """The per-image scores of vN's newest evaluation (its fit's report, or a later `project evaluate`)."""
+    import json
+
+    folder = p.version_dir(n)
+    found = sorted(folder.glob("evaluations/*/metrics.json"), reverse=True) + [folder / REPORT_DIR / "metrics.json"]
+    for path in found:
+        if path.is_file():
+            scores = json.loads(path.read_text()).get("scores")
+            if scores:
+                return scores, str(path.relative_to(p.root))
+    raise HTTPException(404, f"v{n} has no evaluation with per-image scores (no labeled defects at its fit, or "
+                             f"evaluated before scores were kept): run `linesight project evaluate v{n}`")
+
+
+def preview(p: Project, info: VersionInfo, threshold: float | None, target: CalibrationTarget | None) -> TunePreview:
+    """A threshold on vN's evaluation scores: given, or chosen from `target` by the calibration rule itself."""
+    import numpy as np
+
+    from linesight.trainer.calibration import choose_image_threshold, rates_at
+
+    scores, where = _scores(p, info.version)
+    s = np.array([r["score"] for r in scores], np.float64)
+    y = np.array([r["label"] for r in scores])
+    if threshold is not None:
+        fr, esc = rates_at(s[y == 0], s[y == 1], threshold)
+        policy, refusal = "threshold", None
+    else:
+        choice = choose_image_threshold(s, y, target)
+        threshold, policy, fr, esc, refusal = choice.threshold, choice.policy, choice.false_reject, choice.escape, \
+            choice.refusal
+    now_t = info.image_threshold
+    flips = [TuneFlip(file=r["file"], label=r["label"], defect_type=r.get("defect_type"), score=r["score"],
+                      now="NG" if r["score"] >= now_t else "OK", then="NG" if r["score"] >= threshold else "OK")
+             for r in sorted(scores, key=lambda r: -r["score"]) if (r["score"] >= now_t) != (r["score"] >= threshold)]
+    return TunePreview(version=info.version, current_threshold=now_t, threshold=threshold, policy=policy,
+                       false_reject=fr, escape=esc, refusal=refusal, flips=flips[:500], evaluation=where)
 
 
 def _add_files(name: str, p: Project, files: list[Upload], label: str) -> AddResult:

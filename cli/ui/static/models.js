@@ -2,6 +2,7 @@
 "use strict";
 
 let project = null;
+let versions = new Map();
 
 function showProblem(text) {
   const p = document.getElementById("problem");
@@ -48,6 +49,12 @@ async function load(name) {
                 el("td", {}, `${pct(m.escape_rate)} of ${m.n_defective}`), el("td", {}, link),
                 el("td", {}, active ? "" : button));
     }));
+  versions = new Map(rows.map((r) => [r.info.version, r]));
+  const tv = document.getElementById("tune-version");
+  tv.replaceChildren(...rows.map(({info: v, active}) => el("option", {value: String(v.version)},
+                                                           `v${v.version}${active ? " (active)" : ""}`)));
+  const act = rows.find((r) => r.active) || rows[0];
+  if (act) { tv.value = String(act.info.version); tuneDefaults(); }
   const options = rows.map(({info: v}) => el("option", {value: String(v.version)}, `v${v.version}`));
   const a = document.getElementById("diff-a"), b = document.getElementById("diff-b");
   a.replaceChildren(...options.map((o) => o.cloneNode(true)));
@@ -68,6 +75,63 @@ async function diff() {
                                         : [el("tr", {}, el("td", {colspan: "3"}, "no difference"))]));
 }
 
+function tuneDefaults() {
+  const row = versions.get(Number(document.getElementById("tune-version").value));
+  if (!row) return;
+  const c = row.info.train_config.calibration;
+  document.getElementById("tune-fr").value = c.max_false_reject;
+  document.getElementById("tune-esc").value = c.max_escape === null ? "" : c.max_escape;
+  document.getElementById("tune-threshold").value = row.info.image_threshold;
+}
+
+function target() {
+  const fr = document.getElementById("tune-fr").value, esc = document.getElementById("tune-esc").value;
+  const row = versions.get(Number(document.getElementById("tune-version").value));
+  return {max_false_reject: Number(fr), max_escape: esc === "" ? null : Number(esc),
+          max_false_pixel_area: row.info.train_config.calibration.max_false_pixel_area};
+}
+
+async function tunePreview(query) {
+  const n = document.getElementById("tune-version").value;
+  const summary = document.getElementById("tune-summary");
+  const table = document.getElementById("tune-flips");
+  let p;
+  try {
+    p = await getJSON(`/api/v1/projects/${encodeURIComponent(project)}/versions/${n}/tune?${query}`);
+  } catch (e) { summary.textContent = e.message; table.replaceChildren(); return; }
+  const rate = (r, what) => `${r.count} of ${r.n} ${what} (${pct(r.rate)}, 95 % CI ${pct(r.ci95[0])}–${pct(r.ci95[1])})`;
+  summary.replaceChildren(
+    el("b", {}, `threshold ${fmt(p.threshold, 5)}`), ` (${p.policy}; v${p.version} has ${fmt(p.current_threshold, 5)}): `,
+    `false reject ${rate(p.false_reject, "good parts")}, escape ${rate(p.escape, "defective parts")}; ` +
+    `${p.flips.length} image(s) flip. Scores: ${p.evaluation}.`,
+    ...(p.refusal ? [el("br"), el("span", {class: "error", id: "tune-refusal"}, `project tune would refuse: ${p.refusal}`)]
+                  : []));
+  const img = (f) => el("img", {src: `/api/v1/projects/${encodeURIComponent(project)}/images/${encodeURIComponent(f)}`,
+                                 loading: "lazy", height: "64"});
+  table.replaceChildren(
+    el("tr", {}, ...["image", "label", "score", "now", "then"].map((h) => el("th", {}, h))),
+    ...p.flips.map((f) => el("tr", {"data-file": f.file}, el("td", {}, img(f.file)),
+                             el("td", {}, f.label ? `defect (${f.defect_type || "?"})` : "good"),
+                             el("td", {}, fmt(f.score, 5)), el("td", {}, f.now), el("td", {}, f.then))));
+}
+
+document.getElementById("tune-version").addEventListener("change", tuneDefaults);
+document.getElementById("tune").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = target();
+  tunePreview(`max_false_reject=${t.max_false_reject}` + (t.max_escape === null ? "" : `&max_escape=${t.max_escape}`));
+});
+document.getElementById("tune-preview-threshold").addEventListener("click", () =>
+  tunePreview(`threshold=${encodeURIComponent(document.getElementById("tune-threshold").value)}`));
+document.getElementById("tune-apply").addEventListener("click", async () => {
+  const n = Number(document.getElementById("tune-version").value);
+  const status = document.getElementById("action-status");
+  const res = await writeRequest(`/api/v1/projects/${encodeURIComponent(project)}/jobs`,
+                                 {kind: "tune", version: n, target: target()});
+  status.replaceChildren(res.ok ? el("a", {href: `/training?project=${encodeURIComponent(project)}`},
+                                     `tune job ${res.body.id} started (follow it on Training)`)
+                                : `tune refused (HTTP ${res.status}): ${res.body.detail}`);
+});
 document.getElementById("diff-a").addEventListener("change", diff);
 document.getElementById("diff-b").addEventListener("change", diff);
 document.getElementById("rollback").addEventListener("click", () => {
