@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from linesight import __version__
+from linesight.argtypes import fraction
 from linesight.errors import LinesightError, validation_problems
 from linesight.logs import LOG_FORMATS, setup_logging
 
@@ -120,17 +121,6 @@ def _calibration_table(bundle: str, th) -> str:
             ("target met", "yes" if c.met else "NO (written with --force)")]
     head = f"thresholds written to {bundle}: policy {th.policy}, target {aim}; {th.source}"
     return "\n".join([head, *(f"  {k:<16} {v}" for k, v in rows)])
-
-
-def _fraction(text: str) -> float:
-    """A rate flag: a fraction in [0, 1), so 0.01 means 1 % (a bare 1 is refused, not read as 1 %)."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1): write 0.01 for 1 %")
-    return v
 
 
 def _evaluate(a: argparse.Namespace) -> int:
@@ -284,15 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "allows is refused (exit 2) unless --force. Rates are fractions: 0.01 = 1 %.")
     c.add_argument("bundle")
     c.add_argument("dataset", help="MVTec-layout folder with test/good and test/<defect type>")
-    c.add_argument("--max-false-reject", type=_fraction, default=DEFAULT_MAX_FALSE_REJECT, metavar="RATE",
+    c.add_argument("--max-false-reject", type=fraction, default=DEFAULT_MAX_FALSE_REJECT, metavar="RATE",
                    help="good parts the line may reject (default %(default)s = 1 %%: a usual scrap budget, still "
                         "measurable on ~200 good images). Without --max-escape the threshold is the lowest within "
                         "it: the most defects caught for that scrap")
-    c.add_argument("--max-escape", type=_fraction, default=None, metavar="RATE",
+    c.add_argument("--max-escape", type=fraction, default=None, metavar="RATE",
                    help="defective parts the line may pass as OK, e.g. 0.005. Sets the highest threshold within "
                         "it (the fewest good parts rejected at that quality); refused if that still rejects more "
                         "than --max-false-reject")
-    c.add_argument("--max-false-pixel-area", type=_fraction, default=DEFAULT_MAX_FALSE_PIXEL_AREA,
+    c.add_argument("--max-false-pixel-area", type=fraction, default=DEFAULT_MAX_FALSE_PIXEL_AREA,
                    metavar="FRACTION", help="share of good-image pixels that may reach the pixel threshold, which "
                                             "outlines defect regions (default %(default)s = 0.1 %%)")
     c.add_argument("--policy", default=None, choices=["no_false_reject", "no_miss", "fewest_errors", "f1_optimal"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from linesight.argtypes import fraction
+
 DESCRIPTION = """\
 An inspection project keeps everything about one inspection in one folder: the images (content-addressed,
 labeled, with masks), the train config, every model version with its bundle, report, config and data
@@ -19,6 +21,7 @@ workflow:
   linesight project fit -p tiles                                          # -> models/v1 (never overwrites)
   linesight project versions -p tiles
   linesight project activate -p tiles v1
+  linesight project tune -p tiles v1 --max-escape 0.05                    # v2: v1's model, another threshold
   linesight project diff -p tiles v1 v2
   linesight project rollback -p tiles                                     # back to the previous active one
   linesight project export -p tiles tiles.zip                             # one hash-checked zip
@@ -89,9 +92,7 @@ _KEEP = object()  # a target not given on the command line: the version's own
 
 def _target(text: str) -> float | None:
     """A rate in [0, 1), or `none` (max-escape only: the false-reject target decides)."""
-    from linesight.cli import _fraction
-
-    return None if text.lower() == "none" else _fraction(text)
+    return None if text.lower() == "none" else fraction(text)
 
 
 def _rate(v: float | None) -> str:
