@@ -10,8 +10,10 @@ from linesight.errors import LinesightError
 
 DESCRIPTION = """\
 Serve the pages (Stations / live: every station's latest frame, heatmap, verdicts and counters, live; Review:
-its archive with filters and feedback buttons) and the HTTP API under /api/v1 (OpenAPI: /api/v1/openapi.json),
-including POST /api/v1/inspect: an image in, a verdict in the daemon's schema out.
+its archive with filters and feedback buttons; Project & data; Training: fit, learn and tune jobs with live
+progress; Models: versions, reports, threshold preview, activate; Trends: control charts) and the HTTP API under
+/api/v1 (OpenAPI: /api/v1/openapi.json), including POST /api/v1/inspect: an image in, a verdict in the daemon's
+schema out.
 
 The UI subscribes to each station's ZeroMQ feeds (the daemon's outputs.zmq endpoints) and reads its archive
 folder; it acts on a station only through the station's MQTT commands (pause, resume, reload, feedback), with a

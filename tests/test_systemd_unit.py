@@ -284,3 +284,41 @@ def test_learn_service_runs_a_command_the_cli_accepts() -> None:
     argv = line.removeprefix(f"ExecStart={REAL_EXEC} ").replace("%i", "tiles").split()
     a = build_parser().parse_args(argv)
     assert (a.project, a.if_pending, a.activate) == ("/srv/linesight/tiles", True, True)
+
+
+# --- the web UI (issue 16): linesight-ui.service ------------------------------------------------------------
+UI_UNIT = SYSTEMD_DIR / "linesight-ui.service"
+
+
+def _ui_copy(tmp_path: Path, text: str | None = None) -> Path:
+    text = UI_UNIT.read_text(encoding="utf-8") if text is None else text
+    assert f"ExecStart={REAL_EXEC} ui " in text
+    dest = tmp_path / "linesight-ui.service"
+    dest.write_text(text.replace(f"ExecStart={REAL_EXEC} ", "ExecStart=/bin/true ", 1), encoding="utf-8")
+    return dest
+
+
+@needs_analyze
+def test_ui_unit_passes_verify_and_a_misspelt_key_is_caught(tmp_path: Path) -> None:
+    _, findings = _verify(_ui_copy(tmp_path))
+    assert findings == [], "\n".join(findings)
+    (tmp_path / "bad").mkdir()
+    _, findings = _verify(_ui_copy(tmp_path / "bad", UI_UNIT.read_text(encoding="utf-8").replace("CPUWeight=",
+                                                                                                 "CPUWieght=")))
+    assert any("Unknown key" in line and "CPUWieght" in line for line in findings), findings
+
+
+@needs_analyze
+@needs_systemd_250
+def test_ui_unit_is_locked_down(tmp_path: Path) -> None:
+    proc = subprocess.run([ANALYZE, "security", "--offline=true", "--threshold=25", "--no-pager",
+                           str(_ui_copy(tmp_path))], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_ui_unit_runs_a_command_the_cli_accepts() -> None:
+    from linesight.cli import build_parser
+
+    line = next(v for v in UI_UNIT.read_text(encoding="utf-8").splitlines() if v.startswith("ExecStart="))
+    a = build_parser().parse_args(line.removeprefix(f"ExecStart={REAL_EXEC} ").split())
+    assert a.config == "/etc/linesight/ui.yaml"
