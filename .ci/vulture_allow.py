@@ -32,3 +32,4 @@ _.model_hash
 # Fields of the UI's JSON answers (cli/ui): read by the pages' script and API clients, not by Python.
 _.bad_messages, _.last_message_age_s, _.frame_seq, _.overlay_png, _.defect_types, _.looked_at, _.stopped_early
 _.elapsed_s, _.eta_s, _.val_auroc, _.started, _.feedback_pending, _.then, _.current_threshold, _.evaluation
+_.score_chart, _.ng_chart, _.type_charts  # TrendPoint: the Trends page draws them

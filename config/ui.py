@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from linesight.config.base import Strict
+from linesight.config.daemon import TrendsConfig
 from linesight.config.loader import YamlDocument, format_path, load_model_and_document
 from linesight.config.outputs import MqttConfig, MqttTlsConfig
 from linesight.errors import ConfigError
@@ -65,7 +66,7 @@ class StationMqttConfig(Strict):
 
 class StationFeedConfig(Strict):
     """One station: its ZeroMQ feeds, as its daemon binds them (station config outputs.zmq); optionally its
-    commands over MQTT and its archive folder (the Review page)."""
+    commands over MQTT and its archive folder (the Review page); the settings of the Trends page's charts."""
 
     name: str = Field(description="Name shown on the pages and used in the URLs (/api/v1/stations/NAME)")
     verdict_endpoint: str = Field(description="The daemon's outputs.zmq.verdict_endpoint, e.g. tcp://127.0.0.1:5556")
@@ -75,6 +76,8 @@ class StationFeedConfig(Strict):
                                            "resume, reload, feedback) from the pages; null: none")
     archive_dir: Path | None = Field(None, description="The station's outputs.archive.dir (a project station: "
                                      "<project>/detect_results): the Review page; null: no review")
+    trends: TrendsConfig = Field(default_factory=TrendsConfig, description="The Trends page's charts, run by the "
+                                 "UI on the verdicts it receives: give the station's own trends section")
 
     @field_validator("name")
     @classmethod

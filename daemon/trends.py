@@ -97,6 +97,17 @@ class TrendState:
 
 
 @dataclass(frozen=True)
+class ScoreBand:
+    """The score chart on the score/threshold scale, for plotting (the UI's Trends page): its statistics mapped
+    back through exp(median + scale * z). Monotone, so a point outside the band is out of control there too."""
+
+    ewma: float  # the EWMA now
+    centre: float  # the burn-in mean of the clipped z
+    lower: float  # control limits
+    upper: float
+
+
+@dataclass(frozen=True)
 class TrendAlarm:
     """A chart crossed its control limit (raised once; see REARM)."""
 
@@ -302,6 +313,15 @@ class TrendMonitor:
             text = (f"{what} is rising (CUSUM at {ratio:.2f} limits; in control {chart.d.rate:.4f} per part, "
                     f"tuned to detect {self.cfg.rate_shift:g}x): act before the NG-rate limit is reached")
         return TrendAlarm(ALARM_CODE[kind], kind, name, ratio, text)
+
+    @property
+    def score_band(self) -> ScoreBand | None:
+        """The score EWMA and its limits as score/threshold (None: no score chart armed); read-only, any thread."""
+        s = self._score
+        if s is None:
+            return None
+        back = lambda z: math.exp(s.median + s.scale * z)  # noqa: E731 - four uses on one line
+        return ScoreBand(back(s.value), back(s.mean), back(s.mean - s.half), back(s.mean + s.half))
 
     @property
     def state(self) -> TrendState:

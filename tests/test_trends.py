@@ -104,6 +104,19 @@ def test_score_chart_says_no_when_stable_and_yes_once_per_shift():
     assert [c for _, c, _ in down] == ["trend_score"] and m.state.charts[0].ratio < -1
 
 
+def test_score_band_is_the_score_chart_on_the_score_threshold_scale():
+    rng = np.random.default_rng(2)
+    m = TrendMonitor(CFG)
+    feed(m, parts(rng, 999, p_ng=0.0))
+    assert m.score_band is None  # not armed yet
+    feed(m, parts(rng, 500, p_ng=0.0))
+    band = m.score_band
+    assert band.lower < band.centre < band.upper and band.lower < band.ewma < band.upper
+    assert band.centre == pytest.approx(np.exp(-0.3), rel=0.05)  # the scores' median ratio (log-normal around -0.3)
+    feed(m, parts(rng, 300, p_ng=0.0, shift=1.5))
+    assert m.state.charts[0].ratio >= 1 and m.score_band.ewma > m.score_band.upper  # out of the band = out of control
+
+
 def test_ng_rate_chart_says_no_when_stable_and_yes_once_per_shift():
     rng = np.random.default_rng(2)
     m = TrendMonitor(CFG)

@@ -266,7 +266,7 @@ def test_pages_and_openapi(token_env) -> None:
         r = c.get("/", follow_redirects=False)
         assert r.status_code in (302, 307) and r.headers["location"] == "/stations"
         assert "Stations / live" in c.get("/stations").text
-        assert "later slice" in c.get("/trends").text and "False reject (OK)" in c.get("/review").text
+        assert "NG rate" in c.get("/trends").text and "False reject (OK)" in c.get("/review").text
         assert "Compare two versions" in c.get("/models").text and "Start fit" in c.get("/training").text
         assert c.get("/models?file=/etc/passwd").text == c.get("/models").text
         assert c.get("/static/stations.js").status_code == 200
@@ -275,7 +275,7 @@ def test_pages_and_openapi(token_env) -> None:
         assert {"/api/v1/inspect", "/api/v1/stations", "/api/v1/stations/{name}/verdicts",
                 "/api/v1/stations/{name}/frame", "/api/v1/stations/{name}/events",
                 "/api/v1/stations/{name}/commands/{command}", "/api/v1/stations/{name}/archive",
-                "/api/v1/stations/{name}/archive/{record}/image"} <= set(paths)
+                "/api/v1/stations/{name}/archive/{record}/image", "/api/v1/stations/{name}/trends"} <= set(paths)
         assert "multipart/form-data" in paths["/api/v1/inspect"]["post"]["requestBody"]["content"]
 
 

@@ -6,7 +6,9 @@ Resume catches up. Review: a real daemon running a project's active version arch
 commands over a real mosquitto; "False reject (OK)" on an NG record asks for the token once and the feedback lands
 in the project's feedback file.
 
-LINESIGHT_SCREENSHOTS=1 also saves docs/screenshots/ui-stations.png and ui-review.png (not otherwise).
+Trends: a station's scores step up after a stable burn-in; the page draws the charts and the UI's alarm.
+
+LINESIGHT_SCREENSHOTS=1 also saves docs/screenshots/ui-<page>.png (not otherwise).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from ui_harness import (
     TOKEN,
@@ -23,6 +26,7 @@ from ui_harness import (
     Station,
     commanded_ui,
     fitted_project,
+    publish_parts,
     running,
     serve,
     station_config,
@@ -122,11 +126,56 @@ def test_stations_page_shows_live_verdicts_and_frames_and_pause_stops_updates(li
         # the sidebar names every page; the later ones say so honestly
         assert page.eval_on_selector_all("#sidebar a", "as => as.map(a => a.firstChild.textContent)") == [
             "Stations / live", "Review", "Project & data", "Training", "Models", "Trends"]
-        page.click("text=Trends")
-        assert "later slice" in page.text_content(".later") and page.text_content("h1") == "Trends"
+        page.click("text=Trends")  # the default burn-in of 1000 parts has just begun: the page says so
+        page.wait_for_selector("#burn-in:not([hidden])")
+        assert page.text_content("h1") == "Trends" and "of 1000 parts" in page.text_content("#burn-in-text")
         assert not errors, errors
     finally:
         page.close()
+
+
+def test_trends_page_draws_the_charts_and_the_alarm_of_a_score_step(chromium_browser, free_tcp_port) -> None:
+    """A station's scores step up after a stable burn-in (100 parts): the page draws the score EWMA leaving its
+    band, the NG-rate CUSUM and the type chart, and lists the UI's alarm with a marker on the chart."""
+    import httpx
+
+    station = Station("line3", f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}")
+    page = chromium_browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.on("console", lambda m: errors.append(f"console.error: {m.text}") if m.type == "error" else None)
+    try:
+        with serve(create_app(ui_config([station], trends={"burn_in": 100})), free_tcp_port()) as url, \
+                httpx.Client(base_url=url) as http:
+            warm_up(station, lambda: http.get("/api/v1/stations/line3").json())
+
+            def charted() -> int:
+                return http.get("/api/v1/stations/line3/trends", params={"after": 10**9}).json()["received"]
+
+            page.goto(f"{url}/trends?station=line3", wait_until="load")
+            page.wait_for_selector("#burn-in:not([hidden])")
+            rng = np.random.default_rng(5)
+            seq = publish_parts(station, 1000, 300, rng, charted)
+            publish_parts(station, seq, 200, rng, charted, score_factor=1.6, p_ng=0.1)
+            page.wait_for_selector("#alarms tr.alarm[data-code=trend_score]", timeout=10_000)
+            page.wait_for_function("n => document.querySelectorAll('#score-chart circle').length >= n", arg=500)
+            assert page.is_hidden("#burn-in")
+            assert page.locator("#score-chart polyline.ewma").count() >= 1
+            assert page.locator("#score-chart polyline.limit").count() >= 2
+            assert page.locator("#score-chart .alarm-marker").count() >= 1
+            assert page.locator("#ng-chart polyline.cusum").count() >= 1
+            assert page.locator("#ng-chart polyline.share").count() >= 1
+            assert page.locator("#type-charts svg[data-type=unknown] polyline.cusum").count() >= 1
+            assert page.text_content("#now tr[data-chart=scores] td:nth-child(3)") == "ALARM"
+            assert "rose out of their control band" in page.text_content("#alarms")
+            if os.environ.get("LINESIGHT_SCREENSHOTS") == "1":
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SCREENSHOTS / "ui-trends.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        page.close()
+        station.close()
 
 
 def test_review_page_feedback_lands_in_the_project(chromium_browser, mosquitto, tmp_path, free_tcp_port) -> None:

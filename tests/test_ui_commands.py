@@ -22,8 +22,8 @@ from ui_harness import (
     BASE,
     TOKEN,
     WHO,
+    archived,
     commanded_ui,
-    decided,
     fitted_project,
     picture,
     running,
@@ -31,12 +31,8 @@ from ui_harness import (
     wait_for,
 )
 
-from linesight.config.outputs import ArchiveConfig
 from linesight.config.ui import UiConfig, load_ui_config
-from linesight.daemon.sinks.archive import Archive
-from linesight.daemon.sinks.encoding import Pictures
 from linesight.errors import ConfigError
-from linesight.export.prediction import Prediction
 from linesight.project.workspace import Project
 from linesight.ui import review
 from linesight.ui.app import create_app
@@ -283,25 +279,6 @@ def test_tokens_may_be_named_and_stay_hashes(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- archive
-def archived(root: Path, n: int) -> list[dict]:
-    """n verdicts as the pipeline makes them (every third NG, analysed, its type and grade set here; two model
-    versions) written by the daemon's own Archive."""
-    archive = Archive(ArchiveConfig(enabled=True, dir=root, save_ok_fraction=1.0, image_format="png"))
-    out = []
-    for seq in range(1, n + 1):
-        ng = seq % 3 == 0
-        image, amap = picture(seq, ng=ng)
-        model = {"id": "tiles", "version": 1 if seq <= n // 2 else 2, "hash": "0123456789abcdef"}
-        v = decided(image, Prediction(3.0 + seq / 100 if ng else 0.4, "NG" if ng else "OK", 1.0, amap, model=model),
-                    1.0, seq=seq, run=7, part_id=f"P/{seq}", station="s1/l1/cam1", model=model, deadline_ms=200)
-        if ng:
-            v["defects"] = [{**d, "type": "crack" if seq % 2 else "spot"} for d in v["defects"]]
-            v["grade"] = "reject" if seq % 2 else None
-        assert archive.save(v, Pictures(image, amap, 1.0))
-        out.append(v)
-    return out
-
-
 @pytest.fixture
 def archive_ui(tmp_path: Path) -> Iterator[tuple[TestClient, Path, list[dict]]]:
     root = tmp_path / "archive"

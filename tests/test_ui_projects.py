@@ -108,7 +108,7 @@ def test_uploads_are_added_content_addressed_and_bad_ones_named(project, tmp_pat
         assert r.status_code == 200, r.text
         body = r.json()
         assert (body["added"], body["duplicates"], body["project"]["images"]["scratch"]) == (2, 1, 2)
-        assert len(body["unreadable"]) == 1 and body["unreadable"][0].startswith("0003_notes.png: ")
+        assert len(body["unreadable"]) == 1 and body["unreadable"][0].startswith("notes.png: ")
         assert len(p.data_index().images) == before + 2
         r = c.post("/api/v1/projects/tiles/images?label=Bad%20Label", files=files[:1], headers=AUTH)
         assert r.status_code == 400 and "label 'Bad Label'" in r.json()["detail"]
@@ -228,3 +228,32 @@ def test_a_tune_job_makes_a_tuned_version(project, tmp_path, monkeypatch) -> Non
         assert done["state"] == "done", done
         v = p.version(3)
         assert (v.how, v.parent, v.train_config.calibration.max_false_reject) == ("tune", 2, 0.5)
+
+
+def test_a_frame_archived_on_the_line_is_captured_into_the_project(project, tmp_path, monkeypatch) -> None:
+    from ui_harness import archived
+
+    p = copy(project, tmp_path / "tiles")
+    sent = archived(tmp_path / "archive", 6)
+    monkeypatch.setenv("UI_TOKEN", TOKEN)
+    cfg = UiConfig.model_validate({"projects": [{"name": "tiles", "dir": str(p.root)}],
+                                   "stations": [{"name": "line3", "verdict_endpoint": "tcp://127.0.0.1:1",
+                                                 "archive_dir": str(tmp_path / "archive")},
+                                                {"name": "bare", "verdict_endpoint": "tcp://127.0.0.1:1"}],
+                                   "auth": {"tokens_env": "UI_TOKEN"}})
+    with TestClient(create_app(cfg)) as c:
+        record = c.get("/api/v1/stations/line3/archive?verdict=NG").json()["records"][0]
+        body = {"station": "line3", "record": record["id"], "label": "spot"}
+        url = "/api/v1/projects/tiles/images/from-archive"
+        assert c.post(url, json=body).status_code == 401
+        r = c.post(url, json=body, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert (r.json()["added"], r.json()["project"]["images"]["spot"]) == (1, 1)
+        entry = next(e for e in p.data_index().images if e.label == "spot")
+        assert entry.name == f"line3_{record['id']}.png" and (p.data_dir / entry.file).is_file()
+        assert c.post(url, json=body, headers=AUTH).json()["duplicates"] == 1  # the same bytes: one image
+        for bad in ({**body, "record": "2026-01-01_000000000001_P-1_NG"}, {**body, "record": "../../metadata.json"},
+                    {**body, "station": "bare"}, {**body, "station": "nope"}):
+            assert c.post(url, json=bad, headers=AUTH).status_code == 404, bad
+        assert c.post(url, json={**body, "label": "Bad"}, headers=AUTH).status_code == 400
+    assert len(sent) == 6

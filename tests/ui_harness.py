@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from linesight.config.daemon import DaemonConfig
-from linesight.config.outputs import ZmqConfig
+from linesight.config.outputs import ArchiveConfig, ZmqConfig
 from linesight.config.ui import UiConfig
 from linesight.daemon import verdict as V
+from linesight.daemon.sinks.archive import Archive
 from linesight.daemon.sinks.encoding import Pictures
 from linesight.daemon.sinks.zmq_sink import ZmqSink
 from linesight.daemon.sources.base import Frame
@@ -23,6 +24,7 @@ from linesight.export import analysis as A
 from linesight.export.prediction import Prediction
 
 MODEL = {"id": "tile-test", "version": 3, "hash": "0123456789abcdef"}
+TREND_MODEL = {"id": "tile-test", "version": 4, "hash": "fedcba9876543210"}  # its first verdict restarts burn-ins
 THRESHOLD = 1.0
 TOKEN = "test-token-0123456789abcdef"
 WHO = "anna"  # the name TOKEN has in the tokens file of commanded_ui
@@ -48,8 +50,9 @@ class Station:
         self.sink = ZmqSink(ZmqConfig(verdict_endpoint=verdict_endpoint, image_endpoint=image_endpoint))
 
     def publish(self, seq: int, *, run: int = 2, ng: bool = False, fail_safe: str | None = None,
-                with_picture: bool = True) -> dict[str, Any]:
-        """A made-up frame and map (NG: a blob above threshold), or a fail-safe verdict."""
+                with_picture: bool = True, score: float | None = None, model: dict | None = None) -> dict[str, Any]:
+        """A made-up frame and map (NG: a blob above threshold), or a fail-safe verdict; `score` (else 3.0 NG,
+        0.4 OK) and `model` (else MODEL) for the trend charts."""
         image, amap = picture(seq, ng)
         if fail_safe is not None:
             frame = Frame(image=image, seq=seq, host_ts_ns=time.time_ns(), source="cam1")
@@ -58,9 +61,9 @@ class Station:
             d = v.to_dict()
             self.sink.publish(d, Pictures(image, amap, THRESHOLD) if with_picture else None)
             return d
-        score = 3.0 if ng else 0.4
-        return self._decided(seq, run, image, Prediction(score, "NG" if ng else "OK", THRESHOLD, amap), THRESHOLD,
-                             with_picture)
+        score = (3.0 if ng else 0.4) if score is None else score
+        return self._decided(seq, run, image, Prediction(score, "NG" if ng else "OK", THRESHOLD, amap, model=model),
+                             THRESHOLD, with_picture)
 
     def publish_scored(self, seq: int, image: np.ndarray, engine: Any, *, run: int = 2) -> dict[str, Any]:
         """A real image through a real engine, as the daemon's pipeline does it."""
@@ -116,9 +119,29 @@ def warm_up(station: Station, summary: Callable[[], dict[str, Any]]) -> dict[str
     return wait_for(arrived, what=f"station {station.name}'s first verdict and frame in the UI")
 
 
-def ui_config(stations: list[Station], **extra: Any) -> UiConfig:
+def publish_parts(station: Station, first_seq: int, n: int, rng: np.random.Generator, charted: Callable[[], int],
+                  *, p_ng: float = 0.03, score_factor: float = 1.0, chunk: int = 100) -> int:
+    """`n` decided parts of TREND_MODEL from `first_seq`: NG with probability `p_ng` (score 3 x noise), OK with
+    score 0.4 x `score_factor` x noise (log sd 0.1); published in chunks, each waited for until `charted()` (parts
+    the UI charted) counts it, since a PUB socket drops what a slow subscriber has not taken. The next seq."""
+    for start in range(first_seq, first_seq + n, chunk):
+        seqs = range(start, min(start + chunk, first_seq + n))
+        target = charted() + len(seqs)
+        for seq in seqs:
+            ng = bool(rng.random() < p_ng)
+            noise = float(np.exp(rng.normal(0.0, 0.1)))
+            station.publish(seq, ng=ng, score=(3.0 if ng else 0.4 * score_factor) * noise, model=TREND_MODEL,
+                            with_picture=False)
+        wait_for(lambda t=target: charted() >= t, what=f"the UI to chart seq {seqs[-1]}")
+    return first_seq + n
+
+
+def ui_config(stations: list[Station], trends: dict | None = None, **extra: Any) -> UiConfig:
+    """One UI station per Station; `trends` is each one's trends section."""
+    more = {} if trends is None else {"trends": trends}
     return UiConfig.model_validate({"stations": [{"name": s.name, "verdict_endpoint": s.endpoints[0],
-                                                  "image_endpoint": s.endpoints[1]} for s in stations], **extra})
+                                                  "image_endpoint": s.endpoints[1], **more} for s in stations],
+                                    **extra})
 
 
 @contextmanager
@@ -207,3 +230,22 @@ def commanded_ui(tmp: Path, broker_port: int, archive: Path | None, **mqtt: Any)
                       "mqtt": {"port": broker_port, **MQTT_LEVELS, **mqtt},
                       "archive_dir": None if archive is None else str(archive)}],
         "auth": {"tokens_file": str(tokens)}})
+
+
+def archived(root: Path, n: int) -> list[dict]:
+    """n verdicts as the pipeline makes them (every third NG, analysed, its type and grade set here; two model
+    versions) written by the daemon's own Archive."""
+    archive = Archive(ArchiveConfig(enabled=True, dir=root, save_ok_fraction=1.0, image_format="png"))
+    out = []
+    for seq in range(1, n + 1):
+        ng = seq % 3 == 0
+        image, amap = picture(seq, ng=ng)
+        model = {"id": "tiles", "version": 1 if seq <= n // 2 else 2, "hash": "0123456789abcdef"}
+        v = decided(image, Prediction(3.0 + seq / 100 if ng else 0.4, "NG" if ng else "OK", 1.0, amap, model=model),
+                    1.0, seq=seq, run=7, part_id=f"P/{seq}", station="s1/l1/cam1", model=model, deadline_ms=200)
+        if ng:
+            v["defects"] = [{**d, "type": "crack" if seq % 2 else "spot"} for d in v["defects"]]
+            v["grade"] = "reject" if seq % 2 else None
+        assert archive.save(v, Pictures(image, amap, 1.0))
+        out.append(v)
+    return out

@@ -31,15 +31,15 @@ from linesight.ui.inspect import InspectAnswer, Inspector, ModelState, Unavailab
 from linesight.ui.jobs import JobRunner
 from linesight.ui.projects import project_routes
 from linesight.ui.review import review_routes
+from linesight.ui.trends import trend_routes
 from linesight.ui.uploads import MULTIPART, RAW_TYPES, limited, read_upload
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
-#: Sidebar pages: path -> title. Stations and Review are live; the others say what is coming.
+#: Sidebar pages: path -> title; each is static/<path>.html.
 PAGES = {"stations": "Stations / live", "review": "Review", "project": "Project & data", "training": "Training",
          "models": "Models", "trends": "Trends"}
-LIVE = ("stations", "review", "project", "training", "models")
 COMMAND_BODY_MAX = 64 * 1024  # the daemon's own limit on a command payload
 COMMANDS_AT_ONCE = 8  # worker threads waiting for station replies at most; more requests queue for one
 _INSPECT_BODY = {"required": True, "content": {
@@ -90,13 +90,14 @@ def create_app(cfg: UiConfig) -> FastAPI:
         return RedirectResponse("/stations")
 
     for path in PAGES:
-        app.add_api_route(f"/{path}", _page(STATIC / (f"{path}.html" if path in LIVE else "later.html")),
-                          include_in_schema=False, methods=["GET"])
+        app.add_api_route(f"/{path}", _page(STATIC / f"{path}.html"), include_in_schema=False, methods=["GET"])
     _station_routes(app, feeds, [Depends(access.read)])
     _command_routes(app, feeds, links, access)
     review_routes(app, {s.name: s for s in cfg.stations}, [Depends(access.read)])
+    trend_routes(app, {name: s.trends for name, s in feeds.states.items()}, [Depends(access.read)])
     _inspect_routes(app, inspector, access, int(cfg.max_upload_mb * 2**20))
-    project_routes(app, cfg.projects, access, jobs, int(cfg.max_upload_mb * 2**20))
+    project_routes(app, cfg.projects, access, jobs, int(cfg.max_upload_mb * 2**20),
+                   {s.name: s.archive_dir for s in cfg.stations})
     return app
 
 

@@ -23,6 +23,7 @@ from linesight.config.ui import StationFeedConfig
 from linesight.daemon.sinks.zmq_sink import TOPIC_IMAGE, TOPIC_VERDICT
 from linesight.daemon.verdict import Verdict
 from linesight.ui.events import Broadcaster, Event
+from linesight.ui.trends import StationTrends
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class StationState:
         self.cfg = cfg
         self.stale_after_s = stale_after_s
         self.events = Broadcaster()
+        self.trends = StationTrends(cfg.name, cfg.trends)
         self._lock = threading.Lock()
         self._verdicts: deque[dict[str, Any]] = deque(maxlen=KEEP)
         self._counts: Counter[str] = Counter()
@@ -129,6 +131,8 @@ class StationState:
                 self._counts[v["verdict"]] += 1
         self.events.publish(Event("verdict", v))
         self.events.publish(Event("summary", self.summary().model_dump(mode="json")))
+        for alarm in self.trends.on_verdict(v):  # O(1) per verdict: the daemon's own trend charts
+            self.events.publish(Event("trend", alarm.model_dump(mode="json")))
 
     def on_image(self, header: bytes, image: bytes, heatmap: bytes) -> None:
         try:

@@ -20,11 +20,13 @@ from linesight.config.base import Strict
 from linesight.config.manifest import CalibrationTarget, Rate
 from linesight.config.project import GOOD, ProjectMetadata, TrainConfig, VersionInfo
 from linesight.config.ui import ProjectLinkConfig
+from linesight.daemon.sinks.archive import stored
 from linesight.errors import LinesightError, validation_problems
 from linesight.project.workspace import REPORT_DIR, Project, version_diff
 from linesight.ui.auth import Access
 from linesight.ui.events import Event
 from linesight.ui.jobs import Busy, Job, JobKind, JobRunner
+from linesight.ui.review import parse_id
 from linesight.ui.uploads import Upload, read_uploads
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,16 @@ class AddResult(Strict):
     project: ProjectSummary
 
 
+class Capture(Strict):
+    """An archived frame of a station into the project (a sample captured on the line)."""
+
+    model_config = ConfigDict(strict=True)
+
+    station: str = Field(max_length=64)
+    record: str = Field(max_length=200, description="The archive record's id (GET /api/v1/stations/{name}/archive)")
+    label: str = Field(GOOD, max_length=64, description="good, or the defect type it shows")
+
+
 class Activation(Strict):
     model_config = ConfigDict(strict=True)
 
@@ -147,11 +159,12 @@ class _Projects:
 
 
 def project_routes(app: FastAPI, projects: list[ProjectLinkConfig], access: Access, jobs: JobRunner,
-                   max_upload: int) -> None:
-    """Every /api/v1/projects and /api/v1/jobs route; reads need `access.read`, changes a header token."""
+                   max_upload: int, archives: dict[str, Path | None]) -> None:
+    """Every /api/v1/projects and /api/v1/jobs route; reads need `access.read`, changes a header token.
+    `archives`: each station's archive folder (samples captured from a station come from there)."""
     known = _Projects(projects)
     _read_routes(app, known, access)
-    _write_routes(app, known, access, max_upload)
+    _write_routes(app, known, access, max_upload, archives)
     _job_routes(app, known, access, jobs)
 
 
@@ -232,7 +245,8 @@ def _read_routes(app: FastAPI, known: _Projects, access: Access) -> None:
                 "schema": TrainConfig.model_json_schema()}
 
 
-def _write_routes(app: FastAPI, known: _Projects, access: Access, max_upload: int) -> None:
+def _write_routes(app: FastAPI, known: _Projects, access: Access, max_upload: int,
+                  archives: dict[str, Path | None]) -> None:
     @app.post("/api/v1/projects/{name}/activate", summary="Activate a version (stations running it follow)")
     def activate(name: str, body: Activation, request: Request) -> ProjectSummary:
         writer = access.write(request)
@@ -264,6 +278,21 @@ def _write_routes(app: FastAPI, known: _Projects, access: Access, max_upload: in
         p = known.opened(name)
         files = await read_uploads(request, max_upload)
         return await run_in_threadpool(_add_files, name, p, files, label)
+
+
+    @app.post("/api/v1/projects/{name}/images/from-archive", summary="Add a station's archived frame with a label")
+    def capture(name: str, body: Capture, request: Request) -> AddResult:
+        access.write(request)
+        p = known.opened(name)
+        root = archives.get(body.station)
+        if root is None:
+            raise HTTPException(404, f"station {body.station!r} has no archive_dir in the UI config")
+        rec = stored(root, *parse_id(body.record))
+        frame = rec.picture(heatmap=False) if rec is not None and rec.complete else None
+        if frame is None or not frame.resolve().is_relative_to(Path(root).resolve()):
+            raise HTTPException(404, f"station {body.station!r} has no archived frame {body.record[:100]!r}")
+        return _add_files(name, p, [Upload(frame.read_bytes(), f"{body.station}_{body.record}{frame.suffix}")],
+                          body.label)
 
 
 def _job_routes(app: FastAPI, known: _Projects, access: Access, jobs: JobRunner) -> None:
@@ -368,17 +397,21 @@ def _add_files(name: str, p: Project, files: list[Upload], label: str) -> AddRes
     from linesight.project.data import add_images
 
     with tempfile.TemporaryDirectory(prefix="linesight-upload-") as tmp:
-        paths = []
+        shown: dict[str, str] = {}  # temporary path -> the name it came with (a folder each: names may repeat)
         for i, f in enumerate(files):
             safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(f.name or "image").name)[:100]
-            path = Path(tmp) / f"{i:04d}_{safe}"
+            path = Path(tmp) / str(i) / (safe.lstrip(".") or "image")
+            path.parent.mkdir()
             path.write_bytes(f.data)
-            paths.append(path)
+            shown[str(path)] = path.name
         try:
-            rep = add_images(p, paths, label)
+            rep = add_images(p, [Path(k) for k in shown], label)
         except LinesightError as exc:
             raise HTTPException(400, str(exc)) from None
-        return AddResult(added=rep.added, duplicates=rep.duplicates,
-                         unreadable=[u.replace(f"{tmp}/", "") for u in rep.unreadable],
+        unreadable = []
+        for u in rep.unreadable:  # "path: why", the path of our temporary copy: say the uploaded name instead
+            where, _, why = u.partition(": ")
+            unreadable.append(f"{shown.get(where, Path(where).name)}: {why}")
+        return AddResult(added=rep.added, duplicates=rep.duplicates, unreadable=unreadable,
                          project=ProjectSummary.model_validate(_summary(name, p)))
 

@@ -147,7 +147,7 @@ def page(root: Path, flt: _Filter, limit: int, before: tuple[str, str] | None) -
     return ArchivePage(records=out, next=None, looked_at=looked, read=read, stopped_early=False)
 
 
-def _parse_id(record: str) -> tuple[str, str]:
+def parse_id(record: str) -> tuple[str, str]:
     day, _, name = record.partition("_")
     return day, name
 
@@ -168,7 +168,7 @@ def review_routes(app: FastAPI, stations: dict[str, StationFeedConfig], read: li
         return station.archive_dir
 
     def one(name: str, record: str) -> Stored:
-        rec = stored(archive_of(name), *_parse_id(record))
+        rec = stored(archive_of(name), *parse_id(record))
         if rec is None or not rec.complete:
             raise HTTPException(404, f"station {name!r} has no archive record {record[:100]!r} (ids: "
                                      "<YYYY-MM-DD>_<seq:012d>_<part>_<OK|NG>, from .../archive)")
@@ -191,9 +191,9 @@ def review_routes(app: FastAPI, stations: dict[str, StationFeedConfig], read: li
         root = archive_of(name)
         after = None
         if before is not None:  # a record pruned since is still a place to go on from
-            if stored(root, *_parse_id(before)) is None:
+            if stored(root, *parse_id(before)) is None:
                 raise HTTPException(400, f"before={before[:100]!r} is not a record id (use `next` of a page)")
-            after = _parse_id(before)
+            after = parse_id(before)
         flt = _Filter(verdict=verdict, type=type_, grade=grade, min_score=min_score, max_score=max_score,
                       model_version=model_version, since=_utc(since), until=_utc(until))
         return page(root, flt, limit, after)

@@ -53,8 +53,8 @@ async function load(name) {
   const tv = document.getElementById("tune-version");
   tv.replaceChildren(...rows.map(({info: v, active}) => el("option", {value: String(v.version)},
                                                            `v${v.version}${active ? " (active)" : ""}`)));
-  const act = rows.find((r) => r.active) || rows[0];
-  if (act) { tv.value = String(act.info.version); tuneDefaults(); }
+  const first = rows.find((r) => r.active) || rows[0];
+  if (first) { tv.value = String(first.info.version); tuneDefaults(); }
   const options = rows.map(({info: v}) => el("option", {value: String(v.version)}, `v${v.version}`));
   const a = document.getElementById("diff-a"), b = document.getElementById("diff-b");
   a.replaceChildren(...options.map((o) => o.cloneNode(true)));

@@ -87,6 +87,7 @@ function show(r, t) {
   const reply = document.getElementById("fb-reply");
   reply.hidden = true;
   document.getElementById("fb-type-box").hidden = true;
+  document.getElementById("cap-reply").textContent = "";
 }
 
 async function feedback(labelValue) {
@@ -112,6 +113,18 @@ async function feedback(labelValue) {
   }
 }
 
+async function capture() {
+  const r = selected;
+  const project = document.getElementById("cap-project").value;
+  const reply = document.getElementById("cap-reply");
+  if (!r || !project) return;
+  const labelValue = document.getElementById("cap-label").value.trim() || "good";
+  const res = await writeRequest(`/api/v1/projects/${encodeURIComponent(project)}/images/from-archive`,
+                                 {station, record: r.id, label: labelValue});
+  reply.textContent = !res.ok ? `not added (HTTP ${res.status}): ${res.body.detail}`
+    : res.body.added ? `added to ${project} as ${labelValue}` : `${project} already holds this frame`;
+}
+
 async function start() {
   const stations = (await getJSON("/api/v1/stations")).filter((s) => s.archive);
   document.getElementById("none").hidden = stations.length > 0;
@@ -125,6 +138,11 @@ async function start() {
     load().catch((err) => console.warn(err));
   });
   document.getElementById("more").addEventListener("click", () => load(true).catch((e) => console.warn(e)));
+  const projects = await getJSON("/api/v1/projects");
+  document.getElementById("cap-project").replaceChildren(...projects.map((p) => el("option", {value: p.name},
+                                                                                     p.name)));
+  document.getElementById("capture").hidden = projects.length === 0;
+  document.getElementById("cap-send").addEventListener("click", () => capture().catch((e) => console.warn(e)));
   document.getElementById("fb-ok").addEventListener("click", () => feedback("OK"));
   document.getElementById("fb-ng").addEventListener("click", () => feedback("NG"));
   document.getElementById("fb-type").addEventListener("click", () => {

@@ -5,7 +5,6 @@ const PAGES = [
   ["stations", "Stations / live"], ["review", "Review"], ["project", "Project & data"],
   ["training", "Training"], ["models", "Models"], ["trends", "Trends"],
 ];
-const LIVE = new Set(["stations", "review", "project", "training", "models"]);  // trends: a later slice
 const TOKEN_COOKIE = "linesight_token";
 const WRITE_TOKEN = "linesight_write_token";  // sessionStorage: this tab only, sent as a header, never a cookie
 
@@ -26,7 +25,6 @@ function sidebar() {
   for (const [path, title] of PAGES) {
     const a = el("a", {href: "/" + path}, title);
     if (path === here) a.className = "current";
-    if (!LIVE.has(path)) a.append(el("small", {}, " later"));
     list.append(el("li", {}, a));
   }
   nav.append(list);
