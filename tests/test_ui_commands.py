@@ -80,6 +80,13 @@ def test_pause_and_resume_from_the_ui_reach_the_station(project, mosquitto, mqtt
         assert r.json() == {"id": "ui-1", "command": "resume", "ok": True, "result": {"paused": False}}
         assert not svc.pipeline.paused.is_set()
         wait_for(lambda: says(b"online", mark), what="status online")
+        # the card: the station's retained status and its alarms, heard on the same link
+        wait_for(lambda: c.get("/api/v1/stations/line3").json()["status"] == "online", what="the UI's status")
+        svc.alarm("camera_down", "source synth: no frame for 2.0 s")
+        card = wait_for(lambda: (lambda s: s if s["alarms"] else None)(c.get("/api/v1/stations/line3").json()),
+                        what="the alarm on the card")
+        assert card["camera"] == "down" and card["alarms"][0]["code"] == "camera_down"
+        assert card["alarms"][0]["message"] == "source synth: no frame for 2.0 s" and card["alarms"][0]["host_ts"]
     sent = [m for m in probe.all if m.topic.startswith(f"{BASE}/cmd/") and not m.topic.endswith("/reply")]
     assert [(m.topic.rsplit("/", 1)[1], json.loads(m.payload)) for m in sent] == [("pause", {}),
                                                                                  ("resume", {"id": "ui-1"})]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -63,7 +66,7 @@ def create_app(cfg: UiConfig) -> FastAPI:
     access = Access(cfg.auth, load_tokens(cfg.auth))
     feeds = Feeds(cfg.stations, cfg.stale_after_s)
     inspector = Inspector(cfg.inspect) if cfg.inspect is not None else None
-    links = CommandLinks({s.name: s.mqtt for s in cfg.stations if s.mqtt is not None})
+    links = CommandLinks({s.name: (s.mqtt, feeds.states[s.name]) for s in cfg.stations if s.mqtt is not None})
     jobs = JobRunner()
 
     @asynccontextmanager
@@ -84,6 +87,7 @@ def create_app(cfg: UiConfig) -> FastAPI:
                   description="Live stations and image inspection of linesight (docs/ui.md). Verdicts are "
                               "linesight.verdict/1 (docs/verdict.schema.json).")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
@@ -161,6 +165,22 @@ def _command_routes(app: FastAPI, feeds: Feeds, links: CommandLinks, access: Acc
             return JSONResponse(reply)
         return JSONResponse({**reply, "detail": f"station {name} refused {command}: {reply.get('error')}"},
                             status_code=409)
+
+
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, whose `input` echoes what was sent; a NaN or Infinity in a JSON body (Python's parser takes
+    them) is echoed as a string, where FastAPI's own handler cannot encode it and answers 500."""
+    return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # 'nan', 'inf', '-inf'
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

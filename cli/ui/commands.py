@@ -5,6 +5,7 @@
                                       CorrelationData = a fresh random id; expires after the reply timeout
     UI <-  <base>/cmd/<name>/reply    the station's {"id", "command", "ok", "result" | "error"}, CorrelationData
                                       echoed: the waiting request is matched by it, replies to others ignored
+    UI <-  <base>/status, <base>/alarm  the station's state (retained) and alarms, shown on its card
 
 The broker's PUBACK says early what would otherwise be a silent wait: "not authorized" (the UI's broker user may
 not write there: its ACL) and "no matching subscribers" (no station daemon listens on these topics) end the
@@ -24,7 +25,7 @@ import math
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -56,14 +57,22 @@ class _Waiting:
     puback: str | None = None  # the broker's reason when it did not pass the command on
 
 
+class Listener(Protocol):
+    """Who hears a station's status and alarms on its link (the station's feed state)."""
+
+    def on_status(self, payload: bytes) -> None: ...
+
+    def on_alarm(self, payload: bytes) -> None: ...
+
+
 class StationLink:
     """One station's command topics on its broker: `start()`, `send()` from worker threads, `stop()`.
 
     Built (credentials read, TLS context made) at construction, so a password variable that is not set stops
     the UI at start with one line, not on the first click."""
 
-    def __init__(self, station: str, cfg: StationMqttConfig) -> None:
-        self.station, self.timeout_s = station, cfg.reply_timeout_s
+    def __init__(self, station: str, cfg: StationMqttConfig, listener: Listener) -> None:
+        self.station, self.timeout_s, self.listener = station, cfg.reply_timeout_s, listener
         broker = cfg.daemon_view(client_id=f"linesight-ui-{station}-{uuid.uuid4().hex[:8]}")
         self.base, self._host, self._port = broker.base_topic, broker.host, broker.port
         self.where = f"{broker.host}:{broker.port}"
@@ -156,6 +165,7 @@ class StationLink:
                         self.where, reason)
             return
         self._sub_mid = client.subscribe(f"{self.base}/cmd/+/reply", qos=1)[1]
+        client.subscribe([(f"{self.base}/status", 1), (f"{self.base}/alarm", 1)])  # the card: state and alarms
 
     def _on_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         self._problem = "cannot connect"
@@ -193,6 +203,12 @@ class StationLink:
         waiting.done.set()
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == f"{self.base}/status":
+            self.listener.on_status(msg.payload)
+            return
+        if msg.topic == f"{self.base}/alarm":
+            self.listener.on_alarm(msg.payload)
+            return
         correlation = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
         with self._lock:
             waiting = self._waiting.get(bytes(correlation)) if correlation is not None else None
@@ -209,8 +225,8 @@ class StationLink:
 class CommandLinks:
     """A StationLink for each station with an mqtt section; started and stopped with the app."""
 
-    def __init__(self, stations: dict[str, StationMqttConfig]) -> None:
-        self.links = {name: StationLink(name, cfg) for name, cfg in stations.items()}
+    def __init__(self, stations: dict[str, tuple[StationMqttConfig, Listener]]) -> None:
+        self.links = {name: StationLink(name, cfg, listener) for name, (cfg, listener) in stations.items()}
 
     def start(self) -> None:
         for link in self.links.values():

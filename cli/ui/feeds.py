@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import zmq
 from pydantic import Field, ValidationError
@@ -68,6 +68,18 @@ class LastVerdict(Strict):
     defect_type: str | None = Field(description="Type of the first (decisive) defect, when the analysis typed it")
 
 
+class StationAlarm(Strict):
+    """One alarm the station published on MQTT (linesight.alarm/1), as the card lists it."""
+
+    code: str
+    message: str
+    host_ts: str | None = Field(description="When the station raised it (UTC)")
+
+
+ALARMS_KEPT = 20  # alarms a card lists, newest first
+STATUS_STATES = ("online", "degraded", "offline")
+
+
 class StationSummary(Strict):
     """One station as GET /api/v1/stations and the `summary` events give it."""
 
@@ -83,6 +95,11 @@ class StationSummary(Strict):
     heatmap: bool = Field(description="The latest frame came with a heatmap")
     commands: bool = Field(description="The UI can send it commands (it has an mqtt section)")
     archive: bool = Field(description="Its archive can be reviewed (it has an archive_dir)")
+    status: str | None = Field(description="The station's MQTT status: online, degraded or offline (its Last Will); "
+                               "null: no mqtt section, or nothing received yet")
+    camera: Literal["up", "down"] | None = Field(description="From its camera_down / camera_up alarms since the UI "
+                                                 "started; null: neither seen")
+    alarms: list[StationAlarm] = Field(description=f"Its last {ALARMS_KEPT} MQTT alarms, newest first (mqtt only)")
 
 
 def _last(v: dict[str, Any]) -> LastVerdict:
@@ -109,6 +126,9 @@ class StationState:
         self._seen: float | None = None
         self._frame: Picture | None = None
         self._heatmap: Picture | None = None
+        self._status: str | None = None
+        self._camera: Literal["up", "down"] | None = None
+        self._alarms: deque[StationAlarm] = deque(maxlen=ALARMS_KEPT)
         self.error: str | None = None
 
     # ------------------------------------------------------------------ written by the feed thread
@@ -153,6 +173,28 @@ class StationState:
             has_heatmap = self._heatmap is not None
         self.events.publish(Event("frame", {"seq": seq, "heatmap": has_heatmap}))
 
+    def on_status(self, payload: bytes) -> None:
+        """The station's retained MQTT status (read on the UI's command link: paho's thread)."""
+        text = payload.decode("utf-8", "replace").strip()
+        with self._lock:
+            self._status = text if text in STATUS_STATES else None
+        self.events.publish(Event("summary", self.summary().model_dump(mode="json")))
+
+    def on_alarm(self, payload: bytes) -> None:
+        """One of the station's MQTT alarms: listed on its card, and an `alarm` event for the open pages."""
+        try:
+            body = json.loads(payload)
+            alarm = StationAlarm(code=str(body["code"]), message=str(body["message"]), host_ts=body.get("host_ts"))
+        except (ValueError, TypeError, KeyError, ValidationError) as exc:
+            self.bad(f"alarm: {exc}")
+            return
+        with self._lock:
+            self._alarms.appendleft(alarm)
+            if alarm.code in ("camera_down", "camera_up"):
+                self._camera = "down" if alarm.code == "camera_down" else "up"
+        self.events.publish(Event("alarm", alarm.model_dump(mode="json")))
+        self.events.publish(Event("summary", self.summary().model_dump(mode="json")))
+
     def bad(self, why: str) -> None:
         """Count a message that is not the daemon's wire format; say so in the log once."""
         with self._lock:
@@ -177,7 +219,8 @@ class StationState:
                                   missed=c["missed"], bad_messages=c["bad_messages"]),
                 last=None if last is None else _last(last), model=None if last is None else last.get("model"),
                 frame_seq=None if self._frame is None else self._frame.seq, heatmap=self._heatmap is not None,
-                commands=self.cfg.mqtt is not None, archive=self.cfg.archive_dir is not None)
+                commands=self.cfg.mqtt is not None, archive=self.cfg.archive_dir is not None, status=self._status,
+                camera=self._camera, alarms=list(self._alarms))
 
     def verdicts(self, limit: int, before_seq: int | None = None) -> list[dict[str, Any]]:
         """Newest first, at most `limit`, only seqs below `before_seq` when given (the next page)."""

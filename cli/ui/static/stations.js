@@ -130,6 +130,17 @@ function showSummary(card, s) {
   card.q(".fs-reasons").textContent = reasons ? `fail-safe by reason: ${reasons}` : "";
   card.q(".error").textContent = s.error || "";
   card.q(".controls").hidden = !s.commands;
+  const status = card.q(".status");
+  status.hidden = !s.status;
+  status.textContent = `station ${s.status || ""}`;
+  status.className = `status conn ${s.status === "online" ? "live" : "stale"}`;
+  const camera = card.q(".camera");
+  camera.hidden = !s.camera;
+  camera.textContent = `camera ${s.camera || ""}`;
+  camera.className = `camera conn ${s.camera === "up" ? "live" : "stale"}`;
+  card.q(".alarms").hidden = !s.alarms.length;
+  card.q(".alarms ul").replaceChildren(...s.alarms.slice(0, 8).map((a) =>
+    el("li", {"data-code": a.code}, el("b", {}, a.code), ` ${a.host_ts ? a.host_ts.slice(11, 19) : ""} `, a.message)));
   showConnection(card);
   showOverlay(card);
 }
