@@ -262,6 +262,12 @@ def test_a_fit_started_on_the_training_page_becomes_the_stations_model_from_the_
             v2_hash = project.version(2).bundle_hash
             wait_for(lambda: svc.holder.engine.identity["hash"] == v2_hash, timeout=30,
                      what="the station to follow the activation")
+
+            def newest_verdict_hash() -> str:  # the station archives every frame: its newest verdict's model
+                newest = max(project.results_dir.rglob("*.json"), key=lambda f: f.stat().st_mtime)
+                return json.loads(newest.read_text())["model"]["hash"]
+
+            wait_for(lambda: newest_verdict_hash() == v2_hash, timeout=30, what="verdicts carrying v2's hash")
             if os.environ.get("LINESIGHT_SCREENSHOTS") == "1":
                 page.screenshot(path=str(SCREENSHOTS / "ui-models.png"), full_page=True)
             page.goto(f"{url}/project?project=tiles", wait_until="load")  # Project & data: the history says it
