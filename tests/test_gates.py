@@ -1575,3 +1575,55 @@ def test_a_named_bundle_reload_on_a_project_station_is_refused_in_exact_words(sm
 def test_a_loaded_bundle_keeps_golden_images_apart_from_its_extras(small_bundle):
     b = load_bundle(small_bundle)
     assert b.golden and not [n for n in b.extras if n.startswith("golden/")]
+
+
+# ------------------------------------------------------------------------------------------------ 22. seed-6 sample
+# Survivors of a sixth out-of-sample run (seed 6, docs/mutation-testing.md).
+def test_a_seq_that_cannot_be_saved_at_a_clean_stop_is_logged_with_the_file(tmp_path, caplog):
+    s = SeqStore(tmp_path, "st")
+    s.path.with_suffix(".tmp").mkdir()  # the atomic write's temporary file cannot be created
+    try:
+        with caplog.at_level(logging.ERROR, logger="linesight.daemon.identity"):
+            s.close()
+        [msg] = [r.getMessage() for r in caplog.records]
+        assert msg.startswith(f"cannot persist seq to {s.path}: [Errno 21] Is a directory")
+    finally:
+        s.path.with_suffix(".tmp").rmdir()
+
+
+def test_a_reload_with_a_bundle_and_a_rollback_is_refused_in_exact_words():
+    d = Dispatcher({Reload: lambda cmd: {}})
+    with pytest.raises(ValueError) as exc:
+        d("reload", {"bundle": "/models/a.zip", "rollback": True})
+    assert str(exc.value) == "reload: reload: Value error, give either 'bundle' or 'rollback': true, not both"
+
+
+def test_an_unexpected_load_failure_is_refused_naming_the_bundle_and_the_error(zips, monkeypatch):
+    """No real bundle fails this way on purpose: the engine is replaced by one that raises (the catch-all path)."""
+    import linesight.daemon.model as model_mod
+
+    def broken(path, **_kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model_mod, "Engine", broken)
+    with pytest.raises(ModelRefused) as exc:
+        ModelHolder(zips["a"]).load()
+    assert str(exc.value) == f"bundle {zips['a']} refused: RuntimeError: boom"
+
+
+def test_a_frame_already_late_before_inference_says_so(small_bundle):
+    p, rec = pipeline(config(small_bundle, deadline_ms=250))
+    p.process([p.admit(frame(0, age_s=1.0))])
+    assert (rec.verdicts[-1]["reason"], rec.verdicts[-1]["detail"]) == (
+        "deadline_missed", "deadline passed before inference started")
+
+
+def test_health_calls_a_loop_silent_for_over_five_seconds_stalled(small_bundle):
+    svc = Service(config(small_bundle), notifier=Notifier(None))
+    try:
+        svc.pipeline.last_tick = time.monotonic() - 5.5
+        assert (svc.health()["status"], svc.health()["reason"]) == ("unhealthy", "processing loop stalled")
+        svc.pipeline.last_tick = time.monotonic() - 4.5
+        assert svc.health()["status"] != "unhealthy"
+    finally:
+        svc.seqs.close()
