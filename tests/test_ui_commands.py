@@ -339,6 +339,27 @@ def test_archive_is_listed_newest_first_filtered_and_paged(archive_ui) -> None:
     assert r.status_code == 404 and "does not exist (yet)" in r.json()["detail"]
 
 
+def test_archive_times_beyond_utc_are_a_400_and_early_years_still_filter(archive_ui) -> None:
+    """Found by the OpenAPI fuzz (tests/test_ui_fuzz.py): a since/until that is outside years 1-9999 once in UTC was
+    a 500 (OverflowError), and so was such a time in a sidecar; a year before 1000 compared as an unpadded string."""
+    c, root, _sent = archive_ui
+    get = lambda q="": c.get(f"/api/v1/stations/line3/archive{q}")  # noqa: E731
+    r = get("?since=0001-01-01T00:00:00%2B01:00")
+    assert r.status_code == 400
+    assert r.json()["detail"] == "since=0001-01-01T00:00:00+01:00: outside the years 1-9999 in UTC"
+    r = get("?until=9999-12-31T23:59:59-01:00")
+    assert r.status_code == 400 and r.json()["detail"].startswith("until=9999-12-31T23:59:59-01:00: outside")
+    assert len(get("?since=0999-01-01T00:00:00Z&limit=200").json()["records"]) == 30
+    assert get("?until=0999-01-01T00:00:00Z").json()["records"] == []
+    assert len(get("?since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59Z&limit=200").json()["records"]) == 30
+    sidecar = next(root.glob("*/000000000005_*.json"))
+    v = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**v, "host_ts": "0001-01-01T00:00:00+01:00"}))  # hand-edited: before year 1
+    assert len(get("?limit=200").json()["records"]) == 30
+    kept = get("?since=2000-01-01T00:00:00Z&limit=200")
+    assert kept.status_code == 200 and 5 not in [x["seq"] for x in kept.json()["records"]]
+
+
 def test_archive_work_per_request_is_bounded(archive_ui, monkeypatch) -> None:
     """A filter matching nothing stops after READ_MAX sidecars and hands out where to go on from."""
     c, _root, _sent = archive_ui

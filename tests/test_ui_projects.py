@@ -109,6 +109,7 @@ def test_uploads_are_added_content_addressed_and_bad_ones_named(project, tmp_pat
         body = r.json()
         assert (body["added"], body["duplicates"], body["project"]["images"]["scratch"]) == (2, 1, 2)
         assert len(body["unreadable"]) == 1 and body["unreadable"][0].startswith("notes.png: ")
+        assert "linesight-upload" not in body["unreadable"][0]  # the server's temporary folder is not shown
         assert len(p.data_index().images) == before + 2
         r = c.post("/api/v1/projects/tiles/images?label=Bad%20Label", files=files[:1], headers=AUTH)
         assert r.status_code == 400 and "label 'Bad Label'" in r.json()["detail"]
@@ -216,6 +217,29 @@ def test_threshold_preview_applies_the_calibration_rule_to_the_evaluation_scores
         assert c.get("/api/v1/projects/tiles/images/metadata.json").status_code == 404
 
 
+def test_names_no_file_can_have_are_404_and_non_finite_numbers_are_422(project, monkeypatch) -> None:
+    """Found by the OpenAPI fuzz (tests/test_ui_fuzz.py), each a 500 before: a report file name with a NUL or longer
+    than the system allows; NaN / Infinity in a JSON body (Python's parser takes them; FastAPI's 422 then could
+    not be encoded); a NaN or infinite threshold to preview (answered with a null threshold)."""
+    with client(project, monkeypatch) as c:
+        for bad in ("a%00b.html", "a" * 300 + ".html", "a/" * 3000 + "x.html"):
+            r = c.get(f"/api/v1/projects/tiles/versions/2/report/{bad}")
+            assert r.status_code == 404 and "v2 has no report file" in r.json()["detail"], bad[:20]
+        for raw, shown in (('{"version": NaN}', "nan"), ('{"version": Infinity}', "inf"),
+                           ('{"version": 1e400}', "inf")):
+            r = c.post("/api/v1/projects/tiles/activate", content=raw,
+                       headers={**AUTH, "Content-Type": "application/json"})
+            assert r.status_code == 422, (raw, r.status_code)
+            assert (r.json()["detail"][0]["loc"], r.json()["detail"][0]["input"]) == (["body", "version"], shown)
+        r = c.post("/api/v1/projects/tiles/jobs", content='{"kind": "tune", "version": 2, "target": '
+                   '{"max_false_reject": NaN}}', headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "target", "max_false_reject"]
+        for t in ("nan", "inf", "-inf", "1e400"):
+            r = c.get(f"/api/v1/projects/tiles/versions/2/tune?threshold={t}")
+            assert r.status_code == 422 and r.json()["detail"][0]["type"] == "finite_number", t
+    assert project.metadata().active == 1  # nothing was activated
+
+
 def test_a_tune_job_makes_a_tuned_version(project, tmp_path, monkeypatch) -> None:
     p = copy(project, tmp_path / "tiles")
     with client(p, monkeypatch) as c:
@@ -257,3 +281,16 @@ def test_a_frame_archived_on_the_line_is_captured_into_the_project(project, tmp_
             assert c.post(url, json=bad, headers=AUTH).status_code == 404, bad
         assert c.post(url, json={**body, "label": "Bad"}, headers=AUTH).status_code == 400
     assert len(sent) == 6
+
+
+def test_a_folder_that_is_no_project_shows_in_the_list_with_why(project, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("UI_TOKEN", TOKEN)
+    (tmp_path / "empty").mkdir()
+    cfg = UiConfig.model_validate({"projects": [{"name": "tiles", "dir": str(project.root)},
+                                                {"name": "gone", "dir": str(tmp_path / "empty")}],
+                                   "auth": {"tokens_env": "UI_TOKEN"}})
+    with TestClient(create_app(cfg)) as c:
+        tiles, gone = c.get("/api/v1/projects").json()
+        assert (tiles["name"], tiles["problem"], gone["name"], gone["versions"]) == ("tiles", None, "gone", 0)
+        assert "is not a linesight project" in gone["problem"]
+        assert c.get("/api/v1/projects/gone").status_code == 409

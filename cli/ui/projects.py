@@ -27,7 +27,7 @@ from linesight.ui.auth import Access
 from linesight.ui.events import Event
 from linesight.ui.jobs import Busy, Job, JobKind, JobRunner
 from linesight.ui.review import parse_id
-from linesight.ui.uploads import Upload, read_uploads
+from linesight.ui.uploads import MULTIPART, Upload, read_uploads
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class ProjectSummary(Strict):
     versions: int
     images: dict[str, int] = Field(description="Images by label (good, or a defect type)")
     feedback_pending: int = Field(description="Feedback records no version learned yet")
+    problem: str | None = Field(None, description="Why the folder cannot be read as a project (the rest is empty)")
 
 
 class ProjectDetail(ProjectSummary):
@@ -158,6 +159,15 @@ class _Projects:
             raise HTTPException(404, str(exc)) from None
 
 
+def _listed(name: str, folder: Path) -> ProjectSummary:
+    """A project's summary for the list; one that cannot be read is listed with why (it hides no other)."""
+    try:
+        return ProjectSummary.model_validate(_summary(name, Project.open(folder)))
+    except LinesightError as exc:
+        return ProjectSummary(name=name, dir=str(folder), title=name, description="", active=None, versions=0,
+                              images={}, feedback_pending=0, problem=str(exc))
+
+
 def project_routes(app: FastAPI, projects: list[ProjectLinkConfig], access: Access, jobs: JobRunner,
                    max_upload: int, archives: dict[str, Path | None]) -> None:
     """Every /api/v1/projects and /api/v1/jobs route; reads need `access.read`, changes a header token.
@@ -172,7 +182,7 @@ def _read_routes(app: FastAPI, known: _Projects, access: Access) -> None:
     @app.get("/api/v1/projects", summary="Every project: images, versions, the active one, pending feedback")
     def all_projects(request: Request) -> list[ProjectSummary]:
         access.read(request)
-        return [ProjectSummary.model_validate(_summary(n, known.opened(n))) for n in known.dirs]
+        return [_listed(n, folder) for n, folder in known.dirs.items()]
 
     @app.get("/api/v1/projects/{name}", summary="One project: metadata with history, train config, counts")
     def one_project(name: str, request: Request) -> ProjectDetail:
@@ -204,15 +214,20 @@ def _read_routes(app: FastAPI, known: _Projects, access: Access) -> None:
         p = known.opened(name)
         known.version_of(p, n)
         folder = (p.version_dir(n) / REPORT_DIR).resolve()
-        path = (folder / file).resolve()
-        if not path.is_relative_to(folder) or path.suffix not in REPORT_FILES or not path.is_file():
+        try:  # a name no file can have (a NUL, longer than the system allows) names none of the report's either
+            path = (folder / file).resolve()
+            found = path.is_relative_to(folder) and path.suffix in REPORT_FILES and path.is_file()
+        except (OSError, ValueError):
+            found = False
+        if not found:
             raise HTTPException(404, f"v{n} has no report file {file[:100]!r}")
         return FileResponse(path, media_type=REPORT_FILES[path.suffix])
 
     @app.get("/api/v1/projects/{name}/versions/{n}/tune", summary="Preview a threshold: rates and the images that "
              "flip, from the version's evaluation scores")
     def tune_preview(name: str, n: int, request: Request,
-                     threshold: float | None = Query(None, description="Preview this image threshold"),
+                     threshold: float | None = Query(None, allow_inf_nan=False,
+                                                     description="Preview this image threshold"),
                      max_false_reject: float | None = Query(None, ge=0, lt=1),
                      max_escape: float | None = Query(None, ge=0, lt=1)) -> TunePreview:
         access.read(request)
@@ -272,7 +287,10 @@ def _write_routes(app: FastAPI, known: _Projects, access: Access, max_upload: in
 
     @app.post("/api/v1/projects/{name}/images", summary="Add uploaded images with a label (content-addressed)",
               description="A multipart form with the images in fields named `files`; `label`: good or a defect "
-                          "type. The same bytes already in the project are skipped.")
+                          "type. The same bytes already in the project are skipped.",
+              openapi_extra={"requestBody": {"required": True, "content": {MULTIPART: {"schema": {
+                  "type": "object", "required": ["files"], "properties": {
+                      "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
     async def add(name: str, request: Request, label: str = Query(GOOD, max_length=64)) -> AddResult:
         access.write(request)
         p = known.opened(name)
@@ -411,7 +429,8 @@ def _add_files(name: str, p: Project, files: list[Upload], label: str) -> AddRes
         unreadable = []
         for u in rep.unreadable:  # "path: why", the path of our temporary copy: say the uploaded name instead
             where, _, why = u.partition(": ")
-            unreadable.append(f"{shown.get(where, Path(where).name)}: {why}")
+            name_ = shown.get(where, Path(where).name)
+            unreadable.append(f"{name_}: {why.replace(where, name_)}")
         return AddResult(added=rep.added, duplicates=rep.duplicates, unreadable=unreadable,
                          project=ProjectSummary.model_validate(_summary(name, p)))
 

@@ -82,13 +82,21 @@ class _Filter(Strict):
 
 
 def _utc(t: datetime | None) -> datetime | None:
+    """`t` in UTC (without a zone it is UTC); OverflowError when that falls outside years 1-9999."""
     return None if t is None else t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _query_time(name: str, t: datetime | None) -> datetime | None:
+    try:
+        return _utc(t)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: a time before year 1 in UTC
+        raise HTTPException(400, f"{name}={t.isoformat()}: outside the years 1-9999 in UTC") from None
 
 
 def _time(host_ts: str | None) -> datetime | None:
     try:
         return _utc(datetime.fromisoformat(host_ts.replace("Z", "+00:00"))) if host_ts is not None else None
-    except ValueError:
+    except (ValueError, OverflowError):  # a hand-edited sidecar's time: its record is left out of time filters
         return None
 
 
@@ -126,8 +134,8 @@ def page(root: Path, flt: _Filter, limit: int, before: tuple[str, str] | None) -
     out: list[ArchiveRecord] = []
     looked = read = 0
     last: Stored | None = None
-    since_day = None if flt.since is None else flt.since.strftime("%Y-%m-%d")
-    until_day = None if flt.until is None else flt.until.strftime("%Y-%m-%d")
+    since_day = None if flt.since is None else flt.since.date().isoformat()  # zero-padded: years < 1000 too
+    until_day = None if flt.until is None else flt.until.date().isoformat()
     for rec in stored_newest_first(root, before):
         if len(out) == limit or looked == LOOK_MAX or read == READ_MAX:
             return ArchivePage(records=out, next=record_id(last), looked_at=looked, read=read,
@@ -195,7 +203,8 @@ def review_routes(app: FastAPI, stations: dict[str, StationFeedConfig], read: li
                 raise HTTPException(400, f"before={before[:100]!r} is not a record id (use `next` of a page)")
             after = parse_id(before)
         flt = _Filter(verdict=verdict, type=type_, grade=grade, min_score=min_score, max_score=max_score,
-                      model_version=model_version, since=_utc(since), until=_utc(until))
+                      model_version=model_version, since=_query_time("since", since),
+                      until=_query_time("until", until))
         return page(root, flt, limit, after)
 
     pictures = {200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "As archived"}}
