@@ -33,3 +33,8 @@ _.model_hash
 _.bad_messages, _.last_message_age_s, _.frame_seq, _.overlay_png, _.defect_types, _.looked_at, _.stopped_early
 _.elapsed_s, _.eta_s, _.val_auroc, _.started, _.feedback_pending, _.then, _.current_threshold, _.evaluation
 _.score_chart, _.ng_chart, _.type_charts  # TrendPoint: the Trends page draws them
+# expat parser callbacks set by trainer/labels.py's XML reader (called by expat, never by linesight).
+_.StartDoctypeDeclHandler, _.EntityDeclHandler, _.StartElementHandler, _.EndElementHandler, _.CharacterDataHandler
+# Issue #17's label readers (trainer/labels.py), public API of its first slice: tests/test_labels.py drives them; the
+# supervised head that trains on them is the next slice.
+_.read_labels, _.class_mask

@@ -8,7 +8,7 @@ MODULES = ["linesight.export.engine", "linesight.export.bundle", "linesight.expo
            "linesight.project.data", "linesight.project.transfer", "linesight.config.ui", "linesight.cli_ui",
            "linesight.ui.app", "linesight.ui.auth", "linesight.ui.events", "linesight.ui.feeds", "linesight.ui.inspect",
            "linesight.ui.commands", "linesight.ui.review", "linesight.ui.jobs", "linesight.ui.projects",
-           "linesight.ui.uploads", "linesight.ui.trends"]
+           "linesight.ui.uploads", "linesight.ui.trends", "linesight.trainer.labels"]
 
 
 def test_runtime_packages_do_not_import_torch():
