@@ -58,6 +58,16 @@ def line(free_tcp_port, small_bundle) -> Iterator[tuple[str, Station, Engine]]:
         station.close()
 
 
+def watched(browser, height: int):  # noqa: ANN001, ANN201 - playwright Browser -> (Page, list)
+    """A new page and the list its script errors, failed requests and console errors land in (must stay empty)."""
+    page = browser.new_page(viewport={"width": 1280, "height": height})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.on("console", lambda m: errors.append(f"console.error: {m.text}") if m.type == "error" else None)
+    return page, errors
+
+
 def rows(page) -> list[int]:  # noqa: ANN001 - playwright Page
     return [int(s) for s in page.eval_on_selector_all(".verdicts tbody tr", "trs => trs.map(t => t.dataset.seq)")]
 
@@ -67,11 +77,7 @@ def test_stations_page_shows_live_verdicts_and_frames_and_pause_stops_updates(li
     data = need_data()
     images = [read_image(p) for p in sorted((data / "test" / "good").iterdir())[:3]]
     images += [read_image(p) for p in sorted((data / "test" / "crack").iterdir())[:2]]
-    page = chromium_browser.new_page(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-    page.on("console", lambda m: errors.append(f"console.error: {m.text}") if m.type == "error" else None)
+    page, errors = watched(chromium_browser, 900)
     try:
         page.goto(f"{url}/", wait_until="load")
         assert page.url.endswith("/stations")
@@ -140,11 +146,7 @@ def test_trends_page_draws_the_charts_and_the_alarm_of_a_score_step(chromium_bro
     import httpx
 
     station = Station("line3", f"tcp://127.0.0.1:{free_tcp_port()}", f"tcp://127.0.0.1:{free_tcp_port()}")
-    page = chromium_browser.new_page(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-    page.on("console", lambda m: errors.append(f"console.error: {m.text}") if m.type == "error" else None)
+    page, errors = watched(chromium_browser, 900)
     try:
         with serve(create_app(ui_config([station], trends={"burn_in": 100})), free_tcp_port()) as url, \
                 httpx.Client(base_url=url) as http:
@@ -181,11 +183,7 @@ def test_trends_page_draws_the_charts_and_the_alarm_of_a_score_step(chromium_bro
 def test_review_page_feedback_lands_in_the_project(chromium_browser, mosquitto, tmp_path, free_tcp_port) -> None:
     project = fitted_project(tmp_path / "tiles")
     feedback = project.feedback_dir / "feedback.jsonl"
-    page = chromium_browser.new_page(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-    page.on("console", lambda m: errors.append(f"console.error: {m.text}") if m.type == "error" else None)
+    page, errors = watched(chromium_browser, 900)
     try:
         with running(station_config(project, mosquitto.port)) as svc, \
                 serve(create_app(commanded_ui(tmp_path, mosquitto.port, project.results_dir)), free_tcp_port()) as url:
@@ -233,10 +231,7 @@ def test_a_fit_started_on_the_training_page_becomes_the_stations_model_from_the_
     project = fitted_project(tmp_path / "tiles")
     cfg = commanded_ui(tmp_path, mosquitto.port, None)
     cfg = cfg.model_copy(update={"projects": [ProjectLinkConfig(name="tiles", dir=project.root)]})
-    page = chromium_browser.new_page(viewport={"width": 1280, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page, errors = watched(chromium_browser, 1000)
     page.on("dialog", lambda d: d.accept())
     try:
         with running(station_config(project, mosquitto.port)) as svc, serve(create_app(cfg), free_tcp_port()) as url:

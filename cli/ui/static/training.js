@@ -93,6 +93,22 @@ function showJob(j) {
   const err = document.getElementById("job-error");
   err.textContent = j.error || "";
   err.hidden = !j.error;
+  const v = j.result && j.result.version;  // fit and tune print a number, learn "vN"
+  const n = typeof v === "number" ? v : (typeof v === "string" ? Number(v.replace(/^v/, "")) : null);
+  const report = document.getElementById("job-report");
+  report.hidden = !(j.state === "done" && n);
+  if (n && j.state === "done") {
+    const base = `/api/v1/projects/${encodeURIComponent(j.project)}`;
+    const models = el("a", {href: `/models?project=${encodeURIComponent(j.project)}`}, "compare and activate it on Models");
+    report.replaceChildren(`v${n} is ready: `, models);
+    getJSON(`${base}/versions`).then((rows) => {  // a version evaluated on labeled images has a report
+      const row = rows.find((r) => r.info.version === n);
+      if (row && row.report) {
+        report.replaceChildren(`v${n} is ready: `, el("a", {href: `${base}/versions/${n}/report/report.html`,
+                                                            target: "_blank"}, "its evaluation report"), " · ", models);
+      }
+    }).catch((e) => console.warn(e));
+  }
   const result = document.getElementById("job-result");
   result.textContent = j.result ? JSON.stringify(j.result, null, 2) : "";
   result.hidden = !j.result;
