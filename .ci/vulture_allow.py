@@ -10,6 +10,10 @@ _.width_px, _.orientation_deg, _.width_mm, _.learned_confidence, _.image_index, 
 _.neighbourhood, _.n_queries, _.requested, _.calibration_images, _.parity_rel_rms, _.score_rel_error_median
 _.score_correlation, _.features_ms_float, _.features_ms_int8, _.input, _.n_bank_images, _.schema_, _.product
 _.conditions, _.source_seq, _.hash, _.inference, _.camera, _.latency_ms, _.bad_frames, _.dropped, _.interpolation
+# `linesight segment`'s report.json (SegmentationReport, ClassScore): read by people and, next, by #17 slice 3's
+# evaluate and bundle; written, never read back here.
+_.true_pixels, _.predicted_pixels, _.heldout_images, _.background_iou, _.image_auroc_note, _.onnx_max_abs_diff
+_.onnx_tolerance
 # A project's metadata.json: when it last changed, for people and tools reading the folder (workspace.record).
 _.modified
 # Every fail-safe reason is a member of the FailSafe enum; metrics and the schema enumerate them.

@@ -347,10 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the whole manifest with identity and digest as JSON")
     i.set_defaults(func=_info)
 
-    from linesight import cli_daemon, cli_data, cli_project, cli_types, cli_ui
+    from linesight import cli_daemon, cli_data, cli_project, cli_segment, cli_types, cli_ui
 
     cli_daemon.add_verbs(sub)
     cli_types.register(sub)
+    cli_segment.register(sub)
     cli_project.register(sub)
     cli_data.register(sub)
     cli_ui.register(sub)

@@ -232,3 +232,31 @@ def preset(name: str, **overrides) -> FitConfig:
     if moved:
         raise ValueError(f"preset({name!r}): {'; '.join(moved)}")
     return FitConfig(**deep_merge(PRESETS[name], overrides))
+
+
+class SegmentConfig(Strict):
+    """Supervised segmentation head training (trainer/segmentation.py): a decoder over the frozen pretrained
+    backbone's stride-8/16 maps, so CPU training takes minutes, not hours."""
+
+    backbone: Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"] = Field(
+        "efficientnet_lite0", description="Backbone whose stride-8/16 maps the head decodes (frozen)")
+    weights: Literal["imagenet", "none"] = Field("imagenet", description="imagenet: the installed weight package; "
+                                                 "none: random init (tests and baselines only)")
+    input_size: int = Field(128, ge=32, le=1024, description="Square model input; images are stretched to it as "
+                            "in the anomaly path")
+    width: int = Field(64, ge=8, le=512, description="Decoder channels")
+    epochs: int = Field(60, ge=1, description="Max passes over the training images")
+    batch_size: int = Field(8, ge=1, description="Images per optimiser step")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate of the head")
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the soft Dice term beside the class-weighted "
+                               "cross-entropy (Dice counts each class's overlap, whatever its pixel share)")
+    max_class_weight: float = Field(50.0, ge=1, description="Cap of the cross-entropy class weights (median "
+                                    "frequency balancing), so a class of a few pixels cannot swamp the loss")
+    holdout_fraction: float = Field(0.25, gt=0, lt=1, description="Images held out (per class, by image) for "
+                                    "early stopping and the reported figures")
+    patience: int = Field(8, ge=1, description="Stop after this many epochs without a better held-out mean IoU")
+    max_seconds: float = Field(1200.0, gt=0, description="Training time budget (the best epoch so far is kept)")
+    seed: int = Field(0, ge=0, description="Seed of the split, the head's init and the batch order")
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig(
+        hflip=True, vflip=True, rot90=True, brightness=0.1, contrast=0.1, copies=1),
+        description="Augmented copies of each training image per epoch (geometry applies to the labels too)")

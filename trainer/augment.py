@@ -34,28 +34,39 @@ def _intensity(image: np.ndarray, gain: float, offset: float) -> np.ndarray:
     return out
 
 
-def _one_copy(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    out = image
+def _one_copy(layers: list[np.ndarray], cfg: AugmentConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """One copy of [image] or [image, label map (uint8)]: the label map gets the same flips, turns and rotation
+    (nearest neighbour, so class ids stay class ids) and no intensity change; the draws are the same either way."""
+    image = layers[0]
     if cfg.hflip and rng.random() < 0.5:
-        out = out[:, ::-1]
+        layers = [a[:, ::-1] for a in layers]
     if cfg.vflip and rng.random() < 0.5:
-        out = out[::-1]
+        layers = [a[::-1] for a in layers]
     if cfg.rot90:
-        h, w = out.shape[:2]
+        h, w = image.shape[:2]
         k = int(rng.integers(4)) if h == w else 2 * int(rng.integers(2))  # non-square: 0 or 180 deg keeps size
-        out = np.rot90(out, k)
-    out = np.ascontiguousarray(out)
+        layers = [np.rot90(a, k) for a in layers]
+    layers = [np.ascontiguousarray(a) for a in layers]
     if cfg.rotate_deg > 0:
         angle = float(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
-        h, w = out.shape[:2]
+        h, w = layers[0].shape[:2]
         m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
-        out = cv2.warpAffine(out, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        out = out.reshape(image.shape)
+        layers = [cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR if j == 0 else cv2.INTER_NEAREST,
+                                 borderMode=cv2.BORDER_REFLECT).reshape(a.shape) for j, a in enumerate(layers)]
+    out = layers[0]
     if cfg.brightness > 0 or cfg.contrast > 0:
         gain = float(rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)) if cfg.contrast > 0 else 1.0
         offset = float(rng.uniform(-cfg.brightness, cfg.brightness)) if cfg.brightness > 0 else 0.0
         out = _intensity(out, gain, offset)
-    return out
+    return [out, *layers[1:]]
+
+
+def augment_labeled(image: np.ndarray, target: np.ndarray, cfg: AugmentConfig,
+                    key: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented copy of an image and its label map for supervised training, drawn from a generator seeded by
+    (cfg.seed, *key): the caller's key (epoch, image, copy) makes every epoch see new copies, reproducibly."""
+    out, tgt = _one_copy([image, target], cfg, np.random.default_rng([cfg.seed, *key]))
+    return out, tgt
 
 
 def augment(images: list[np.ndarray], cfg: AugmentConfig) -> list[np.ndarray]:
@@ -71,7 +82,7 @@ def augment(images: list[np.ndarray], cfg: AugmentConfig) -> list[np.ndarray]:
         check_image(image, f"training image {i}")
         for c in range(cfg.copies):
             rng = np.random.default_rng([cfg.seed, i, c])
-            out.append(_one_copy(image, cfg, rng))
+            out.append(_one_copy([image], cfg, rng)[0])
     log.info("augmented training images", extra={"originals": len(images), "copies": cfg.copies,
                                                   "total": len(out)})
     return out

@@ -1,8 +1,6 @@
 """fit: good images -> torch backbone -> ONNX -> (same engine code) features -> coreset bank -> bundle."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import platform
@@ -198,8 +196,7 @@ def fit(dataset: str | Path, out: str | Path, cfg: FitConfig, module: PatchFeatu
     bank_imgs = augment(bank_imgs, cfg.augment)
     spec = input_spec(cfg.backbone, cfg.input_size, cfg.views.resize)
     log.info("exporting %s to ONNX", cfg.backbone)
-    with contextlib.redirect_stdout(io.StringIO()):
-        onnx_bytes = onnx_export.export_onnx(module, spec.height, spec.width)
+    onnx_bytes = onnx_export.export_onnx(module, spec.height, spec.width)
     probe = preprocess_batch(bank_imgs[:4], spec)
     diff, tol = onnx_export.parity(module, onnx_bytes, probe)
     int8, int8_info = int8_candidate(cfg, onnx_bytes, bank_imgs, hold_imgs, spec) if cfg.quantize.mode == "int8" \

@@ -109,6 +109,27 @@ def f1_max(scores, labels) -> tuple[float, float]:
     return float(f1[j]), _pick(u, j)
 
 
+def pixel_confusion(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) pixel counts, rows the true class and columns the predicted one (class maps of equal shape, ids < n):
+    summed over images it gives the pooled per-class IoU/F1 a segmentation head is judged by."""
+    if truth.shape != pred.shape:
+        raise MetricError(f"metrics: class maps of shapes {truth.shape} and {pred.shape}; need the same shape")
+    idx = truth.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel()
+    return np.bincount(idx, minlength=n * n).reshape(n, n)
+
+
+def class_iou_f1(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class pixel IoU and F1 from a pixel confusion matrix; NaN for a class neither true nor predicted
+    anywhere (no evidence either way, so it stays out of a mean)."""
+    c = np.asarray(confusion, np.float64)
+    tp = np.diag(c)
+    fp, fn = c.sum(0) - tp, c.sum(1) - tp
+    union = tp + fp + fn
+    seen = union > 0
+    iou = np.where(seen, tp / np.maximum(union, 1), np.nan)
+    return iou, np.where(seen, _f1(tp, fp, fn), np.nan)
+
+
 def image_thresholds(scores, labels) -> dict[str, float]:
     """Candidate operating points; each value t means ``score >= t`` is NG.
 

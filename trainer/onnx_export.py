@@ -1,6 +1,8 @@
 """torch -> ONNX with a parity check on real images; a bundle that fails parity is never written."""
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -16,13 +18,15 @@ OPSET = 18
 INPUT, OUTPUT = "image", "features"
 
 
-def export_onnx(module: torch.nn.Module, height: int, width: int) -> bytes:
+def export_onnx(module: torch.nn.Module, height: int, width: int, output: str = OUTPUT) -> bytes:
+    """One ONNX graph of `module` (its forward takes `x`), dynamic batch; `output` names the graph's output. The
+    exporter's own prints are swallowed: stdout belongs to the verbs' JSON."""
     module.eval()
     dummy = torch.zeros(2, 3, height, width)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "backbone.onnx"
-        with torch.no_grad():
-            torch.onnx.export(module, (dummy,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(module, (dummy,), str(path), input_names=[INPUT], output_names=[output],
                               opset_version=OPSET, dynamo=True, external_data=False,
                               dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}})
         return path.read_bytes()
