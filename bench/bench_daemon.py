@@ -32,6 +32,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -154,11 +155,22 @@ class ImageSubscriber:
         self._ctx.term()
 
 
-def run_phase(bundle: str, port: int, tmp: Path, rate: float | None, seconds: float, width: int, height: int,
-              queue_size: int = 4, deadline_ms: float = 200) -> dict:
+def verdict_collector(port: int) -> tuple[Any, list[dict]]:
+    """An MQTT client (started) appending every verdict of station `bench` (QoS 1) to the returned list."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
+    verdicts: list[dict] = []
+    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = lambda c, u, m: verdicts.append(json.loads(m.payload))
+    client.connect("127.0.0.1", port)
+    client.subscribe("linesight/site1/line1/bench/verdict", qos=1)
+    client.loop_start()
+    return client, verdicts
+
+
+def run_phase(bundle: str, port: int, tmp: Path, rate: float | None, seconds: float, width: int, height: int,
+              queue_size: int = 4, deadline_ms: float = 200) -> dict:
     name = f"{width}x{height}-{rate}"
     archive = tmp / f"archive-{name}"
     image_endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -175,12 +187,7 @@ def run_phase(bundle: str, port: int, tmp: Path, rate: float | None, seconds: fl
                                    "max_bytes": 4 * 1024**3}}}
     path = tmp / f"bench-{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    verdicts: list[dict] = []
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = lambda c, u, m: verdicts.append(json.loads(m.payload))
-    client.connect("127.0.0.1", port)
-    client.subscribe("linesight/site1/line1/bench/verdict", qos=1)
-    client.loop_start()
+    client, verdicts = verdict_collector(port)
     hmi = ImageSubscriber(image_endpoint)
     log = open(tmp / f"bench-{name}.log", "w")  # noqa: SIM115 - kept for the daemon's life
     proc = subprocess.Popen([sys.executable, "-m", "linesight", "run", "--config", str(path)],

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_daemon import DEFECT_EVERY, fit_bundle, free_port  # noqa: E402 - the sibling bench, not a package
+from bench_daemon import DEFECT_EVERY, fit_bundle, free_port, verdict_collector  # noqa: E402 - the sibling bench, not a package
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TOKEN = "bench-token-0123456789abcdef"
@@ -52,9 +52,6 @@ def epoch_ms(iso: str) -> float:
 
 def station(bundle: str, tmp: Path, port: int, a: argparse.Namespace) -> tuple[dict, subprocess.Popen, list[dict]]:
     """The station's config (its endpoints) and process; verdicts arrive in the returned list (MQTT QoS 1)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     cfg = {"model": {"bundle": bundle, "watch": False},
            "source": {"type": "synthetic", "name": "bench", "width": a.width, "height": a.height, "rate_hz": a.rate,
                       "defect_every": DEFECT_EVERY},
@@ -66,12 +63,7 @@ def station(bundle: str, tmp: Path, port: int, a: argparse.Namespace) -> tuple[d
                        "metrics": {"enabled": False},
                        "archive": {"enabled": True, "dir": str(tmp / "archive"), "save_ok_fraction": 0.0}}}
     (tmp / "station.yaml").write_text(yaml.safe_dump(cfg))
-    verdicts: list[dict] = []
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = lambda c, u, m: verdicts.append(json.loads(m.payload))
-    client.connect("127.0.0.1", port)
-    client.subscribe("linesight/site1/line1/bench/verdict", qos=1)
-    client.loop_start()
+    _, verdicts = verdict_collector(port)
     log = open(tmp / "station.log", "w")  # noqa: SIM115 - kept for the station's life
     proc = subprocess.Popen([sys.executable, "-m", "linesight", "run", "--config", str(tmp / "station.yaml")],
                             stdout=log, stderr=subprocess.STDOUT)

@@ -211,9 +211,9 @@ def _record(line: str) -> dict[str, Any] | None:
 
 
 def _progress(job: Job, p: StageProgress) -> None:
+    """The newest report of each stage, stages in the order they last reported."""
     job.progress = p
-    job.stages = [s for s in job.stages if s.stage != p.stage] + [p] if not job.stages or \
-        job.stages[-1].stage != p.stage else job.stages[:-1] + [p]
+    job.stages = [s for s in job.stages if s.stage != p.stage] + [p]
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
